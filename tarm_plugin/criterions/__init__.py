@@ -1,0 +1,1 @@
+from . import tarm_lm_loss  # noqa: F401

@@ -1,0 +1,106 @@
+"""``tarm_lm_loss``: next-token cross-entropy over real tokens only.
+
+Memory positions never reach the loss (the model returns token positions
+only) and padding (a stream's tail) is ignored. Works with a full softmax or
+fairseq's adaptive softmax. Besides ``loss``/``ppl`` (base 2, as fairseq logs
+them) it logs ``loss_seg{i}``: the training loss of the i-th segment of each
+k-segment sample, which shows whether the memory helps later segments.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.distributed import utils as dist_utils
+from omegaconf import II
+
+from ..errors import TarmError
+
+
+@dataclass
+class TarmLmLossConfig(FairseqDataclass):
+    ddp_backend: str = II("distributed_training.ddp_backend")
+
+
+def token_nll(model, net_output, target: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-token negative log-likelihood [B, T] (fp32), 0 at padding."""
+    asm = getattr(model.decoder, "adaptive_softmax", None)
+    flat = target.reshape(-1)
+    if asm is None:
+        logits = net_output[0].float()
+        nll = F.cross_entropy(logits.view(flat.numel(), -1), flat, ignore_index=pad, reduction="none")
+        return nll.view_as(target)
+    logits, targets = asm(net_output[0], flat)
+    _, rows = asm.adapt_target(flat)  # which tokens fall in each tail cluster
+    nll = F.cross_entropy(logits[0].float(), targets[0], ignore_index=pad, reduction="none")
+    for tail_logits, tail_target, idx in zip(logits[1:], targets[1:], rows):
+        if tail_logits is not None:
+            # no ignore_index here: tail targets are shifted ids, and padding never reaches a tail
+            nll = nll.index_add(0, idx, F.cross_entropy(tail_logits.float(), tail_target, reduction="none"))
+    return nll.view_as(target)
+
+
+@register_criterion("tarm_lm_loss", dataclass=TarmLmLossConfig)
+class TarmLmLoss(FairseqCriterion):
+    def __init__(self, task, ddp_backend="legacy_ddp"):
+        super().__init__(task)
+        self.ddp_backend = ddp_backend
+
+    def forward(self, model, sample, reduce=True):
+        self._check_ddp(model)
+        net_output = model(**sample["net_input"])
+        target = sample["target"]
+        nll = token_nll(model, net_output, target, self.padding_idx)
+        real = target.ne(self.padding_idx)
+        ntokens = int(real.sum())
+        loss = nll.sum() if reduce else nll
+        logging_output = {
+            "loss": nll.sum().data,
+            "ntokens": ntokens,
+            "nsentences": target.size(0),
+            "sample_size": ntokens,
+        }
+        if model.training:
+            L = sample["net_input"].get("segment_length") or target.size(1)
+            bsz, T = target.shape
+            if T % L == 0:
+                seg_loss = nll.view(bsz, T // L, L).sum(dim=(0, 2))
+                seg_tokens = real.view(bsz, T // L, L).sum(dim=(0, 2))
+                for i in range(T // L):
+                    logging_output[f"seg{i}_loss"] = seg_loss[i].data
+                    logging_output[f"seg{i}_ntokens"] = int(seg_tokens[i])
+        return loss, ntokens, logging_output
+
+    def _check_ddp(self, model):
+        if getattr(self, "_ddp_checked", False):
+            return
+        self._ddp_checked = True
+        adaptive = getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None
+        if (adaptive and self.ddp_backend in {"c10d", "pytorch_ddp"}
+                and dist_utils.get_data_parallel_world_size() > 1):
+            raise TarmError("adaptive softmax leaves unused tail clusters in some batches, which "
+                            "PyTorch DDP rejects: add --ddp-backend legacy_ddp")
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        ntokens = total("ntokens")
+        loss = total("loss")
+        metrics.log_scalar("loss", loss / max(ntokens, 1) / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["loss"].avg))
+        i = 0
+        while any(f"seg{i}_ntokens" in log for log in logging_outputs):
+            n = total(f"seg{i}_ntokens")
+            if n > 0:
+                metrics.log_scalar(f"loss_seg{i}", total(f"seg{i}_loss") / n / math.log(2), n, round=3)
+            i += 1
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

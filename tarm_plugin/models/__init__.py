@@ -1,0 +1,1 @@
+from . import tarm_lm  # noqa: F401

@@ -1,0 +1,221 @@
+"""``tarm_lm``: fairseq's transformer_lm with segment-level recurrent memory.
+
+The decoder is fairseq's own ``TransformerDecoder`` (embeddings, adaptive
+input, layers, adaptive softmax all unchanged); this model only changes what
+sequence the layers see: each segment becomes ``[E_{t-1} | tokens | write]``
+under :func:`~tarm_plugin.memory.memory_attention_mask`, and the memory
+recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
+
+``forward`` returns ``(logits, extra)`` like any fairseq decoder, with
+``extra["written_memory"]`` = [M_1..M_n] and ``extra["ema_memory"]`` =
+[E_1..E_n] (each ``[B, m, d]``) and ``extra["read_memory"]`` = what the first
+segment of the batch read. Memory is carried from one call to the next of the
+same ``memory_key`` (the split name, set by the task), and reset to E_0 for
+rows whose ``reset`` flag is set (a stream's first batch).
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer_lm import (
+    TransformerLanguageModel,
+    TransformerLanguageModelConfig,
+    base_lm_architecture,
+    transformer_lm_baevski_wiki103,
+)
+from fairseq.utils import safe_getattr
+from omegaconf import II
+
+from ..errors import TarmError
+from ..memory import CarriedMemory, RecurrentMemory, memory_attention_mask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TarmLanguageModelConfig(TransformerLanguageModelConfig):
+    num_memory_tokens: int = field(
+        default=10,
+        metadata={"help": "memory slots m read at each segment's start and written at "
+                  "its end; 0 = plain segment-level transformer (no memory)"},
+    )
+    memory_ema_alpha: float = field(
+        default=1.0,
+        metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in (0, 1]; 1 = RMT"},
+    )
+    segment_length: int = II("task.segment_length")
+    # fairseq's transformer_lm defaults these to 512 whatever the model width,
+    # adding silent projections; follow the width instead
+    decoder_input_dim: int = II("model.decoder_embed_dim")
+    decoder_output_dim: int = II("model.decoder_embed_dim")
+
+
+def dictionary_fingerprint(dictionary) -> int:
+    """A stable 63-bit hash of a dictionary's symbols, to catch checkpoint/data mismatch."""
+    digest = hashlib.md5("\n".join(dictionary.symbols).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@register_model("tarm_lm", dataclass=TarmLanguageModelConfig)
+class TarmLanguageModel(TransformerLanguageModel):
+    def __init__(self, decoder):
+        super().__init__(decoder)
+        args = decoder.args
+        m = safe_getattr(args, "num_memory_tokens", 0)
+        alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
+        check_memory_args(m, alpha)
+        # same scale as the token embeddings that the memory sits beside
+        init_std = decoder.embed_scale * decoder.embed_dim ** -0.5
+        self.memory = RecurrentMemory(m, decoder.embed_dim, alpha, init_std=init_std)
+        self.default_segment_length = safe_getattr(args, "segment_length", None)
+        self.carried = CarriedMemory()
+        self._masks = {}
+        self.register_buffer("dictionary_hash", torch.tensor([-1, -1], dtype=torch.long))
+
+    @classmethod
+    def build_model(cls, args, task):
+        tarm_lm_architecture(args)
+        check_memory_args(args.num_memory_tokens, args.memory_ema_alpha)
+        model = super().build_model(args, task)
+        d = task.source_dictionary
+        model.dictionary_hash.copy_(torch.tensor([len(d), dictionary_fingerprint(d)]))
+        return model
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        src_tokens,
+        src_lengths=None,
+        reset: Optional[torch.Tensor] = None,
+        memory_key: Optional[str] = None,
+        segment_length: Optional[int] = None,
+        features_only: bool = False,
+        **unused,
+    ):
+        bsz = src_tokens.size(0)
+        L = segment_length or self.default_segment_length or src_tokens.size(1)
+        if L > self.max_positions():
+            raise TarmError(
+                f"--segment-length {L} exceeds the model's {self.max_positions()} "
+                "positions (set --tokens-per-sample / --max-target-positions at training)"
+            )
+        key = memory_key or ("train" if self.training else "eval")
+        read = self.read_memory(key, bsz, reset)
+
+        trace = self.memory.scan(src_tokens.split(L, dim=1), read, self.segment_step)
+        self.carried.put(key, trace.averaged[-1])
+
+        x = torch.cat(trace.outputs, dim=1)
+        if self.decoder.project_out_dim is not None:
+            x = self.decoder.project_out_dim(x)
+        if not features_only:
+            x = self.decoder.output_layer(x)
+        return x, {
+            "read_memory": read,
+            "written_memory": trace.written,
+            "ema_memory": trace.averaged,
+        }
+
+    def read_memory(self, key: str, bsz: int, reset: Optional[torch.Tensor]) -> torch.Tensor:
+        """E_{t-1} for the first segment of this batch, one row per stream."""
+        carried, invalid = self.carried.get(key, bsz)
+        if carried is None:
+            if self.carried.has(key) and reset is not None and not bool(reset.all()):
+                logger.warning(f"memory '{key}': batch size changed mid-stream; "
+                               "reading the initial memory")
+            return self.memory.read(None, None, bsz)
+        fresh = invalid if reset is None else (invalid | reset.to(invalid.device))
+        return self.memory.read(carried, fresh, bsz)
+
+    def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
+        """One segment through fairseq's layers: returns (token features, M_t)."""
+        dec = self.decoder
+        m, (bsz, L) = read.size(1), tokens.shape
+        x = self.embed(tokens)
+        if m > 0:
+            x = torch.cat([read, x, self.memory.write_inputs(bsz).to(x.dtype)], dim=1)
+        x = x.transpose(0, 1)  # T x B x C, as fairseq's layers want
+        mask = self.attention_mask(m, L, x)
+        for layer in dec.layers:
+            x, _, _ = layer(x, self_attn_mask=mask)
+        if dec.layer_norm is not None:
+            x = dec.layer_norm(x)
+        x = x.transpose(0, 1)
+        return x[:, m : m + L], x[:, m + L :]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """fairseq's decoder input pipeline; positions restart at every segment."""
+        dec = self.decoder
+        x = dec.embed_scale * dec.embed_tokens(tokens)
+        if dec.quant_noise is not None:
+            x = dec.quant_noise(x)
+        if dec.project_in_dim is not None:
+            x = dec.project_in_dim(x)
+        if dec.embed_positions is not None:
+            x = x + dec.embed_positions(tokens)
+        if dec.layernorm_embedding is not None:
+            x = dec.layernorm_embedding(x)
+        return dec.dropout_module(x)
+
+    def attention_mask(self, m: int, L: int, like: torch.Tensor) -> torch.Tensor:
+        key = (m, L, like.device, like.dtype)
+        if key not in self._masks:
+            self._masks[key] = memory_attention_mask(m, L, like.device, like.dtype)
+        return self._masks[key]
+
+    # ------------------------------------------------------------- checkpoints
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        saved = state_dict.get("dictionary_hash")
+        mine = self.dictionary_hash
+        if saved is not None and int(mine[0]) >= 0 and not torch.equal(saved.cpu(), mine.cpu()):
+            raise TarmError(
+                f"checkpoint's dictionary ({int(saved[0])} types) does not match the "
+                f"data's dict.txt ({int(mine[0])} types): evaluate with the data-bin "
+                "the model was trained on"
+            )
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def check_memory_args(num_memory_tokens, alpha):
+    if num_memory_tokens is None or num_memory_tokens < 0:
+        raise TarmError(f"--num-memory-tokens must be >= 0, got {num_memory_tokens}")
+    if alpha is None or not 0.0 < alpha <= 1.0:
+        raise TarmError(f"--memory-ema-alpha must be in (0, 1], got {alpha}")
+
+
+def tarm_lm_architecture(args):
+    """Defaults of ``--arch tarm_lm`` (fairseq registers that name with the model)."""
+    args.num_memory_tokens = safe_getattr(args, "num_memory_tokens", 10)
+    args.memory_ema_alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
+    base_lm_architecture(args)
+
+
+@register_model_architecture("tarm_lm", "tarm_lm_wiki103")
+def tarm_lm_wiki103(args):
+    """The paper's WikiText-103 model: 16 layers, 10 heads, 410 dim, 2100 FFN,
+    adaptive input and softmax, tied, over the 267,735-word vocabulary."""
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 16)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 10)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 410)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 2100)
+    args.dropout = safe_getattr(args, "dropout", 0.1)
+    args.adaptive_input_factor = safe_getattr(args, "adaptive_input_factor", 4)
+    args.adaptive_softmax_factor = safe_getattr(args, "adaptive_softmax_factor", 4)
+    # fairseq's Baevski & Auli adaptive-input recipe (cutoffs 20000,60000, tied)
+    transformer_lm_baevski_wiki103(args)
+    tarm_lm_architecture(args)
+
+
+@register_model_architecture("tarm_lm", "tarm_lm_quadratic")
+def tarm_lm_quadratic(args):
+    """The step-by-step quadratic-equations model: 6 layers, 6 heads, 128 dim, 256 FFN."""
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 6)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 6)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 128)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 256)
+    args.num_memory_tokens = safe_getattr(args, "num_memory_tokens", 30)
+    tarm_lm_architecture(args)

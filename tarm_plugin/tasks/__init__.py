@@ -1,0 +1,1 @@
+from . import tarm_language_modeling  # noqa: F401

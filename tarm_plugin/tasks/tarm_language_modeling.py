@@ -1,0 +1,243 @@
+"""``tarm_language_modeling``: contiguous streams cut into segments.
+
+Like fairseq's ``examples/truncated_bptt``: a split (the same data-bin that
+``language_modeling`` reads) is concatenated and laid out as
+``batch_size * world_size`` contiguous streams; each rank keeps its own
+``batch_size`` streams and one dataset item is one whole batch, so memory can
+be carried from one batch to the next of the same stream. Unlike it:
+
+- every token of the split is a target exactly once: the input of token j is
+  token j-1 (``</s>`` for the split's first token), streams may differ in length
+  by one token, and the tail is padding, which the loss and eval-lm ignore;
+- each item says where its streams start (``reset``), and which memory it
+  belongs to (``memory_key`` = split name), so validation never clobbers the
+  training streams' memory;
+- training items hold ``--bptt-segments`` segments (gradients flow through
+  the memory across them); evaluation items hold one segment, memory carried
+  through the whole split.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from fairseq import utils
+from fairseq.data import FairseqDataset, data_utils, iterators
+from fairseq.distributed import utils as dist_utils
+from fairseq.tasks import register_task
+from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
+from omegaconf import II
+
+from ..errors import TarmError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TarmLanguageModelingConfig(LanguageModelingConfig):
+    segment_length: int = field(
+        default=64, metadata={"help": "tokens per segment (L); memory is read and written once per segment"}
+    )
+    bptt_segments: int = field(
+        default=4,
+        metadata={"help": "segments per training sample (k): gradients flow through the memory "
+                  "across k segments and are cut between samples"},
+    )
+    max_tokens: Optional[int] = II("dataset.max_tokens")
+
+
+def split_tokens(data) -> np.ndarray:
+    """All tokens of an indexed dataset, in order, as one 1-D array (no copy for mmap data)."""
+    sizes = np.asarray(data.sizes, dtype=np.int64)
+    index = getattr(data, "_index", None)
+    if index is not None and getattr(data, "_bin_buffer", None) is not None and len(sizes):
+        pointers = np.asarray(index._pointers)
+        item_bytes = np.dtype(index.dtype).itemsize
+        contiguous = np.array_equal(np.diff(pointers), sizes[:-1] * item_bytes)
+        if contiguous:
+            return np.frombuffer(data._bin_buffer, dtype=index.dtype,
+                                 count=int(sizes.sum()), offset=int(pointers[0]))
+    if len(data) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return torch.cat([data[i] for i in range(len(data))]).numpy()
+
+
+class SegmentStreamDataset(FairseqDataset):
+    """One item = one batch ``[bsz, n * segment_length]`` of this shard's streams.
+
+    The split's N tokens are cut into ``S = bsz * num_shards`` contiguous
+    streams of ``N // S`` or ``N // S + 1`` tokens (the first ``N % S`` get the
+    extra token); stream ``shard_id * bsz + b`` is row ``b`` here. Item i covers
+    segments ``[i*k, (i+1)*k)`` of every stream. All shards have the same
+    number of items, so no rank waits on another at the end of an epoch.
+    """
+
+    def __init__(self, tokens: np.ndarray, bsz: int, segment_length: int, segments_per_item: int,
+                 pad: int, eos: int, name: str, shard_id: int = 0, num_shards: int = 1):
+        super().__init__()
+        self.tokens = tokens
+        self.bsz, self.L, self.k = bsz, segment_length, segments_per_item
+        self.pad, self.eos, self.name = pad, eos, name
+        n_streams = bsz * num_shards
+        n = len(tokens)
+        if n < n_streams:
+            raise TarmError(
+                f"split '{name}' has {n} tokens, fewer than the {n_streams} streams asked for "
+                f"(--batch-size x world size); lower the batch size"
+            )
+        base, extra = divmod(n, n_streams)
+        lengths = np.full(n_streams, base, dtype=np.int64)
+        lengths[:extra] += 1
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        rows = slice(shard_id * bsz, (shard_id + 1) * bsz)
+        self.starts, self.lengths = starts[rows], lengths[rows]
+        self.width = segment_length * segments_per_item
+        self._len = math.ceil(int(lengths.max()) / self.width)  # the same on every shard
+
+    def __len__(self):
+        return self._len
+
+    def __getitem__(self, i):
+        begin = i * self.width
+        n_seg = min(self.k, math.ceil((int(self.lengths.max()) - begin) / self.L))
+        width = n_seg * self.L
+        source = torch.full((self.bsz, width), self.pad, dtype=torch.long)
+        target = torch.full((self.bsz, width), self.pad, dtype=torch.long)
+        for b, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            lo, hi = start + begin, start + min(begin + width, length)
+            if hi <= lo:
+                continue
+            target[b, : hi - lo] = torch.from_numpy(self.tokens[lo:hi].astype(np.int64))
+            # the input of token j is token j-1: the token crossing a segment or
+            # batch boundary is still predicted, and scored exactly once
+            prev = self.tokens[lo - 1 : hi - 1] if lo > 0 else np.concatenate([[self.eos], self.tokens[: hi - 1]])
+            source[b, : hi - lo] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
+        return {"id": i, "source": source, "target": target}
+
+    def collater(self, samples):
+        assert len(samples) == 1, "each item is already a whole batch"
+        item = samples[0]
+        source, target = item["source"], item["target"]
+        return {
+            "id": torch.full((source.size(0),), item["id"], dtype=torch.long),
+            "nsentences": source.size(0),
+            "ntokens": int(target.ne(self.pad).sum()),
+            "net_input": {
+                "src_tokens": source,
+                "src_lengths": source.ne(self.pad).sum(dim=1),
+                "reset": torch.full((source.size(0),), item["id"] == 0, dtype=torch.bool),
+                "memory_key": self.name,
+                "segment_length": self.L,
+            },
+            "target": target,
+        }
+
+    def num_tokens(self, index):
+        return self.bsz * self.width
+
+    def size(self, index):
+        return self.width
+
+    @property
+    def sizes(self):
+        return np.full(len(self), self.width, dtype=np.int64)
+
+    def ordered_indices(self):
+        return np.arange(len(self))
+
+
+@register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)
+class TarmLanguageModelingTask(LanguageModelingTask):
+    @classmethod
+    def setup_task(cls, args, **kwargs):
+        if args.segment_length is None or args.segment_length < 1:
+            raise TarmError(f"--segment-length must be >= 1, got {args.segment_length}")
+        if args.bptt_segments is None or args.bptt_segments < 1:
+            raise TarmError(f"--bptt-segments must be >= 1, got {args.bptt_segments}")
+        if getattr(args, "add_bos_token", False):
+            raise TarmError("--add-bos-token is not supported: streams already start after </s>")
+        if not args.data:
+            raise TarmError("no data directory given (the positional DATA argument / task.data)")
+        data = utils.split_paths(args.data)[0]
+        if not os.path.isdir(data):
+            raise TarmError(f"data directory not found: {data}")
+        if not os.path.isfile(os.path.join(data, "dict.txt")):
+            raise TarmError(f"{os.path.join(data, 'dict.txt')} not found: is {data} a fairseq-preprocess output?")
+        return super().setup_task(args, **kwargs)
+
+    def batch_size_for(self, split: str) -> int:
+        train = split == getattr(self.args, "train_subset", "train")
+        bsz = None if train else getattr(self.args, "batch_size_valid", None)
+        bsz = bsz or getattr(self.args, "batch_size", None)
+        if bsz is None:
+            max_tokens = getattr(self.args, "max_tokens", None)
+            width = self.args.segment_length * (self.args.bptt_segments if train else 1)
+            bsz = max(1, max_tokens // width) if max_tokens else 1
+        return int(bsz)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        paths = utils.split_paths(self.args.data)
+        data_path = paths[(epoch - 1) % len(paths)]
+        split_path = os.path.join(data_path, split)
+        data = data_utils.load_indexed_dataset(
+            split_path, self.dictionary, self.args.dataset_impl, combine=combine
+        )
+        if data is None:
+            raise TarmError(f"split '{split}' not found in {data_path} (no {split}.bin/.idx)")
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shard_id = dist_utils.get_data_parallel_rank()
+            num_shards = dist_utils.get_data_parallel_world_size()
+        else:
+            shard_id, num_shards = 0, 1
+        train = split == getattr(self.args, "train_subset", "train")
+        self.datasets[split] = SegmentStreamDataset(
+            split_tokens(data),  # may be a view of data's mmap: the dataset keeps ``data`` alive
+            bsz=self.batch_size_for(split),
+            segment_length=self.args.segment_length,
+            segments_per_item=self.args.bptt_segments if train else 1,
+            pad=self.dictionary.pad(),
+            eos=self.dictionary.eos(),
+            name=split,
+            shard_id=shard_id,
+            num_shards=num_shards,
+        )
+        ds = self.datasets[split]
+        ds.backing = data  # MMapIndexedDataset unmaps its buffer when collected
+        logger.info(f"{split}: {len(ds.tokens):,} tokens in {ds.bsz}x{num_shards} streams, "
+                    f"{len(ds)} batches of {ds.k}x{ds.L} tokens")
+
+    def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, **kwargs):
+        # every item is already a whole batch of this rank's streams, in stream order:
+        # no shuffling, no re-batching, no sharding, no dropped remainder
+        return iterators.EpochBatchIterator(
+            dataset=dataset,
+            collate_fn=dataset.collater,
+            batch_sampler=[[i] for i in range(len(dataset))],
+            num_workers=num_workers,
+            epoch=epoch,
+            buffer_size=data_buffer_size,
+            disable_shuffling=True,
+        )
+
+    def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
+                           num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
+                           context_window=0):
+        if context_window > 0:
+            raise TarmError("--context-window is not used by tarm: the memory carries the context "
+                            "across segments; drop the flag")
+        return self.get_batch_iterator(
+            dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
+        ).next_epoch_itr(shuffle=False)
+
+    def build_model(self, args, from_checkpoint=False):
+        model = super().build_model(args, from_checkpoint)
+        max_pos = model.max_positions() if hasattr(model, "max_positions") else None
+        if isinstance(max_pos, int) and self.args.segment_length > max_pos:
+            raise TarmError(f"--segment-length {self.args.segment_length} exceeds the model's "
+                            f"{max_pos} positions (--tokens-per-sample / --max-target-positions)")
+        return model

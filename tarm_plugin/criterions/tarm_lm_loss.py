@@ -4,7 +4,9 @@ Memory positions never reach the loss (the model returns token positions
 only) and padding (a stream's tail) is ignored. Works with a full softmax or
 fairseq's adaptive softmax. Besides ``loss``/``ppl`` (base 2, as fairseq logs
 them) it logs ``loss_seg{i}``: the training loss of the i-th segment of each
-k-segment sample, which shows whether the memory helps later segments.
+k-segment sample, which shows whether the memory helps later segments; and,
+with ``--eval-exact-match-segments N``, the validation ``accuracy``: the share
+of samples whose last N segments greedy decoding gets exactly right.
 """
 
 import math
@@ -18,6 +20,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as dist_utils
 from omegaconf import II
 
+from ..answer import exact_match_rows, greedy_last_segments
 from ..errors import TarmError
 
 
@@ -64,8 +67,14 @@ class TarmLmLoss(FairseqCriterion):
             "nsentences": target.size(0),
             "sample_size": ntokens,
         }
+        L = sample["net_input"].get("segment_length") or target.size(1)
+        n_answer = getattr(getattr(self.task, "args", None), "eval_exact_match_segments", 0)
+        if n_answer and not model.training:
+            answer = target[:, -n_answer * L:]
+            generated = greedy_last_segments(model, sample["net_input"]["src_tokens"], L, n_answer)
+            logging_output["em_correct"] = int(exact_match_rows(generated, answer, self.padding_idx).sum())
+            logging_output["em_total"] = int(answer.ne(self.padding_idx).any(dim=1).sum())
         if model.training:
-            L = sample["net_input"].get("segment_length") or target.size(1)
             bsz, T = target.shape
             if T % L == 0:
                 seg_loss = nll.view(bsz, T // L, L).sum(dim=(0, 2))
@@ -94,6 +103,9 @@ class TarmLmLoss(FairseqCriterion):
         loss = total("loss")
         metrics.log_scalar("loss", loss / max(ntokens, 1) / math.log(2), ntokens, round=3)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["loss"].avg))
+        em_total = total("em_total")
+        if em_total:
+            metrics.log_scalar("accuracy", 100.0 * total("em_correct") / em_total, em_total, round=2)
         i = 0
         while any(f"seg{i}_ntokens" in log for log in logging_outputs):
             n = total(f"seg{i}_ntokens")

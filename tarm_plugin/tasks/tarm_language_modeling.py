@@ -47,6 +47,16 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
         metadata={"help": "segments per training sample (k): gradients flow through the memory "
                   "across k segments and are cut between samples"},
     )
+    loss_start_segment: int = field(
+        default=0,
+        metadata={"help": "with --sample-break-mode eos: the first N segments of each sample are "
+                  "context only (read, not scored), e.g. 1 for the quadratic task's equation"},
+    )
+    eval_exact_match_segments: int = field(
+        default=0,
+        metadata={"help": "with --sample-break-mode eos: in validation, greedily generate the last "
+                  "N segments of each sample with memory and log the exact-match 'accuracy'"},
+    )
     max_tokens: Optional[int] = II("dataset.max_tokens")
 
 
@@ -150,6 +160,69 @@ class SegmentStreamDataset(FairseqDataset):
         return np.arange(len(self))
 
 
+class SampleSegmentsDataset(FairseqDataset):
+    """``--sample-break-mode eos``: one sample per line, memory reset for every sample.
+
+    Item i is a batch of ``bsz`` lines (this shard's share of global batch i),
+    each cut into segments of ``segment_length`` and padded to whole segments.
+    The input of a sample's first token is ``</s>``. Targets in the first
+    ``loss_start_segment`` segments are padding (context only). Training order
+    is reshuffled every epoch; evaluation keeps the file order.
+    """
+
+    def __init__(self, data, bsz, segment_length, pad, eos, name, loss_start_segment=0,
+                 shuffle=False, seed=1, shard_id=0, num_shards=1):
+        super().__init__()
+        self.data, self.bsz, self.L = data, bsz, segment_length
+        self.pad, self.eos, self.name = pad, eos, name
+        self.loss_start = loss_start_segment * segment_length
+        self.shuffle, self.seed = shuffle, seed
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.order = np.arange(len(data))
+        self.k = int(math.ceil(int(np.max(data.sizes)) / segment_length)) if len(data) else 1
+        self._len = math.ceil(len(data) / (bsz * num_shards))
+
+    def set_epoch(self, epoch):
+        if self.shuffle:
+            self.order = np.random.RandomState(self.seed + epoch).permutation(len(self.data))
+
+    def __len__(self):
+        return self._len
+
+    def __getitem__(self, i):
+        glob = i * self.bsz * self.num_shards + self.shard_id * self.bsz
+        rows = self.order[glob : min(glob + self.bsz, len(self.data))]
+        lines = [self.data[int(r)].long() for r in rows]
+        width = max([math.ceil(len(x) / self.L) * self.L for x in lines] + [self.L])
+        n_rows = max(len(lines), 1)  # a shard past the end gets one all-padding row
+        source = torch.full((n_rows, width), self.pad, dtype=torch.long)
+        target = torch.full((n_rows, width), self.pad, dtype=torch.long)
+        for b, line in enumerate(lines):
+            target[b, : len(line)] = line
+            source[b, 0] = self.eos
+            source[b, 1 : len(line)] = line[:-1]
+            target[b, : self.loss_start] = self.pad
+        return {"id": i, "source": source, "target": target}
+
+    def collater(self, samples):
+        batch = SegmentStreamDataset.collater(self, samples)
+        batch["net_input"]["reset"].fill_(True)  # every row is a new sample
+        return batch
+
+    def num_tokens(self, index):
+        return self.bsz * self.k * self.L
+
+    def size(self, index):
+        return self.k * self.L
+
+    @property
+    def sizes(self):
+        return np.full(len(self), self.k * self.L, dtype=np.int64)
+
+    def ordered_indices(self):
+        return np.arange(len(self))
+
+
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)
 class TarmLanguageModelingTask(LanguageModelingTask):
     @classmethod
@@ -158,6 +231,13 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"--segment-length must be >= 1, got {args.segment_length}")
         if args.bptt_segments is None or args.bptt_segments < 1:
             raise TarmError(f"--bptt-segments must be >= 1, got {args.bptt_segments}")
+        if args.sample_break_mode not in ("none", "eos"):
+            raise TarmError(f"--sample-break-mode {args.sample_break_mode} is not supported: use none "
+                            "(contiguous streams) or eos (one sample per line, memory reset per sample)")
+        if args.sample_break_mode != "eos" and (args.loss_start_segment or args.eval_exact_match_segments):
+            raise TarmError("--loss-start-segment / --eval-exact-match-segments need --sample-break-mode eos")
+        if args.loss_start_segment < 0 or args.eval_exact_match_segments < 0:
+            raise TarmError("--loss-start-segment and --eval-exact-match-segments must be >= 0")
         if getattr(args, "add_bos_token", False):
             raise TarmError("--add-bos-token is not supported: streams already start after </s>")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
@@ -200,6 +280,16 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         else:
             shard_id, num_shards = 0, 1
         train = split == getattr(self.args, "train_subset", "train")
+        if self.args.sample_break_mode == "eos":
+            self.datasets[split] = SampleSegmentsDataset(
+                data, bsz=self.batch_size_for(split), segment_length=self.args.segment_length,
+                pad=self.dictionary.pad(), eos=self.dictionary.eos(), name=split,
+                loss_start_segment=self.args.loss_start_segment, shuffle=train,
+                seed=self.args.seed, shard_id=shard_id, num_shards=num_shards)
+            ds = self.datasets[split]
+            logger.info(f"{split}: {len(data):,} samples of up to {ds.k}x{ds.L} tokens, "
+                        f"{len(ds)} batches of {ds.bsz}x{num_shards}")
+            return
         self.datasets[split] = SegmentStreamDataset(
             split_tokens(data),  # may be a view of data's mmap: the dataset keeps ``data`` alive
             bsz=self.batch_size_for(split),

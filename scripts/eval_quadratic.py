@@ -1,0 +1,60 @@
+"""Exact-match accuracy of a quadratic-equations checkpoint on a split.
+
+The model reads the equation and the steps (segments 1-5, memory carried)
+and greedily writes the answer segment; an answer is right only if it equals
+the reference exactly. Prints the accuracy overall and per kind (two roots,
+double root, no real roots) as JSON.
+
+Usage: python scripts/eval_quadratic.py --path CKPT --data data-bin/quadratic [--split test]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--path", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args()
+    for f, what in ((args.path, "--path"), (os.path.join(args.data, "dict.txt"), "--data")):
+        if not os.path.isfile(f):
+            sys.exit(f"eval_quadratic: error: {what}: {f} not found")
+
+    from fairseq import checkpoint_utils, utils
+
+    utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
+    from tarm_plugin.answer import answer_accuracy, greedy_last_segments, split_by_kind
+
+    overrides = {"data": args.data, "batch_size": args.batch_size, "batch_size_valid": args.batch_size}
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
+    model = models[0].eval()
+    n_answer = task.args.eval_exact_match_segments or 1
+    L = task.args.segment_length
+    task.load_dataset(args.split)
+    d = task.target_dictionary
+    preds, refs = [], []
+    with torch.no_grad():
+        for sample in task.get_batch_iterator(task.dataset(args.split)).next_epoch_itr(shuffle=False):
+            src, tgt = sample["net_input"]["src_tokens"], sample["target"][:, -n_answer * L:]
+            gen = greedy_last_segments(model, src, L, n_answer)
+            for g, t in zip(gen, tgt):
+                keep = t.ne(d.pad())
+                if keep.any():
+                    preds.append(d.string(g[keep]))
+                    refs.append(d.string(t[keep]))
+    result = {"split": args.split, "samples": len(refs), "accuracy": answer_accuracy(preds, refs),
+              "by_kind": {k: {"accuracy": a, "samples": n} for k, (a, n) in split_by_kind(preds, refs).items()}}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

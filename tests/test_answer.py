@@ -1,0 +1,62 @@
+"""The exact-match accuracy: hand-made predictions, and greedy decoding with memory."""
+
+import pytest
+import torch
+
+from conftest import build
+from tarm_plugin.answer import (
+    answer_accuracy,
+    exact_match_rows,
+    greedy_last_segments,
+    normalize_answer,
+    split_by_kind,
+)
+
+
+def test_accuracy_on_hand_made_predictions():
+    refs = ["x1=-3,x2=1", "x=5", "noroots", "x1=-100,x2=99"]
+    assert answer_accuracy(refs, refs) == 1.0
+    preds = ["x1=-3,x2=1", "x=-5", "noroots", "x1=-100,x2=9"]  # right, wrong sign, right, cut short
+    assert answer_accuracy(preds, refs) == 0.5
+    # field padding, spaces and </s> are not part of the answer
+    assert answer_accuracy(["x 1 = - 3 , x 2 = 1 _ _ _ </s>"], ["x1=-3,x2=1"]) == 1.0
+    assert answer_accuracy(["x1=1,x2=-3"], ["x1=-3,x2=1"]) == 0.0  # roots in the wrong order
+    assert answer_accuracy(["x1=-3,x2=1"], ["noroots"]) == 0.0     # roots where there are none
+    assert answer_accuracy(["noroots"], ["x=5"]) == 0.0            # none where there is one
+    assert normalize_answer("n o r o o t s _ _") == "noroots"
+    by_kind = split_by_kind(preds, refs)
+    assert by_kind == {"two_roots": (0.5, 2), "double_root": (0.0, 1), "no_roots": (1.0, 1)}
+    with pytest.raises(ValueError):
+        answer_accuracy(["x=1"], [])
+
+
+def test_exact_match_rows_ignores_padding():
+    pad = 1
+    target = torch.tensor([[5, 6, 7, 1], [5, 6, 7, 8], [1, 1, 1, 1]])
+    generated = torch.tensor([[5, 6, 7, 9], [5, 6, 0, 8], [1, 1, 1, 1]])
+    assert exact_match_rows(generated, target, pad).tolist() == [True, False, False]
+
+
+def test_greedy_decoding_matches_teacher_forced_argmax(dict_dir):
+    """Fed its own greedy tokens, the model must produce the same argmax as a full
+    teacher-forced forward over those tokens: decoding sees memory and no future."""
+    L = 4
+    _, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", "3",
+                     "--memory-ema-alpha", "0.5")
+    model.eval()
+    src = torch.randint(4, 60, (3, 3 * L))
+    gen = greedy_last_segments(model, src, L, n_segments=2)
+    assert gen.shape == (3, 2 * L)
+    # teacher-force the generated continuation
+    forced = torch.cat([src[:, :L + 1], gen[:, :-1]], dim=1)
+    model.carried.clear()
+    with torch.no_grad():
+        logits, _ = model(forced, reset=torch.ones(3, dtype=torch.bool), memory_key="t", segment_length=L)
+    assert torch.equal(logits[:, L:].argmax(-1), gen)
+    # the answer depends on the first segment only through memory
+    other = src.clone()
+    other[:, 0] = (other[:, 0] - 4 + 13) % 56 + 4
+    with torch.no_grad():
+        lp_a = model(src, reset=torch.ones(3, dtype=torch.bool), memory_key="a", segment_length=L)[0]
+        lp_b = model(other, reset=torch.ones(3, dtype=torch.bool), memory_key="b", segment_length=L)[0]
+    assert not torch.allclose(lp_a[:, 2 * L:], lp_b[:, 2 * L:])

@@ -168,3 +168,22 @@ def test_carried_memory_is_saved_with_the_model(dict_dir):
 def test_bad_flags_raise_tarm_error(dict_dir, flags, match):
     with pytest.raises(TarmError, match=match):
         build(dict_dir, *flags)
+
+
+def test_overflowed_memory_is_reset_never_propagated(dict_dir):
+    """An fp16 overflow step can leave inf/NaN in the carried memory: the next
+    batch must read E_0 for those rows and stay finite."""
+    model = model_with(dict_dir, m=3, alpha=0.5).half()
+    batches = stream_batches(n_batches=2)
+    with torch.no_grad():
+        model(batches[0], reset=torch.ones(2, dtype=torch.bool), memory_key="h", segment_length=L)
+        carried, _ = model.carried.get("h", 2)
+        poisoned = carried.clone()
+        poisoned[1, 0, 0] = float("inf")
+        model.carried.put("h", poisoned)
+        logits, extra = model(batches[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="h",
+                              segment_length=L)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(extra["read_memory"][1], model.memory.initial.detach())  # row 1: E_0
+    assert torch.equal(extra["read_memory"][0], carried[0])                   # row 0: carried on
+    assert torch.isfinite(extra["ema_memory"][-1]).all()

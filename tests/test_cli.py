@@ -179,3 +179,15 @@ def test_eval_errors(ptb_small, tmp_path):
              "--testpref", str(other / "t.txt"), "--destdir", str(other / "bin")])
     assert p.returncode == 0
     one_line_error(eval_lm(str(other / "bin"), ckpt), "dictionary")
+
+
+def test_hydra_config(ptb_small, tmp_path):
+    """examples/ptb/tarm_ptb.yaml through fairseq-hydra-train."""
+    data, _ = ptb_small
+    p = run(["fairseq-hydra-train", "--config-dir", os.path.join(ROOT, "examples", "ptb"),
+             "--config-name", "tarm_ptb", f"common.user_dir={PLUGIN}", f"task.data={data}",
+             "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}", "common.log_interval=1",
+             "dataset.validate_interval_updates=0", f"hydra.run.dir={tmp_path}"])
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert "num_updates=2" in out and (tmp_path / "checkpoint_last.pt").exists()

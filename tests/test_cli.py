@@ -191,3 +191,20 @@ def test_hydra_config(ptb_small, tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     assert "num_updates=2" in out and (tmp_path / "checkpoint_last.pt").exists()
+
+
+def test_hub_sample_and_score(ptb_small, tmp_path):
+    """from_pretrained(...).sample / .score carry memory (see test_generation.py for exactness)."""
+    import torch
+
+    from tarm_plugin.models.tarm_lm import TarmLanguageModel
+
+    data, _ = ptb_small
+    train(data, tmp_path, max_update=2)
+    hub = TarmLanguageModel.from_pretrained(str(tmp_path), "checkpoint_last.pt", data)
+    text = hub.sample("the company said", max_new_tokens=40)
+    assert text.startswith("the company said") and len(text.split()) > 3
+    scored = hub.score("the company said it would sell " * 10)
+    assert scored["positional_scores"].shape == (61,) and torch.isfinite(scored["positional_scores"]).all()
+    with pytest.raises(ValueError, match="beam"):
+        hub.sample("the", beam=4)

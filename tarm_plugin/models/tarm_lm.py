@@ -170,6 +170,24 @@ class TarmLanguageModel(TransformerLanguageModel):
             self._masks[key] = memory_attention_mask(m, L, like.device, like.dtype)
         return self._masks[key]
 
+    # --------------------------------------------------------------- inference
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """A hub interface whose ``sample``/``score`` carry memory across segments."""
+        from fairseq import hub_utils
+
+        from ..generation import TarmHubInterface
+
+        x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                                      archive_map=cls.hub_models(), **kwargs)
+        return TarmHubInterface(x["args"], x["task"], x["models"])
+
+    def generate(self, inputs, max_new_tokens, **kwargs):
+        """Continue token ids ``inputs`` [B, P] with memory (see tarm_plugin.generation)."""
+        from ..generation import generate
+
+        return generate(self, inputs, max_new_tokens, **kwargs)
+
     # ------------------------------------------------------------- checkpoints
     def get_extra_state(self):
         """The carried memory goes into checkpoints, so a resumed run (mid-epoch

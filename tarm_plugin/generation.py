@@ -1,0 +1,158 @@
+"""Text generation and long-document scoring with memory.
+
+Generation runs the prompt's full segments normally (each writes memory),
+then decodes incrementally inside the current segment: the read memory and
+the tokens so far are cached in fairseq's incremental state, so each new
+token costs one position. When a segment fills up it is run once more in
+full to write its memory (M_t, then E_t), and the next segment starts
+reading E_t.
+
+``TarmLanguageModel.from_pretrained(...)`` returns :class:`TarmHubInterface`,
+whose ``sample``/``generate``/``score`` use this (fairseq's own
+SequenceGenerator would call the bare decoder and silently drop the memory).
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.hub_utils import GeneratorHubInterface
+
+from .memory import ema_update
+
+
+def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -> torch.Tensor:
+    if not sampling:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / max(temperature, 1e-6)
+    if topk > 0:
+        kth = logits.topk(topk, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1)
+
+
+def _next_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    x = hidden
+    if model.decoder.project_out_dim is not None:
+        x = model.decoder.project_out_dim(x)
+    return model.get_normalized_probs((model.decoder.output_layer(x), {}), log_probs=True)[:, -1].float()
+
+
+def _layers(model, x: torch.Tensor, incremental_state: Dict, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """x [B, T, C] through the layers, appending to the cached keys/values."""
+    h = x.transpose(0, 1)
+    for layer in model.decoder.layers:
+        h, _, _ = layer(h, incremental_state=incremental_state, self_attn_mask=mask)
+    if model.decoder.layer_norm is not None:
+        h = model.decoder.layer_norm(h)
+    return h.transpose(0, 1)
+
+
+def _embed_step(model, seg_tokens: torch.Tensor) -> torch.Tensor:
+    """Embedding of the last token of ``seg_tokens`` at its position in the segment."""
+    dec = model.decoder
+    x = dec.embed_scale * dec.embed_tokens(seg_tokens[:, -1:])
+    if dec.project_in_dim is not None:
+        x = dec.project_in_dim(x)
+    if dec.embed_positions is not None:
+        x = x + dec.embed_positions(seg_tokens, incremental_state={})  # position = len(seg_tokens) - 1
+    if dec.layernorm_embedding is not None:
+        x = dec.layernorm_embedding(x)
+    return x
+
+
+@torch.no_grad()
+def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: Optional[int] = None,
+             sampling: bool = False, temperature: float = 1.0, topk: int = 0) -> torch.Tensor:
+    """Continue ``inputs`` [B, P] (the model's input stream, e.g. ``</s>`` + prompt).
+
+    Returns the ``max_new_tokens`` new tokens [B, N]; new token i is the
+    prediction after input ``P + i - 1``. Memory starts at E_0.
+    """
+    model.eval()
+    L = segment_length or model.default_segment_length
+    B = inputs.size(0)
+    n_full = (inputs.size(1) - 1) // L  # keep >= 1 token for the current segment
+    read = model.memory.initial_memory(B)
+    if n_full:
+        read = model.memory.scan(inputs[:, : n_full * L].split(L, dim=1), read, model.segment_step).averaged[-1]
+    seg = inputs[:, n_full * L :]
+    out = []
+    while len(out) < max_new_tokens:
+        # a fresh segment: cache the read memory (read slots see only each other)
+        state: Dict = {}
+        m = read.size(1)
+        if m:
+            _layers(model, read, state, mask=None)
+        # the segment's given tokens, causal among themselves, seeing all read slots
+        x = torch.cat([model.embed(seg)], dim=1)
+        r = seg.size(1)
+        mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
+        mask[:, m:] = model.attention_mask(0, r, x)
+        hidden = _layers(model, x, state, mask)
+        while True:
+            tok = _pick(_next_logits(model, hidden), sampling, temperature, topk)
+            out.append(tok)
+            if len(out) == max_new_tokens:
+                break
+            if seg.size(1) == L:
+                break  # segment full: write memory, start the next one with this token
+            seg = torch.cat([seg, tok], dim=1)
+            hidden = _layers(model, _embed_step(model, seg), state, mask=None)
+        if len(out) == max_new_tokens:
+            break
+        _, written = model.segment_step(seg, read)
+        read = ema_update(read, written, model.memory.alpha)
+        seg = tok
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Optional[int] = None,
+          pad: Optional[int] = None) -> torch.Tensor:
+    """Log-probability of each target token [B, T], memory carried over the whole document."""
+    model.eval()
+    L = segment_length or model.default_segment_length
+    model.carried.clear("score")
+    scores = []
+    for i, (x, y) in enumerate(zip(inputs.split(L, dim=1), targets.split(L, dim=1))):
+        reset = torch.full((inputs.size(0),), i == 0, device=inputs.device)
+        out, _ = model(x, reset=reset, memory_key="score", segment_length=L)
+        lprobs = model.get_normalized_probs((out, {}), log_probs=True, sample={"target": y})
+        scores.append(lprobs.float().gather(-1, y.unsqueeze(-1)).squeeze(-1))
+    model.carried.clear("score")
+    return torch.cat(scores, dim=1)
+
+
+class TarmHubInterface(GeneratorHubInterface):
+    """``from_pretrained(...)`` for tarm: sample and score with memory."""
+
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        eos = torch.tensor([self.task.source_dictionary.eos()], dtype=tokens.dtype)
+        # fairseq's encode() ends a sentence with </s>; the stream's first input is </s>
+        body = tokens[:-1] if len(tokens) and tokens[-1] == eos[0] else tokens
+        return torch.cat([eos, body]).unsqueeze(0).to(self.device)
+
+    def generate(self, tokenized_sentences: List[torch.LongTensor], beam: int = 1, verbose: bool = False,
+                 max_new_tokens: int = 50, sampling: bool = False, temperature: float = 1.0,
+                 topk: int = 0, **unused) -> List[List[Dict[str, torch.Tensor]]]:
+        if beam != 1:
+            raise ValueError("tarm generation is greedy or sampled (beam=1)")
+        model = self.models[0]
+        results = []
+        for tokens in tokenized_sentences:
+            inputs = self._inputs(tokens)
+            new = generate(model, inputs, max_new_tokens, sampling=sampling, temperature=temperature, topk=topk)
+            results.append([{"tokens": torch.cat([inputs[0, 1:], new[0]]).cpu()}])
+        return results
+
+    def score(self, sentences: List[str], **unused):
+        """Per-token log-probabilities of each (long) text, memory carried across its segments."""
+        single = isinstance(sentences, str)
+        out = []
+        for text in [sentences] if single else sentences:
+            tokens = self.encode(text)
+            inputs = self._inputs(tokens)
+            targets = torch.cat([inputs[0, 1:], tokens[-1:].to(self.device)]).unsqueeze(0)
+            lp = score(self.models[0], inputs, targets)[0]
+            out.append({"tokens": targets[0].cpu(), "positional_scores": lp.cpu()})
+        return out[0] if single else out

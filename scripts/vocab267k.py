@@ -7,7 +7,8 @@ binarizes it with fairseq-preprocess (-> 267,744 types in dict.txt, as for
 WikiText-103), trains ``--arch tarm_lm_wiki103`` for a few updates with
 160-token segments and runs ``fairseq-eval-lm`` on its test split. Reports the
 parameter count, seconds per update, eval tokens/s and each command's peak
-memory (max RSS).
+memory (max RSS), next to fairseq's own ``transformer_lm_wiki103`` (same
+layers, same tokens per update) trained the same way on the same data.
 
 Usage: python scripts/vocab267k.py [--out runs/vocab267k] [--updates 6]
 """
@@ -106,6 +107,23 @@ def main():
         "train_peak_rss_mib": round(rss_train), "train_seconds_total": round(t_train, 1),
         "eval_tokens": n_eval, "eval_tokens_per_s": eval_tps, "eval_ppl": ppl,
         "eval_peak_rss_mib": round(rss_eval), "eval_seconds_total": round(t_eval, 1),
+    }
+    # the same vocabulary through fairseq's own transformer_lm_wiki103 (adaptive input,
+    # adaptive_loss), same tokens per update, as a reference for loss scale, speed, memory
+    ref_cmd = ["fairseq-train", data, "--task", "language_modeling", "--arch", "transformer_lm_wiki103",
+               "--decoder-layers", "16", "--decoder-embed-dim", "410", "--decoder-ffn-embed-dim", "2100",
+               "--decoder-attention-heads", "10", "--dropout", "0.1", "--tokens-per-sample", "160",
+               "--batch-size", str(args.batch_size * args.bptt_segments), "--criterion", "adaptive_loss",
+               "--ddp-backend", "legacy_ddp", "--optimizer", "adam", "--lr", "2.5e-4", "--clip-norm", "0.25",
+               "--max-update", str(args.updates), "--disable-validation", "--no-save", "--cpu",
+               "--num-workers", "0", "--log-format", "json", "--log-interval", "1", "--no-progress-bar"]
+    t_ref, rss_ref, out = run_measured(ref_cmd, os.path.join(args.out, "fairseq_transformer_lm.log"))
+    recs = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+    result["fairseq_transformer_lm_wiki103"] = {
+        "parameters": int(re.findall(r"num. shared model params: ([\d,]+)", out)[-1].replace(",", "")),
+        "train_losses": [float(r["loss"]) for r in recs],
+        "seconds_per_update": round(1 / float(np.median([float(r["ups"]) for r in recs][1:])), 2),
+        "train_peak_rss_mib": round(rss_ref),
     }
     json.dump(result, open(os.path.join(args.out, "result.json"), "w"), indent=1)
     print(json.dumps(result, indent=1))

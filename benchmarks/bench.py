@@ -155,10 +155,12 @@ def one_long(data, kind, n_tokens):
     with torch.no_grad():
         if kind == "transformer_lm":
             model = build(data, "transformer_lm", tokens_per_sample=n_tokens).eval()
+            model(stream[:, :L])  # warm-up
             t0 = time.perf_counter()
             model(stream)
         else:
             model = build(data, "tarm", m=M, alpha=0.2).eval()
+            model(stream[:, :L], memory_key="warm-up", segment_length=L)
             t0 = time.perf_counter()
             for i, seg in enumerate(stream.split(L, dim=1)):
                 model(seg, reset=torch.tensor([i == 0]), memory_key="long", segment_length=L)

@@ -17,7 +17,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 
 import matplotlib
@@ -27,16 +26,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ablate import parse_valid  # noqa: E402  (the same JSON-log reader as the ablation table)
 
 
 def valid_curve(log_path):
-    points = []
-    for line in open(log_path):
-        m = re.search(r"\| valid \| (\{.*\})", line)
-        if m:
-            rec = json.loads(m.group(1))
-            points.append((int(rec["valid_num_updates"]), float(rec["valid_ppl"])))
-    return points
+    """[(num_updates, valid perplexity)] from a fairseq JSON log."""
+    return [(u, 2 ** loss) for u, loss in parse_valid(log_path)]
 
 
 def plot_curves(args):

@@ -31,7 +31,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 
 from ..errors import TarmError
-from ..memory import CarriedMemory, RecurrentMemory, memory_attention_mask
+from ..memory import CarriedMemory, MemoryTrace, RecurrentMemory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,10 @@ class TarmLanguageModel(TransformerLanguageModel):
         key = memory_key or ("train" if self.training else "eval")
         read = self.read_memory(key, bsz, reset)
 
-        trace = self.memory.scan(src_tokens.split(L, dim=1), read, self.segment_step)
+        if self.memory.num_tokens == 0 and src_tokens.size(1) % L == 0:
+            trace = self.independent_segments(src_tokens, L, read)
+        else:
+            trace = self.memory.scan(src_tokens.split(L, dim=1), read, self.segment_step)
         self.carried.put(key, trace.averaged[-1])
 
         x = torch.cat(trace.outputs, dim=1)
@@ -122,6 +125,12 @@ class TarmLanguageModel(TransformerLanguageModel):
             "written_memory": trace.written,
             "ema_memory": trace.averaged,
         }
+
+    def independent_segments(self, tokens, L, read) -> MemoryTrace:
+        """m = 0: segments do not depend on each other, so run them as one batch."""
+        bsz, n = tokens.size(0), tokens.size(1) // L
+        y, written = self.segment_step(tokens.reshape(bsz * n, L), read.repeat(n, 1, 1))
+        return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n)
 
     def read_memory(self, key: str, bsz: int, reset: Optional[torch.Tensor]) -> torch.Tensor:
         """E_{t-1} for the first segment of this batch, one row per stream."""

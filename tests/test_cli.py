@@ -208,3 +208,4 @@ def test_hub_sample_and_score(ptb_small, tmp_path):
     assert scored["positional_scores"].shape == (61,) and torch.isfinite(scored["positional_scores"]).all()
     with pytest.raises(ValueError, match="beam"):
         hub.sample("the", beam=4)
+

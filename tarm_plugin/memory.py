@@ -131,37 +131,46 @@ class CarriedMemory:
     middle of an epoch does not overwrite the training streams' memory.
     Stored detached: gradients stop at sample boundaries. Rows that are not
     finite (an fp16 overflow step) are marked invalid and read as E_0 again.
+
+    With a ``batch_id``, running the same batch again (fairseq's ``--amp``
+    retries a batch after an overflow) reads the memory from *before* that
+    batch, never the memory the batch itself wrote (that would leak its
+    later segments into its first).
     """
 
     def __init__(self):
-        self._memory: Dict[str, Tensor] = {}
-        self._valid: Dict[str, Tensor] = {}
+        self._now: Dict[str, Tuple[Tensor, Tensor, Optional[int]]] = {}
+        self._before: Dict[str, Tuple[Tensor, Tensor, Optional[int]]] = {}
 
-    def get(self, key: str, bsz: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """(memory, invalid_rows) for ``key``, or (None, None) if nothing fits."""
-        mem = self._memory.get(key)
-        if mem is None or mem.size(0) != bsz:
+    def get(self, key: str, bsz: int, batch_id: Optional[int] = None) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """(memory, invalid_rows) to read for ``key``, or (None, None) if nothing fits."""
+        entry = self._now.get(key)
+        if entry is not None and batch_id is not None and entry[2] == batch_id:
+            entry = self._before.get(key)  # a re-run of the batch that wrote ``now``
+        if entry is None or entry[0].size(0) != bsz:
             return None, None
-        return mem, ~self._valid[key]
+        return entry[0], ~entry[1]
 
-    def put(self, key: str, memory: Tensor) -> None:
+    def put(self, key: str, memory: Tensor, batch_id: Optional[int] = None) -> None:
         memory = memory.detach()
-        self._valid[key] = torch.isfinite(memory).flatten(1).all(dim=1)
-        self._memory[key] = memory
+        valid = torch.isfinite(memory).flatten(1).all(dim=1)
+        now = self._now.get(key)
+        if now is not None and (batch_id is None or now[2] != batch_id):
+            self._before[key] = now
+        self._now[key] = (memory, valid, batch_id)
 
     def has(self, key: str) -> bool:
-        return key in self._memory
+        return key in self._now
 
     def clear(self, key: Optional[str] = None) -> None:
-        if key is None:
-            self._memory.clear()
-            self._valid.clear()
-        else:
-            self._memory.pop(key, None)
-            self._valid.pop(key, None)
+        for store in (self._now, self._before):
+            if key is None:
+                store.clear()
+            else:
+                store.pop(key, None)
 
     def state_dict(self) -> Dict[str, Tensor]:
-        return {k: v.cpu() for k, v in self._memory.items()}
+        return {k: v[0].cpu() for k, v in self._now.items()}
 
     def load_state_dict(self, state: Dict[str, Tensor]) -> None:
         self.clear()

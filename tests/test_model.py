@@ -187,3 +187,19 @@ def test_overflowed_memory_is_reset_never_propagated(dict_dir):
     assert torch.equal(extra["read_memory"][1], model.memory.initial.detach())  # row 1: E_0
     assert torch.equal(extra["read_memory"][0], carried[0])                   # row 0: carried on
     assert torch.isfinite(extra["ema_memory"][-1]).all()
+
+
+def test_a_retried_batch_sees_the_same_memory(dict_dir):
+    """fairseq --amp re-runs a batch after an overflow: the re-run must read the
+    memory from before the batch, so its outputs are those of the first run."""
+    model = model_with(dict_dir, m=3, alpha=0.5)
+    batches = stream_batches(n_batches=2)
+    with torch.no_grad():
+        model(batches[0], reset=torch.ones(2, dtype=torch.bool), memory_key="r", segment_length=L, batch_id=0)
+        first, _ = model(batches[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="r", segment_length=L,
+                         batch_id=1)
+        again, _ = model(batches[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="r", segment_length=L,
+                         batch_id=1)
+        leaked, _ = model(batches[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="r", segment_length=L)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, leaked)  # without the id it would read batch 1's own memory

@@ -11,7 +11,9 @@ recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
 [E_1..E_n] (each ``[B, m, d]``) and ``extra["read_memory"]`` = what the first
 segment of the batch read. Memory is carried from one call to the next of the
 same ``memory_key`` (the split name, set by the task), and reset to E_0 for
-rows whose ``reset`` flag is set (a stream's first batch).
+rows whose ``reset`` flag is set (a stream's first batch); ``batch_id`` (the
+batch's index in the epoch) makes a re-run of a batch read the memory from
+before it.
 """
 
 import hashlib
@@ -96,6 +98,7 @@ class TarmLanguageModel(TransformerLanguageModel):
         reset: Optional[torch.Tensor] = None,
         memory_key: Optional[str] = None,
         segment_length: Optional[int] = None,
+        batch_id: Optional[int] = None,
         features_only: bool = False,
         **unused,
     ):
@@ -107,13 +110,13 @@ class TarmLanguageModel(TransformerLanguageModel):
                 "positions (set --tokens-per-sample / --max-target-positions at training)"
             )
         key = memory_key or ("train" if self.training else "eval")
-        read = self.read_memory(key, bsz, reset)
+        read = self.read_memory(key, bsz, reset, batch_id)
 
         if self.memory.num_tokens == 0 and src_tokens.size(1) % L == 0:
             trace = self.independent_segments(src_tokens, L, read)
         else:
             trace = self.memory.scan(src_tokens.split(L, dim=1), read, self.segment_step)
-        self.carried.put(key, trace.averaged[-1])
+        self.carried.put(key, trace.averaged[-1], batch_id)
 
         x = torch.cat(trace.outputs, dim=1)
         if self.decoder.project_out_dim is not None:
@@ -132,9 +135,10 @@ class TarmLanguageModel(TransformerLanguageModel):
         y, written = self.segment_step(tokens.reshape(bsz * n, L), read.repeat(n, 1, 1))
         return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n)
 
-    def read_memory(self, key: str, bsz: int, reset: Optional[torch.Tensor]) -> torch.Tensor:
+    def read_memory(self, key: str, bsz: int, reset: Optional[torch.Tensor],
+                    batch_id: Optional[int] = None) -> torch.Tensor:
         """E_{t-1} for the first segment of this batch, one row per stream."""
-        carried, invalid = self.carried.get(key, bsz)
+        carried, invalid = self.carried.get(key, bsz, batch_id)
         if carried is None:
             if self.carried.has(key) and reset is not None and not bool(reset.all()):
                 logger.warning(f"memory '{key}': batch size changed mid-stream; "

@@ -142,6 +142,7 @@ class SegmentStreamDataset(FairseqDataset):
                 "reset": torch.full((source.size(0),), item["id"] == 0, dtype=torch.bool),
                 "memory_key": self.name,
                 "segment_length": self.L,
+                "batch_id": int(item["id"]),
             },
             "target": target,
         }

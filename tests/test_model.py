@@ -203,3 +203,8 @@ def test_a_retried_batch_sees_the_same_memory(dict_dir):
         leaked, _ = model(batches[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="r", segment_length=L)
     assert torch.equal(first, again)
     assert not torch.allclose(first, leaked)  # without the id it would read batch 1's own memory
+
+
+def test_train_subset_flag_decides_which_split_trains(dict_dir):
+    task, _ = build(dict_dir, "--train-subset", "wiki_train")
+    assert task.is_train("wiki_train") and not task.is_train("train") and not task.is_train("valid")

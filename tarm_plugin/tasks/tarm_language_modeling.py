@@ -58,6 +58,7 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
                   "N segments of each sample with memory and log the exact-match 'accuracy'"},
     )
     max_tokens: Optional[int] = II("dataset.max_tokens")
+    train_subset: str = II("dataset.train_subset")
 
 
 def split_tokens(data) -> np.ndarray:
@@ -255,8 +256,15 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"{os.path.join(data, 'dict.txt')} not found: is {data} a fairseq-preprocess output?")
         return super().setup_task(args, **kwargs)
 
+    def is_train(self, split: str) -> bool:
+        try:
+            train_subset = self.args.train_subset
+        except Exception:  # a task config from a checkpoint made before this field
+            train_subset = None
+        return split == (train_subset or "train")
+
     def batch_size_for(self, split: str) -> int:
-        train = split == getattr(self.args, "train_subset", "train")
+        train = self.is_train(split)
         bsz = None if train else getattr(self.args, "batch_size_valid", None)
         bsz = bsz or getattr(self.args, "batch_size", None)
         if bsz is None:
@@ -280,7 +288,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             num_shards = dist_utils.get_data_parallel_world_size()
         else:
             shard_id, num_shards = 0, 1
-        train = split == getattr(self.args, "train_subset", "train")
+        train = self.is_train(split)
         if self.args.sample_break_mode == "eos":
             self.datasets[split] = SampleSegmentsDataset(
                 data, bsz=self.batch_size_for(split), segment_length=self.args.segment_length,

@@ -44,19 +44,30 @@ def plot_curves(args):
             runs.setdefault(setting, []).append(curve)
     if not runs:
         sys.exit(f"plot: error: no runs with validation in {args.runs}")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for setting, curves in runs.items():
+    fig, (ax, diff) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    means = {}
+    for setting, curves in sorted(runs.items()):
         n = min(len(c) for c in curves)
         x = np.array([u for u, _ in curves[0][:n]])
         y = np.array([[p for _, p in c[:n]] for c in curves])
+        means[setting] = (x, y.mean(0))
         ax.plot(x, y.mean(0), label=f"{setting} ({len(curves)} seeds)")
         ax.fill_between(x, y.min(0), y.max(0), alpha=0.2)
-    ax.set_xlabel("updates")
     ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")
     ax.set_title("PTB validation perplexity (mean, min-max over seeds)")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
+    # the curves overlap at this scale: show each one against the no-memory baseline
+    base = means.get("no_memory")
+    if base is not None:
+        for setting, (x, y) in means.items():
+            n = min(len(x), len(base[0]))
+            diff.plot(x[:n], y[:n] - base[1][:n], label=setting)
+        diff.axhline(0, color="gray", lw=0.8)
+        diff.set_ylabel("minus no-memory (PPL)")
+        diff.grid(alpha=0.3)
+    diff.set_xlabel("updates")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")

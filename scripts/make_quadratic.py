@@ -22,8 +22,9 @@ field padding, one sample per line) and ``{split}.answers`` (the plain answer
 of each sample) to OUT_DIR; binarize with fairseq-preprocess --only-source.
 
 Usage: python scripts/make_quadratic.py OUT_DIR [--train 100000 --valid 1000 --test 1000 --seed 1]
-Defaults follow the RMT paper's quadratic task (100k training samples,
-character level, 180 tokens per sample in 6 segments of 30).
+The layout follows the RMT paper's quadratic task (character level, 180
+tokens per sample in 6 segments of 30, loss on the last 150); its split sizes
+are not in our references, so the defaults (100k/1k/1k) are our choice.
 """
 
 import argparse

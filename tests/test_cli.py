@@ -209,3 +209,13 @@ def test_hub_sample_and_score(ptb_small, tmp_path):
     with pytest.raises(ValueError, match="beam"):
         hub.sample("the", beam=4)
 
+
+
+def test_torchrun_without_world_size_is_refused(ptb_small, tmp_path):
+    """WORLD_SIZE set (as torchrun does) but fairseq left single-process: N copies of the
+    same run would train side by side and overwrite each other's checkpoints."""
+    data, _ = ptb_small
+    p = run(["fairseq-train", data, *TASK, *MODEL, "--criterion", "tarm_lm_loss", "--batch-size", "2",
+             "--optimizer", "adam", "--lr", "1e-3", "--max-update", "1", "--cpu", "--save-dir", str(tmp_path)],
+            env={"WORLD_SIZE": "2"})
+    one_line_error(p, "--distributed-world-size")

@@ -10,7 +10,7 @@ from typing import List, Sequence
 
 import torch
 
-from .memory import ema_update
+from .generation import generate
 
 
 @torch.no_grad()
@@ -20,35 +20,15 @@ def greedy_last_segments(model, src_tokens: torch.Tensor, segment_length: int, n
     The earlier segments are read as given; each generated token is fed back as
     the next input. Returns ``[B, n_segments * segment_length]`` token ids,
     aligned with ``target[:, -n_segments * segment_length:]``. Every row starts
-    its memory at E_0 (one sample per row).
+    its memory at E_0 (one sample per row). Decoding is
+    :func:`tarm_plugin.generation.generate`, incremental within a segment.
     """
     L = segment_length
-    B, T = src_tokens.shape
-    prefix = T - n_segments * L
+    prefix = src_tokens.size(1) - n_segments * L
     if prefix < 0 or prefix % L:
-        raise ValueError(f"{T} tokens do not end in {n_segments} segments of {L}")
-    memory = model.memory
-    read = memory.initial_memory(B)
-    if prefix:
-        read = memory.scan(src_tokens[:, :prefix].split(L, dim=1), read, model.segment_step).averaged[-1]
-    out = []
-    inp = src_tokens[:, prefix : prefix + 1]  # the first input is the last given token
-    for _ in range(n_segments):
-        seg = inp
-        for j in range(L):
-            hidden, _ = model.segment_step(seg, read)
-            x = hidden[:, -1:]
-            if model.decoder.project_out_dim is not None:
-                x = model.decoder.project_out_dim(x)
-            lprobs = model.get_normalized_probs((model.decoder.output_layer(x), {}), log_probs=True)
-            tok = lprobs[:, -1].argmax(dim=-1, keepdim=True)
-            out.append(tok)
-            seg = torch.cat([seg, tok], dim=1)
-        # the finished segment writes memory for the next one (inputs are seg[:, :L])
-        _, written = model.segment_step(seg[:, :L], read)
-        read = ema_update(read, written, memory.alpha)
-        inp = seg[:, L:]
-    return torch.cat(out, dim=1)
+        raise ValueError(f"{src_tokens.size(1)} tokens do not end in {n_segments} segments of {L}")
+    # the given segments, then the first input of the answer (the last given token)
+    return generate(model, src_tokens[:, : prefix + 1], n_segments * L, segment_length=L)
 
 
 def exact_match_rows(generated: torch.Tensor, target: torch.Tensor, pad: int) -> torch.Tensor:
@@ -82,9 +62,9 @@ def answer_kind(reference: str) -> str:
 def split_by_kind(predictions: Sequence[str], references: Sequence[str]) -> dict:
     kinds = {}
     for p, r in zip(predictions, references):
-        kinds.setdefault(answer_kind(r), ([], []))
-        kinds[answer_kind(r)][0].append(p)
-        kinds[answer_kind(r)][1].append(r)
+        preds, refs = kinds.setdefault(answer_kind(r), ([], []))
+        preds.append(p)
+        refs.append(r)
     return {k: (answer_accuracy(*v), len(v[1])) for k, v in kinds.items()}
 
 

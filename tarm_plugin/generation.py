@@ -31,10 +31,7 @@ def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -
 
 
 def _next_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    x = hidden
-    if model.decoder.project_out_dim is not None:
-        x = model.decoder.project_out_dim(x)
-    return model.get_normalized_probs((model.decoder.output_layer(x), {}), log_probs=True)[:, -1].float()
+    return model.get_normalized_probs((model.output(hidden), {}), log_probs=True)[:, -1].float()
 
 
 def _layers(model, x: torch.Tensor, incremental_state: Dict, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -45,19 +42,6 @@ def _layers(model, x: torch.Tensor, incremental_state: Dict, mask: Optional[torc
     if model.decoder.layer_norm is not None:
         h = model.decoder.layer_norm(h)
     return h.transpose(0, 1)
-
-
-def _embed_step(model, seg_tokens: torch.Tensor) -> torch.Tensor:
-    """Embedding of the last token of ``seg_tokens`` at its position in the segment."""
-    dec = model.decoder
-    x = dec.embed_scale * dec.embed_tokens(seg_tokens[:, -1:])
-    if dec.project_in_dim is not None:
-        x = dec.project_in_dim(x)
-    if dec.embed_positions is not None:
-        x = x + dec.embed_positions(seg_tokens, incremental_state={})  # position = len(seg_tokens) - 1
-    if dec.layernorm_embedding is not None:
-        x = dec.layernorm_embedding(x)
-    return x
 
 
 @torch.no_grad()
@@ -84,7 +68,7 @@ def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: O
         if m:
             _layers(model, read, state, mask=None)
         # the segment's given tokens, causal among themselves, seeing all read slots
-        x = torch.cat([model.embed(seg)], dim=1)
+        x = model.embed(seg)
         r = seg.size(1)
         mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
         mask[:, m:] = model.attention_mask(0, r, x)
@@ -97,7 +81,7 @@ def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: O
             if seg.size(1) == L:
                 break  # segment full: write memory, start the next one with this token
             seg = torch.cat([seg, tok], dim=1)
-            hidden = _layers(model, _embed_step(model, seg), state, mask=None)
+            hidden = _layers(model, model.embed(seg, last_only=True), state, mask=None)
         if len(out) == max_new_tokens:
             break
         _, written = model.segment_step(seg, read)
@@ -107,8 +91,7 @@ def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: O
 
 
 @torch.no_grad()
-def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Optional[int] = None,
-          pad: Optional[int] = None) -> torch.Tensor:
+def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Optional[int] = None) -> torch.Tensor:
     """Log-probability of each target token [B, T], memory carried over the whole document."""
     model.eval()
     L = segment_length or model.default_segment_length

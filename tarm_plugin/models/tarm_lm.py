@@ -119,10 +119,11 @@ class TarmLanguageModel(TransformerLanguageModel):
         self.carried.put(key, trace.averaged[-1], batch_id)
 
         x = torch.cat(trace.outputs, dim=1)
-        if self.decoder.project_out_dim is not None:
-            x = self.decoder.project_out_dim(x)
-        if not features_only:
-            x = self.decoder.output_layer(x)
+        if features_only:
+            if self.decoder.project_out_dim is not None:
+                x = self.decoder.project_out_dim(x)
+        else:
+            x = self.output(x)
         return x, {
             "read_memory": read,
             "written_memory": trace.written,
@@ -163,19 +164,29 @@ class TarmLanguageModel(TransformerLanguageModel):
         x = x.transpose(0, 1)
         return x[:, m : m + L], x[:, m + L :]
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """fairseq's decoder input pipeline; positions restart at every segment."""
+    def embed(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """fairseq's decoder input pipeline; positions restart at every segment.
+
+        ``last_only``: embed just the last token, at its position in ``tokens``
+        (one step of incremental decoding)."""
         dec = self.decoder
-        x = dec.embed_scale * dec.embed_tokens(tokens)
+        x = dec.embed_scale * dec.embed_tokens(tokens[:, -1:] if last_only else tokens)
         if dec.quant_noise is not None:
             x = dec.quant_noise(x)
         if dec.project_in_dim is not None:
             x = dec.project_in_dim(x)
         if dec.embed_positions is not None:
-            x = x + dec.embed_positions(tokens)
+            # with an incremental state fairseq returns the position of the last token
+            x = x + dec.embed_positions(tokens, incremental_state={} if last_only else None)
         if dec.layernorm_embedding is not None:
             x = dec.layernorm_embedding(x)
         return dec.dropout_module(x)
+
+    def output(self, features: torch.Tensor) -> torch.Tensor:
+        """Token features -> logits (or adaptive-softmax input), as fairseq's decoder does."""
+        if self.decoder.project_out_dim is not None:
+            features = self.decoder.project_out_dim(features)
+        return self.decoder.output_layer(features)
 
     def attention_mask(self, m: int, L: int, like: torch.Tensor) -> torch.Tensor:
         key = (m, L, like.device, like.dtype)

@@ -77,7 +77,49 @@ def split_tokens(data) -> np.ndarray:
     return torch.cat([data[i] for i in range(len(data))]).numpy()
 
 
-class SegmentStreamDataset(FairseqDataset):
+class WholeBatchDataset(FairseqDataset):
+    """Each item is already a whole batch ``[bsz, <= width]`` of this shard: the
+    collater only adds fairseq's fields and the memory bookkeeping."""
+
+    every_row_new = False  # True: every row of every batch starts a new sample (memory reset)
+
+    def __len__(self):
+        return self._len
+
+    def collater(self, samples):
+        assert len(samples) == 1, "each item is already a whole batch"
+        item = samples[0]
+        source, target = item["source"], item["target"]
+        return {
+            "id": torch.full((source.size(0),), item["id"], dtype=torch.long),
+            "nsentences": source.size(0),
+            "ntokens": int(target.ne(self.pad).sum()),
+            "net_input": {
+                "src_tokens": source,
+                "src_lengths": source.ne(self.pad).sum(dim=1),
+                "reset": torch.full((source.size(0),), self.every_row_new or item["id"] == 0, dtype=torch.bool),
+                "memory_key": self.name,
+                "segment_length": self.L,
+                "batch_id": int(item["id"]),
+            },
+            "target": target,
+        }
+
+    def num_tokens(self, index):
+        return self.bsz * self.width
+
+    def size(self, index):
+        return self.width
+
+    @property
+    def sizes(self):
+        return np.full(len(self), self.width, dtype=np.int64)
+
+    def ordered_indices(self):
+        return np.arange(len(self))
+
+
+class SegmentStreamDataset(WholeBatchDataset):
     """One item = one batch ``[bsz, n * segment_length]`` of this shard's streams.
 
     The split's N tokens are cut into ``S = bsz * num_shards`` contiguous
@@ -109,9 +151,6 @@ class SegmentStreamDataset(FairseqDataset):
         self.width = segment_length * segments_per_item
         self._len = math.ceil(int(lengths.max()) / self.width)  # the same on every shard
 
-    def __len__(self):
-        return self._len
-
     def __getitem__(self, i):
         begin = i * self.width
         n_seg = min(self.k, math.ceil((int(self.lengths.max()) - begin) / self.L))
@@ -129,40 +168,8 @@ class SegmentStreamDataset(FairseqDataset):
             source[b, : hi - lo] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
         return {"id": i, "source": source, "target": target}
 
-    def collater(self, samples):
-        assert len(samples) == 1, "each item is already a whole batch"
-        item = samples[0]
-        source, target = item["source"], item["target"]
-        return {
-            "id": torch.full((source.size(0),), item["id"], dtype=torch.long),
-            "nsentences": source.size(0),
-            "ntokens": int(target.ne(self.pad).sum()),
-            "net_input": {
-                "src_tokens": source,
-                "src_lengths": source.ne(self.pad).sum(dim=1),
-                "reset": torch.full((source.size(0),), item["id"] == 0, dtype=torch.bool),
-                "memory_key": self.name,
-                "segment_length": self.L,
-                "batch_id": int(item["id"]),
-            },
-            "target": target,
-        }
 
-    def num_tokens(self, index):
-        return self.bsz * self.width
-
-    def size(self, index):
-        return self.width
-
-    @property
-    def sizes(self):
-        return np.full(len(self), self.width, dtype=np.int64)
-
-    def ordered_indices(self):
-        return np.arange(len(self))
-
-
-class SampleSegmentsDataset(FairseqDataset):
+class SampleSegmentsDataset(WholeBatchDataset):
     """``--sample-break-mode eos``: one sample per line, memory reset for every sample.
 
     Item i is a batch of ``bsz`` lines (this shard's share of global batch i),
@@ -171,6 +178,8 @@ class SampleSegmentsDataset(FairseqDataset):
     ``loss_start_segment`` segments are padding (context only). Training order
     is reshuffled every epoch; evaluation keeps the file order.
     """
+
+    every_row_new = True
 
     def __init__(self, data, bsz, segment_length, pad, eos, name, loss_start_segment=0,
                  shuffle=False, seed=1, shard_id=0, num_shards=1):
@@ -182,14 +191,12 @@ class SampleSegmentsDataset(FairseqDataset):
         self.shard_id, self.num_shards = shard_id, num_shards
         self.order = np.arange(len(data))
         self.k = int(math.ceil(int(np.max(data.sizes)) / segment_length)) if len(data) else 1
+        self.width = self.k * segment_length
         self._len = math.ceil(len(data) / (bsz * num_shards))
 
     def set_epoch(self, epoch):
         if self.shuffle:
             self.order = np.random.RandomState(self.seed + epoch).permutation(len(self.data))
-
-    def __len__(self):
-        return self._len
 
     def __getitem__(self, i):
         glob = i * self.bsz * self.num_shards + self.shard_id * self.bsz
@@ -205,24 +212,6 @@ class SampleSegmentsDataset(FairseqDataset):
             source[b, 1 : len(line)] = line[:-1]
             target[b, : self.loss_start] = self.pad
         return {"id": i, "source": source, "target": target}
-
-    def collater(self, samples):
-        batch = SegmentStreamDataset.collater(self, samples)
-        batch["net_input"]["reset"].fill_(True)  # every row is a new sample
-        return batch
-
-    def num_tokens(self, index):
-        return self.bsz * self.k * self.L
-
-    def size(self, index):
-        return self.k * self.L
-
-    @property
-    def sizes(self):
-        return np.full(len(self), self.k * self.L, dtype=np.int64)
-
-    def ordered_indices(self):
-        return np.arange(len(self))
 
 
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)

@@ -17,16 +17,22 @@ def test_ema_update_is_the_stated_recursion():
     assert ema_update(prev, written, 1.0) is written  # a = 1 is RMT exactly
 
 
-def test_scan_gives_E0_equal_M0_and_recursion():
-    torch.manual_seed(0)
-    mem = RecurrentMemory(num_tokens=3, dim=4, alpha=0.3)
-    written = [torch.randn(2, 3, 4) for _ in range(4)]
+def recording_step(written):
+    """A stand-in segment step: records what each segment read, writes ``written[t]``."""
     seen = []
 
     def step(x, read):
         seen.append(read)
         return x, written[len(seen) - 1]
 
+    return step, seen
+
+
+def test_scan_gives_E0_equal_M0_and_recursion():
+    torch.manual_seed(0)
+    mem = RecurrentMemory(num_tokens=3, dim=4, alpha=0.3)
+    written = [torch.randn(2, 3, 4) for _ in range(4)]
+    step, seen = recording_step(written)
     read0 = mem.read(None, None, bsz=2)
     assert torch.equal(read0, mem.initial.expand(2, 3, 4))  # E_0 = M_0 = learned initial memory
     trace = mem.scan([torch.zeros(1)] * 4, read0, step)
@@ -41,12 +47,7 @@ def test_scan_gives_E0_equal_M0_and_recursion():
 def test_alpha_one_reads_raw_written_memory():
     mem = RecurrentMemory(num_tokens=2, dim=4, alpha=1.0)
     written = [torch.randn(1, 2, 4) for _ in range(3)]
-    seen = []
-
-    def step(x, read):
-        seen.append(read)
-        return x, written[len(seen) - 1]
-
+    step, seen = recording_step(written)
     mem.scan([None] * 3, mem.read(None, None, 1), step)
     for t in range(1, 3):
         assert torch.equal(seen[t], written[t - 1])  # RMT: segment t+1 reads M_t

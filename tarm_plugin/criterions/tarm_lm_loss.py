@@ -60,9 +60,10 @@ class TarmLmLoss(FairseqCriterion):
         nll = token_nll(model, net_output, target, self.padding_idx)
         real = target.ne(self.padding_idx)
         ntokens = int(real.sum())
-        loss = nll.sum() if reduce else nll
+        total_nll = nll.sum()
+        loss = total_nll if reduce else nll
         logging_output = {
-            "loss": nll.sum().data,
+            "loss": total_nll.data,
             "ntokens": ntokens,
             "nsentences": target.size(0),
             "sample_size": ntokens,

@@ -44,6 +44,12 @@ def run_measured(cmd, log_path):
     return secs, rss_kb / 1024, out
 
 
+def parse_train(out):
+    """(parameter count, [train_inner records]) from a fairseq-train JSON log."""
+    params = int(re.findall(r"num. shared model params: ([\d,]+)", out)[-1].replace(",", ""))
+    return params, [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+
+
 def write_text(raw, seed=0):
     rng = np.random.default_rng(seed)
     words = np.array(["<unk>"] + [f"w{i:06d}" for i in range(N_TYPES - 1)])
@@ -89,9 +95,9 @@ def main():
              "--max-update", str(args.updates), "--disable-validation", "--save-dir", save,
              "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", "1", "--no-progress-bar"]
     t_train, rss_train, out = run_measured(train, os.path.join(args.out, "train.log"))
-    params = int(re.findall(r"num. shared model params: ([\d,]+)", out)[-1].replace(",", ""))
-    ups = [float(json.loads(m)["ups"]) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
-    losses = [float(json.loads(m)["loss"]) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+    params, recs = parse_train(out)
+    ups = [float(r["ups"]) for r in recs]
+    losses = [float(r["loss"]) for r in recs]
     evaluate = ["fairseq-eval-lm", *common, "--batch-size", "2", "--gen-subset", "test",
                 "--path", os.path.join(save, "checkpoint_last.pt")]
     t_eval, rss_eval, out = run_measured(evaluate, os.path.join(args.out, "eval.log"))
@@ -118,9 +124,9 @@ def main():
                "--max-update", str(args.updates), "--disable-validation", "--no-save", "--cpu",
                "--num-workers", "0", "--log-format", "json", "--log-interval", "1", "--no-progress-bar"]
     t_ref, rss_ref, out = run_measured(ref_cmd, os.path.join(args.out, "fairseq_transformer_lm.log"))
-    recs = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", out)]
+    ref_params, recs = parse_train(out)
     result["fairseq_transformer_lm_wiki103"] = {
-        "parameters": int(re.findall(r"num. shared model params: ([\d,]+)", out)[-1].replace(",", "")),
+        "parameters": ref_params,
         "train_losses": [float(r["loss"]) for r in recs],
         "seconds_per_update": round(1 / float(np.median([float(r["ups"]) for r in recs][1:])), 2),
         "train_peak_rss_mib": round(rss_ref),

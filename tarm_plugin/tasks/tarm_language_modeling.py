@@ -77,6 +77,16 @@ def split_tokens(data) -> np.ndarray:
     return torch.cat([data[i] for i in range(len(data))]).numpy()
 
 
+def first_target(target: torch.Tensor, pad: int) -> torch.Tensor:
+    """Index of each row's first non-padding target (0 for an all-padding row).
+
+    Padding only ever precedes (context-only segments) or follows (a row's tail)
+    the scored tokens, so the tokens from there on, padding stripped, are the
+    row's targets in order."""
+    real = target.ne(pad)
+    return torch.where(real.any(dim=1), real.int().argmax(dim=1), torch.zeros_like(real[:, 0], dtype=torch.long))
+
+
 class WholeBatchDataset(FairseqDataset):
     """Each item is already a whole batch ``[bsz, <= width]`` of this shard: the
     collater only adds fairseq's fields and the memory bookkeeping."""
@@ -103,6 +113,10 @@ class WholeBatchDataset(FairseqDataset):
                 "batch_id": int(item["id"]),
             },
             "target": target,
+            # fairseq's SequenceScorer (fairseq-eval-lm) strips the padding from a row's
+            # target and reads the scores from ``start_indices`` on: point it at the first
+            # scored token, past the context-only segments of --loss-start-segment
+            "start_indices": first_target(target, self.pad),
         }
 
     def num_tokens(self, index):

@@ -17,7 +17,6 @@ from typing import Dict, List, Optional
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
-from .memory import ema_update
 
 
 def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -> torch.Tensor:
@@ -30,10 +29,6 @@ def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -
     return torch.multinomial(logits.softmax(dim=-1), 1)
 
 
-def _next_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    return model.get_normalized_probs((model.output(hidden), {}), log_probs=True)[:, -1].float()
-
-
 def _layers(model, x: torch.Tensor, incremental_state: Dict, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """x [B, T, C] through the layers, appending to the cached keys/values."""
     h = x.transpose(0, 1)
@@ -44,24 +39,47 @@ def _layers(model, x: torch.Tensor, incremental_state: Dict, mask: Optional[torc
     return h.transpose(0, 1)
 
 
-@torch.no_grad()
-def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: Optional[int] = None,
-             sampling: bool = False, temperature: float = 1.0, topk: int = 0) -> torch.Tensor:
-    """Continue ``inputs`` [B, P] (the model's input stream, e.g. ``</s>`` + prompt).
+def _log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
+    return model.get_normalized_probs((model.output(hidden), {}), log_probs=True).float()
 
-    Returns the ``max_new_tokens`` new tokens [B, N]; new token i is the
-    prediction after input ``P + i - 1``. Memory starts at E_0.
+
+@torch.no_grad()
+def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: Optional[int] = None,
+                         sampling: bool = False, temperature: float = 1.0, topk: int = 0,
+                         stop: Optional[int] = None, prompt_scores: bool = False):
+    """:func:`generate`, also returning log-probabilities.
+
+    Returns ``(new [B, N], new_lprobs [B, N], prompt_lprobs)``: ``prompt_lprobs``
+    [B, P-1] scores ``inputs[:, 1:]`` (None unless ``prompt_scores``).
+    ``stop``: a token id (``</s>``); decoding ends early once every row has
+    produced it, so N may be below ``max_new_tokens`` (tokens after a row's
+    own stop token are not meaningful). Memory starts at E_0.
     """
     model.eval()
     L = segment_length or model.default_segment_length
     B = inputs.size(0)
     n_full = (inputs.size(1) - 1) // L  # keep >= 1 token for the current segment
     read = model.memory.initial_memory(B)
+    prompt_lp = []
     if n_full:
-        read = model.memory.scan(inputs[:, : n_full * L].split(L, dim=1), read, model.segment_step).averaged[-1]
+        trace = model.memory.scan(inputs[:, : n_full * L].split(L, dim=1), read, model.segment_step)
+        read = trace.averaged[-1]
+        if prompt_scores:
+            prompt_lp = [_log_probs(model, h) for h in trace.outputs]
     seg = inputs[:, n_full * L :]
-    out = []
-    while len(out) < max_new_tokens:
+    out, out_lp = [], []
+    stopped = torch.zeros(B, 1, dtype=torch.bool, device=inputs.device)
+
+    def emit(hidden):
+        lp = _log_probs(model, hidden[:, -1:])[:, 0]
+        tok = _pick(lp, sampling, temperature, topk)
+        out.append(tok)
+        out_lp.append(lp.gather(-1, tok))
+        if stop is not None:
+            stopped.logical_or_(tok.eq(stop))
+        return tok, len(out) == max_new_tokens or bool(stopped.all())
+
+    while True:
         # a fresh segment: cache the read memory (read slots see only each other)
         state: Dict = {}
         m = read.size(1)
@@ -73,21 +91,40 @@ def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: O
         mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
         mask[:, m:] = model.attention_mask(0, r, x)
         hidden = _layers(model, x, state, mask)
-        while True:
-            tok = _pick(_next_logits(model, hidden), sampling, temperature, topk)
-            out.append(tok)
-            if len(out) == max_new_tokens:
-                break
-            if seg.size(1) == L:
-                break  # segment full: write memory, start the next one with this token
+        if prompt_scores and not out:
+            prompt_lp.append(_log_probs(model, hidden[:, :-1]))
+        if max_new_tokens <= 0:
+            break
+        tok, done = emit(hidden)
+        while not done and seg.size(1) < L:
             seg = torch.cat([seg, tok], dim=1)
             hidden = _layers(model, model.embed(seg, last_only=True), state, mask=None)
-        if len(out) == max_new_tokens:
+            tok, done = emit(hidden)
+        if done:
             break
+        # segment full: write memory, start the next one with this token
         _, written = model.segment_step(seg, read)
-        read = ema_update(read, written, model.memory.alpha)
+        read = model.memory.average(read, written)
         seg = tok
-    return torch.cat(out, dim=1)
+    empty = inputs.new_zeros(B, 0)
+    new = torch.cat(out, dim=1) if out else empty
+    new_lp = torch.cat(out_lp, dim=1) if out else empty.float()
+    if not prompt_scores:
+        return new, new_lp, None
+    lp = torch.cat(prompt_lp, dim=1)[:, : inputs.size(1) - 1]
+    return new, new_lp, lp.gather(-1, inputs[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: Optional[int] = None,
+             sampling: bool = False, temperature: float = 1.0, topk: int = 0,
+             stop: Optional[int] = None) -> torch.Tensor:
+    """Continue ``inputs`` [B, P] (the model's input stream, e.g. ``</s>`` + prompt).
+
+    Returns the ``max_new_tokens`` new tokens [B, N]; new token i is the
+    prediction after input ``P + i - 1``. Memory starts at E_0.
+    """
+    return generate_with_scores(model, inputs, max_new_tokens, segment_length, sampling,
+                                temperature, topk, stop)[0]
 
 
 @torch.no_grad()

@@ -7,28 +7,40 @@ A long text is cut into segments x_1, x_2, ...  Each segment is processed as
 
     [ read memory (m slots) | segment tokens (L) | write slots (m) ]
 
-with the attention mask of :func:`memory_attention_mask`. The outputs at the
-write slots are the *written memory* M_t of segment t. What the next segment
-reads is the *averaged memory*
+with the attention mask of :func:`memory_attention_mask`. The write slots hold
+the same memory that is read (as in the RMT authors' LM code), so the written
+memory has a residual path from the old one; ``write_input="learned"`` puts a
+separately learned parameter there instead. The outputs at the write slots,
+layer-normalised where the layers do not already end in a norm, are the
+*written memory* M_t of segment t. What the next segment reads is the
+*averaged memory*
 
     E_0 = M_0                      (the learned initial memory)
     E_t = a * M_t + (1 - a) * E_{t-1}
 
 so segment t+1 reads E_t.  ``a = 1`` gives E_t = M_t exactly: that is RMT.
-Within one training sample of k segments gradients flow through E; between
-samples the carried E is detached (truncated BPTT).
+``a`` is a fixed number, or learned per slot and channel as sigmoid(b) (the
+Block-Recurrent Transformer's "fixed gate"). Within one training sample of k
+segments gradients flow through E; between samples the carried E is detached
+(truncated BPTT).
 """
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+WRITE_INPUTS = ("memory", "learned")
 
-def ema_update(prev: Tensor, written: Tensor, alpha: float) -> Tensor:
-    """E_t = a * M_t + (1 - a) * E_{t-1}.  ``alpha == 1`` returns M_t itself (RMT)."""
-    if alpha == 1.0:
+
+def ema_update(prev: Tensor, written: Tensor, alpha: Union[float, Tensor]) -> Tensor:
+    """E_t = a * M_t + (1 - a) * E_{t-1}.  ``alpha == 1`` returns M_t itself (RMT).
+
+    ``alpha`` is a number or a tensor that broadcasts against ``written`` (a
+    learned per-slot, per-channel rate)."""
+    if not torch.is_tensor(alpha) and alpha == 1.0:
         return written  # exactly RMT: no arithmetic, no gradient into E_{t-1}
     return alpha * written + (1.0 - alpha) * prev
 
@@ -72,27 +84,75 @@ class MemoryTrace:
 class RecurrentMemory(nn.Module):
     """The learned memory of a TARM model and the recursion that carries it.
 
-    Parameters: ``initial`` (M_0 = E_0, read by a stream's first segment) and
-    ``write_slots`` (the inputs at the write positions), both ``[m, d]``.
+    Parameters, each created only when used (DDP rejects unused ones):
+    ``initial`` [m, d] (M_0 = E_0, read by a stream's first segment);
+    ``write_slots`` [m, d] (the write-position inputs, ``write_input="learned"``
+    only); ``rate_logit`` [m, d] (b of a learned rate sigmoid(b)); ``norm``
+    (a LayerNorm on the written memory, ``write_norm=True``).
     """
 
-    def __init__(self, num_tokens: int, dim: int, alpha: float = 1.0, init_std: float = 1.0):
+    def __init__(self, num_tokens: int, dim: int, alpha: float = 1.0, init_std: float = 1.0,
+                 write_input: str = "memory", learn_alpha: bool = False, write_norm: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if write_input not in WRITE_INPUTS:
+            raise ValueError(f"write_input must be one of {WRITE_INPUTS}, got {write_input!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.num_tokens = num_tokens
         self.dim = dim
         self.alpha = float(alpha)
+        self.write_input = write_input
         self.initial = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
-        self.write_slots = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
+        self.write_slots = None
+        if write_input == "learned":
+            self.write_slots = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
+        self.rate_logit = None
+        if learn_alpha:
+            # sigmoid(b) = a at the start; a = 1 would need b = inf, so start just below it
+            a = min(max(self.alpha, 1e-3), 1.0 - 1e-3)
+            self.rate_logit = nn.Parameter(torch.full((num_tokens, dim), math.log(a / (1.0 - a))))
+        self.norm = nn.LayerNorm(dim) if write_norm and num_tokens > 0 else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def learned_rate(self) -> bool:
+        return self.rate_logit is not None
+
+    def rate(self) -> Union[float, Tensor]:
+        """The averaging rate a: the fixed number, or sigmoid(b) [m, d]."""
+        return torch.sigmoid(self.rate_logit) if self.rate_logit is not None else self.alpha
 
     def initial_memory(self, bsz: int) -> Tensor:
         return self.initial.unsqueeze(0).expand(bsz, -1, -1)
 
-    def write_inputs(self, bsz: int) -> Tensor:
-        return self.write_slots.unsqueeze(0).expand(bsz, -1, -1)
+    def write_inputs(self, read: Tensor) -> Tensor:
+        """What the write positions hold: the memory read (E_{t-1}), or the learned slots."""
+        if self.write_slots is None:
+            return read
+        return self.write_slots.unsqueeze(0).expand(read.size(0), -1, -1)
+
+    def segment_memory(self, read: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """(read-position input, write-position input) for one segment, with memory
+        dropout applied to each copy independently (as dropout on the whole
+        ``[mem | segment | mem]`` input does in the RMT authors' code)."""
+        read = read.to(dtype)
+        return self.dropout(read), self.dropout(self.write_inputs(read).to(dtype))
+
+    def written(self, outputs: Tensor) -> Tensor:
+        """M_t from the layers' outputs at the write positions."""
+        return self.norm(outputs) if self.norm is not None else outputs
+
+    def average(self, prev: Tensor, written: Tensor) -> Tensor:
+        """E_t from E_{t-1} and M_t."""
+        rate = self.rate()
+        if torch.is_tensor(rate):
+            rate = rate.to(written.dtype)
+        return ema_update(prev, written, rate)
 
     def read(self, carried: Optional[Tensor], reset: Optional[Tensor], bsz: int) -> Tensor:
         """E_{t-1} for each row: the carried memory, or E_0 where ``reset`` is set.
@@ -114,14 +174,54 @@ class RecurrentMemory(nn.Module):
         ema = read
         for x in inputs:
             y, written = step(x, ema)
-            ema = ema_update(ema, written, self.alpha)
+            ema = self.average(ema, written)
             trace.outputs.append(y)
             trace.written.append(written)
             trace.averaged.append(ema)
         return trace
 
+    def match_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = "") -> List[str]:
+        """Make this module fit a checkpoint made before write inputs / memory norms
+        existed: its ``write_slots`` means the learned write input, and no norm
+        in it means none was used. Returns what was changed (empty if nothing)."""
+        changes = []
+        slots = state_dict.get(prefix + "write_slots")
+        if slots is not None and self.write_slots is None:
+            self.write_slots = nn.Parameter(torch.zeros_like(slots, device=self.initial.device))
+            self.write_input = "learned"
+            changes.append("write input 'learned' (the checkpoint has write_slots)")
+        if self.norm is not None and prefix + "norm.weight" not in state_dict:
+            self.norm = None
+            changes.append("no memory norm (the checkpoint has none)")
+        return changes
+
     def extra_repr(self) -> str:
-        return f"num_tokens={self.num_tokens}, dim={self.dim}, alpha={self.alpha}"
+        rate = "learned" if self.learned_rate else self.alpha
+        return (f"num_tokens={self.num_tokens}, dim={self.dim}, alpha={rate}, "
+                f"write_input={self.write_input}")
+
+
+@torch.no_grad()
+def memory_stats(read: Tensor, written: Sequence[Tensor], averaged: Sequence[Tensor]) -> Dict[str, Tensor]:
+    """Cheap diagnostics of one batch's memory (for the training logs):
+
+    ``mem_norm``  mean L2 norm of a memory slot read by the batch's first segment;
+    ``mem_dE``    mean relative change ||E_t - E_{t-1}|| / ||E_{t-1}|| per segment;
+    ``mem_dM``    mean relative change of the written memory ||M_t - M_{t-1}|| / ||M_{t-1}||
+                  (needs two segments in the batch).
+    Scalars stay tensors (no device sync here).
+    """
+
+    def rel(new: Tensor, old: Tensor) -> Tensor:
+        new, old = new.float(), old.float()
+        return ((new - old).flatten(1).norm(dim=1) / old.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()
+
+    out = {"mem_norm": read.float().norm(dim=-1).mean()}
+    prev = [read] + list(averaged[:-1])
+    out["mem_dE"] = sum(rel(e, p) for e, p in zip(averaged, prev)) / len(averaged)
+    if len(written) > 1:
+        out["mem_dM"] = sum(rel(written[t], written[t - 1]) for t in range(1, len(written))) / (len(written) - 1)
+    return out
 
 
 class CarriedMemory:

@@ -7,6 +7,11 @@ them) it logs ``loss_seg{i}``: the training loss of the i-th segment of each
 k-segment sample, which shows whether the memory helps later segments; and,
 with ``--eval-exact-match-segments N``, the validation ``accuracy``: the share
 of samples whose last N segments greedy decoding gets exactly right.
+
+Memory diagnostics (see :func:`tarm_plugin.memory.memory_stats`), averaged
+over batches: ``mem_norm`` (slot norm of the memory read), ``mem_dM`` and
+``mem_dE`` (relative change per segment of the written memory M_t and of the
+averaged memory E_t), and with a learned rate ``mem_rate_mean/min/max``.
 """
 
 import math
@@ -22,6 +27,7 @@ from omegaconf import II
 
 from ..answer import exact_match_rows, greedy_last_segments
 from ..errors import TarmError
+from ..memory import memory_stats
 
 
 @dataclass
@@ -68,6 +74,7 @@ class TarmLmLoss(FairseqCriterion):
             "nsentences": target.size(0),
             "sample_size": ntokens,
         }
+        logging_output.update(self.memory_logs(model, net_output))
         L = sample["net_input"].get("segment_length") or target.size(1)
         n_answer = getattr(getattr(self.task, "args", None), "eval_exact_match_segments", 0)
         if n_answer and not model.training:
@@ -84,6 +91,24 @@ class TarmLmLoss(FairseqCriterion):
                     logging_output[f"seg{i}_loss"] = seg_loss[i].data
                     logging_output[f"seg{i}_ntokens"] = int(seg_tokens[i])
         return loss, ntokens, logging_output
+
+    @staticmethod
+    def memory_logs(model, net_output) -> dict:
+        """Per-batch memory statistics, each with a count ``<key>_n`` so they sum across workers."""
+        memory = getattr(model, "memory", None)
+        extra = net_output[1] if isinstance(net_output, tuple) and len(net_output) > 1 else None
+        if memory is None or memory.num_tokens == 0 or not isinstance(extra, dict) \
+                or not extra.get("ema_memory"):
+            return {}
+        stats = memory_stats(extra["read_memory"], extra["written_memory"], extra["ema_memory"])
+        if memory.learned_rate:
+            rate = memory.rate().detach().float()
+            stats.update(mem_rate_mean=rate.mean(), mem_rate_min=rate.min(), mem_rate_max=rate.max())
+        out = {}
+        for key, value in stats.items():
+            out[key] = value
+            out[key + "_n"] = 1
+        return out
 
     def _check_ddp(self, model):
         if getattr(self, "_ddp_checked", False):
@@ -107,6 +132,10 @@ class TarmLmLoss(FairseqCriterion):
         em_total = total("em_total")
         if em_total:
             metrics.log_scalar("accuracy", 100.0 * total("em_correct") / em_total, em_total, round=2)
+        for key in ("mem_norm", "mem_dM", "mem_dE", "mem_rate_mean", "mem_rate_min", "mem_rate_max"):
+            n = total(key + "_n")
+            if n:
+                metrics.log_scalar(key, total(key) / n, n, round=4)
         i = 0
         while any(f"seg{i}_ntokens" in log for log in logging_outputs):
             n = total(f"seg{i}_ntokens")

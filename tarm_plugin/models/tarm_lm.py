@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+from fairseq.dataclass import ChoiceEnum
+
 import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer_lm import (
@@ -33,7 +35,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 
 from ..errors import TarmError
-from ..memory import CarriedMemory, MemoryTrace, RecurrentMemory, memory_attention_mask
+from ..memory import WRITE_INPUTS, CarriedMemory, MemoryTrace, RecurrentMemory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,24 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
     )
     memory_ema_alpha: float = field(
         default=1.0,
-        metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in (0, 1]; 1 = RMT"},
+        metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in (0, 1]; 1 = RMT "
+                  "(with --memory-ema-learned: the rate a starts at)"},
+    )
+    memory_ema_learned: bool = field(
+        default=False,
+        metadata={"help": "learn the averaging rate per slot and channel, a = sigmoid(b), "
+                  "starting at --memory-ema-alpha"},
+    )
+    memory_write_input: ChoiceEnum(WRITE_INPUTS) = field(
+        default="memory",
+        metadata={"help": "what the write positions hold: 'memory' = the memory this segment "
+                  "reads (the RMT authors' LM code; the written memory has a residual path "
+                  "from the old one), 'learned' = separately learned slots"},
+    )
+    memory_dropout: Optional[float] = field(
+        default=None,
+        metadata={"help": "dropout on the memory inputs (read and write positions); "
+                  "default: --dropout, as the RMT authors' code drops out the whole input"},
     )
     segment_length: int = II("task.segment_length")
     # fairseq's transformer_lm defaults these to 512 whatever the model width,
@@ -72,7 +91,15 @@ class TarmLanguageModel(TransformerLanguageModel):
         check_memory_args(m, alpha)
         # same scale as the token embeddings that the memory sits beside
         init_std = decoder.embed_scale * decoder.embed_dim ** -0.5
-        self.memory = RecurrentMemory(m, decoder.embed_dim, alpha, init_std=init_std)
+        self.memory = RecurrentMemory(
+            m, decoder.embed_dim, alpha, init_std=init_std,
+            write_input=str(safe_getattr(args, "memory_write_input", "memory")),
+            learn_alpha=bool(safe_getattr(args, "memory_ema_learned", False)),
+            # the memory fed back segment after segment must not grow: normalise it
+            # unless the layers already end in a norm (post-LN, or pre-LN + final norm)
+            write_norm=not _output_is_normalised(decoder),
+            dropout=_memory_dropout(args),
+        )
         self.default_segment_length = safe_getattr(args, "segment_length", None)
         self.carried = CarriedMemory()
         self._masks = {}
@@ -81,7 +108,7 @@ class TarmLanguageModel(TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         tarm_lm_architecture(args)
-        check_memory_args(args.num_memory_tokens, args.memory_ema_alpha)
+        check_memory_args(args.num_memory_tokens, args.memory_ema_alpha, args.memory_dropout)
         if args.decoder_embed_dim % args.decoder_attention_heads:
             raise TarmError(f"--decoder-embed-dim {args.decoder_embed_dim} is not divisible by "
                             f"--decoder-attention-heads {args.decoder_attention_heads}")
@@ -154,7 +181,8 @@ class TarmLanguageModel(TransformerLanguageModel):
         m, (bsz, L) = read.size(1), tokens.shape
         x = self.embed(tokens)
         if m > 0:
-            x = torch.cat([read, x, self.memory.write_inputs(bsz).to(x.dtype)], dim=1)
+            read_in, write_in = self.memory.segment_memory(read, x.dtype)
+            x = torch.cat([read_in, x, write_in], dim=1)
         x = x.transpose(0, 1)  # T x B x C, as fairseq's layers want
         mask = self.attention_mask(m, L, x)
         for layer in dec.layers:
@@ -162,7 +190,7 @@ class TarmLanguageModel(TransformerLanguageModel):
         if dec.layer_norm is not None:
             x = dec.layer_norm(x)
         x = x.transpose(0, 1)
-        return x[:, m : m + L], x[:, m + L :]
+        return x[:, m : m + L], self.memory.written(x[:, m + L :])
 
     def embed(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """fairseq's decoder input pipeline; positions restart at every segment.
@@ -238,6 +266,8 @@ class TarmLanguageModel(TransformerLanguageModel):
                 f"data's dict.txt ({int(mine[0])} types): evaluate with the data-bin "
                 "the model was trained on"
             )
+        for change in self.memory.match_state_dict(state_dict, prefix="memory."):
+            logger.warning(f"checkpoint from before memory write inputs: loading it with {change}")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
@@ -246,17 +276,32 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def check_memory_args(num_memory_tokens, alpha):
+def check_memory_args(num_memory_tokens, alpha, dropout=0.0):
     if num_memory_tokens is None or num_memory_tokens < 0:
         raise TarmError(f"--num-memory-tokens must be >= 0, got {num_memory_tokens}")
     if alpha is None or not 0.0 < alpha <= 1.0:
         raise TarmError(f"--memory-ema-alpha must be in (0, 1], got {alpha}")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise TarmError(f"--memory-dropout must be in [0, 1), got {dropout}")
+
+
+def _output_is_normalised(decoder) -> bool:
+    """Post-LN layers end in a LayerNorm; pre-LN ones only with a final norm."""
+    return not decoder.cfg.decoder.normalize_before or decoder.layer_norm is not None
+
+
+def _memory_dropout(args) -> float:
+    p = safe_getattr(args, "memory_dropout", None)
+    return float(safe_getattr(args, "dropout", 0.0) if p is None else p)
 
 
 def tarm_lm_architecture(args):
     """Defaults of ``--arch tarm_lm`` (fairseq registers that name with the model)."""
     args.num_memory_tokens = safe_getattr(args, "num_memory_tokens", 10)
     args.memory_ema_alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
+    args.memory_ema_learned = safe_getattr(args, "memory_ema_learned", False)
+    args.memory_write_input = safe_getattr(args, "memory_write_input", "memory")
+    args.memory_dropout = safe_getattr(args, "memory_dropout", None)
     base_lm_architecture(args)
 
 

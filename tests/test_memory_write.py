@@ -1,0 +1,232 @@
+"""What the write positions hold, the memory norm, memory dropout and the learned rate (issue 9)."""
+
+import pytest
+import torch
+
+from conftest import build
+from tarm_plugin.memory import RecurrentMemory, memory_stats
+
+L = 4
+
+
+def model_with(dict_dir, *flags, m=3, alpha=1.0):
+    _, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", str(m),
+                     "--memory-ema-alpha", str(alpha), *flags)
+    return model.eval()
+
+
+def reference_mask(m, seg_len):
+    """LM-RMT's mask written out position by position (True = may attend)."""
+    T = 2 * m + seg_len
+    allowed = torch.zeros(T, T, dtype=torch.bool)
+    for q in range(T):
+        for k in range(T):
+            q_read, k_read = q < m, k < m
+            q_write = q >= m + seg_len
+            if q_read:
+                allowed[q, k] = k_read
+            elif q_write:
+                allowed[q, k] = True
+            else:
+                allowed[q, k] = k_read or (m <= k <= q)
+    return torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+
+
+def lm_rmt_reference(model, src, seg_len):
+    """An independent re-implementation of the RMT authors' LM recurrence (a = 1):
+    input [mem | segment | mem] with ONE memory tensor at both ends; at the stream
+    start that tensor is the learned memory, afterwards the previous segment's
+    outputs at the write slots. Memory positions are not scored. (LM-RMT's layers are
+    post-LN; fairseq's transformer_lm is pre-LN, and its final LayerNorm plays that role.)"""
+    dec = model.decoder
+    mem = model.memory.initial.unsqueeze(0).expand(src.size(0), -1, -1)
+    m = mem.size(1)
+    mask = reference_mask(m, seg_len)
+    outs = []
+    for seg in src.split(seg_len, dim=1):
+        emb = dec.embed_scale * dec.embed_tokens(seg) + dec.embed_positions(seg)
+        h = torch.cat([mem, emb, mem], dim=1).transpose(0, 1)
+        for layer in dec.layers:
+            h = layer(h, self_attn_mask=mask)[0]
+        h = dec.layer_norm(h).transpose(0, 1)
+        outs.append(h[:, m : m + seg_len])
+        mem = h[:, m + seg_len :]
+    return dec.output_layer(torch.cat(outs, dim=1))
+
+
+def test_rmt_with_memory_write_input_is_lm_rmt(dict_dir):
+    model = model_with(dict_dir, m=3, alpha=1.0)  # the default write input
+    assert model.memory.write_input == "memory"
+    src = torch.randint(4, 60, (2, 4 * L), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+        expected = lm_rmt_reference(model, src, L)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    # the learned write input is a different model: the reference must not match it
+    learned = model_with(dict_dir, "--memory-write-input", "learned", m=3, alpha=1.0)
+    with torch.no_grad():
+        other, _ = learned(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+        assert not torch.allclose(other, lm_rmt_reference(learned, src, L), atol=1e-3)
+
+
+def test_memory_write_input_creates_no_unused_parameter(dict_dir):
+    model = model_with(dict_dir, m=3, alpha=0.5).train()
+    assert not any("write_slots" in name for name in model.state_dict())
+    src = torch.randint(4, 60, (2, 3 * L))
+    logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    logits.float().sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []  # DDP (find_unused_parameters=False) would fail on any of these
+
+
+def test_gradients_flow_through_both_memory_copies(dict_dir, monkeypatch):
+    model = model_with(dict_dir, m=3, alpha=0.5).train()
+    copies = []
+    original = model.memory.segment_memory
+
+    def capture(read, dtype):
+        read_in, write_in = original(read, dtype)
+        copies.append((read_in, write_in))
+        return read_in, write_in
+
+    monkeypatch.setattr(model.memory, "segment_memory", capture)
+    src = torch.randint(4, 60, (2, 2 * L))
+    logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    read_in, write_in = copies[0]  # segment 1's two copies of E_0
+    g_read, g_write = torch.autograd.grad(logits[:, L:].sum(), [read_in, write_in])
+    assert g_read.abs().sum() > 0 and g_write.abs().sum() > 0  # segment 2's loss reaches both
+
+
+def test_old_checkpoint_with_write_slots_loads_as_learned(dict_dir):
+    old = model_with(dict_dir, "--memory-write-input", "learned", m=3, alpha=0.5)
+    src = torch.randint(4, 60, (2, 2 * L))
+    fresh = model_with(dict_dir, m=3, alpha=0.5)  # built with today's default
+    fresh.load_state_dict(old.state_dict())
+    assert fresh.memory.write_input == "learned"
+    with torch.no_grad():
+        want, _ = old(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+        got, _ = fresh(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    assert torch.equal(got, want)
+
+
+def wiki103_shaped(dict_dir, *flags):
+    """tarm_lm_wiki103 at full width and depth (16 layers, 410 dim, pre-LN, no final
+    norm), with adaptive cutoffs that fit the 64-word test dictionary."""
+    _, model = build(dict_dir, "--arch", "tarm_lm_wiki103", "--decoder-layers", "16",
+                     "--decoder-embed-dim", "410", "--decoder-ffn-embed-dim", "2100",
+                     "--decoder-attention-heads", "10", "--adaptive-input-cutoff", "20,40",
+                     "--adaptive-softmax-cutoff", "20,40", "--segment-length", str(L),
+                     "--memory-ema-alpha", "1", *flags)
+    return model.eval()
+
+
+def stream_memory_norms(model, n_segments, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    norms = []
+    model.carried.clear()
+    with torch.no_grad():
+        for i in range(n_segments):
+            src = torch.randint(4, 60, (1, L), generator=g)
+            _, extra = model(src, reset=torch.tensor([i == 0]), memory_key="long", segment_length=L)
+            norms.append(float(extra["ema_memory"][-1].norm(dim=-1).max()))
+    return norms
+
+
+def test_wiki103_memory_norm_stays_bounded_over_1000_segments(dict_dir):
+    model = wiki103_shaped(dict_dir)
+    assert model.decoder.layer_norm is None and model.memory.norm is not None  # pre-LN, no final norm
+    norms = stream_memory_norms(model, 1000)
+    bound = 2 * 410 ** 0.5  # a LayerNorm'd slot has norm ~sqrt(d) (gamma = 1 at init)
+    assert all(n == n for n in norms) and max(norms) < bound, max(norms)
+
+
+def test_without_the_memory_norm_the_wiki103_memory_grows(dict_dir):
+    """Why the norm is there: the raw residual stream, fed back through 16 layers
+    segment after segment, grows (this is what the bound above would catch)."""
+    model = wiki103_shaped(dict_dir)
+    model.memory.norm = None
+    norms = stream_memory_norms(model, 50)
+    assert norms[-1] > 2 * 410 ** 0.5 and norms[-1] > 2 * norms[0]
+
+
+def test_memory_norm_only_where_the_layers_do_not_end_in_one(dict_dir):
+    model = model_with(dict_dir, m=3)  # transformer_lm is pre-LN with a final LayerNorm
+    assert model.decoder.layer_norm is not None and model.memory.norm is None
+    no_final = model_with(dict_dir, "--no-decoder-final-norm", m=3)
+    assert no_final.decoder.layer_norm is None and no_final.memory.norm is not None
+
+
+def test_memory_dropout_defaults_to_dropout_and_can_be_set(dict_dir):
+    assert model_with(dict_dir, "--dropout", "0.3").memory.dropout.p == 0.3
+    assert model_with(dict_dir, "--dropout", "0.3", "--memory-dropout", "0.05").memory.dropout.p == 0.05
+    assert isinstance(model_with(dict_dir, "--memory-dropout", "0").memory.dropout, torch.nn.Identity)
+    model = model_with(dict_dir, "--memory-dropout", "0.5")
+    read = torch.ones(2, 3, 32)
+    model.train()
+    r, w = model.memory.segment_memory(read, torch.float32)
+    assert (r == 0).any() and not torch.equal(r, w)  # independent masks on the two copies
+    model.eval()
+    r, w = model.memory.segment_memory(read, torch.float32)
+    assert torch.equal(r, read) and torch.equal(w, read)
+
+
+def test_bad_memory_dropout_is_one_line_error(dict_dir):
+    from tarm_plugin.errors import TarmError
+
+    with pytest.raises(TarmError, match="--memory-dropout"):
+        model_with(dict_dir, "--memory-dropout", "1.0")
+
+
+def test_learned_rate_starts_at_alpha_and_follows_the_recursion(dict_dir):
+    model = model_with(dict_dir, "--memory-ema-learned", m=3, alpha=0.3)
+    rate = model.memory.rate()
+    assert rate.shape == (3, 32) and torch.allclose(rate, torch.full_like(rate, 0.3), atol=1e-6)
+    with torch.no_grad():
+        model.memory.rate_logit.normal_()  # per-slot, per-channel rates
+    src = torch.randint(4, 60, (2, 3 * L))
+    with torch.no_grad():
+        _, extra = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    a = torch.sigmoid(model.memory.rate_logit)
+    E = extra["read_memory"]
+    for M, E_t in zip(extra["written_memory"], extra["ema_memory"]):
+        E = a * M + (1 - a) * E
+        assert torch.allclose(E_t, E, atol=1e-6)
+    model.train()
+    logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="t", segment_length=L)
+    logits.sum().backward()
+    assert model.memory.rate_logit.grad.abs().sum() > 0
+
+
+def test_fixed_alpha_has_no_rate_parameter(dict_dir):
+    model = model_with(dict_dir, m=3, alpha=0.3)
+    assert model.memory.rate_logit is None and model.memory.rate() == 0.3
+
+
+def test_memory_stats_measure_relative_change():
+    read = torch.ones(2, 3, 4)
+    written = [torch.full((2, 3, 4), 2.0), torch.full((2, 3, 4), 3.0)]
+    averaged = [torch.full((2, 3, 4), 1.5), torch.full((2, 3, 4), 2.25)]
+    s = memory_stats(read, written, averaged)
+    assert torch.isclose(s["mem_norm"], torch.tensor(2.0))  # a slot of four ones
+    assert torch.isclose(s["mem_dM"], torch.tensor(0.5))    # 2 -> 3
+    assert torch.isclose(s["mem_dE"], torch.tensor((0.5 + 0.5) / 2))  # 1 -> 1.5 -> 2.25
+    assert "mem_dM" not in memory_stats(read, written[:1], averaged[:1])
+
+
+def test_criterion_logs_memory_stats_and_learned_rates(dict_dir):
+    from tarm_plugin.criterions.tarm_lm_loss import TarmLmLoss
+
+    model = model_with(dict_dir, "--memory-ema-learned", m=3, alpha=0.5)
+    src = torch.randint(4, 60, (2, 2 * L))
+    net_output = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    logs = TarmLmLoss.memory_logs(model, net_output)
+    for key in ("mem_norm", "mem_dM", "mem_dE", "mem_rate_mean", "mem_rate_min", "mem_rate_max"):
+        assert key in logs and logs[key + "_n"] == 1
+    assert abs(float(logs["mem_rate_mean"]) - 0.5) < 1e-6
+    no_mem = model_with(dict_dir, m=0)
+    assert TarmLmLoss.memory_logs(no_mem, no_mem(src, memory_key="k", segment_length=L)) == {}
+
+
+def test_recurrent_memory_alone_rejects_bad_write_input():
+    with pytest.raises(ValueError, match="write_input"):
+        RecurrentMemory(2, 4, write_input="other")

@@ -8,15 +8,19 @@ full to write its memory (M_t, then E_t), and the next segment starts
 reading E_t.
 
 ``TarmLanguageModel.from_pretrained(...)`` returns :class:`TarmHubInterface`,
-whose ``sample``/``generate``/``score`` use this (fairseq's own
+whose ``sample``/``generate``/``score`` use this, and the task's
+``build_generator`` returns :class:`TarmSequenceGenerator`, which
+``fairseq-interactive`` and ``fairseq-generate`` call (fairseq's own
 SequenceGenerator would call the bare decoder and silently drop the memory).
 """
 
+import os
 from typing import Dict, List, Optional
 
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
+from .errors import TarmError
 
 
 def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -> torch.Tensor:
@@ -143,6 +147,18 @@ def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Op
     return torch.cat(scores, dim=1)
 
 
+def sentencepiece_defaults(model_name_or_path: str, data_name_or_path: str, kwargs: Dict) -> Dict:
+    """``bpe="sentencepiece"`` with the data-bin's ``spm.model`` (written by
+    scripts/prepare_text.py) unless the caller chose a bpe."""
+    data = data_name_or_path
+    if data.startswith("."):  # fairseq's hub_utils reads "." paths relative to the model directory
+        data = os.path.join(model_name_or_path, data)
+    spm_model = os.path.join(data, "spm.model")
+    if "bpe" not in kwargs and os.path.isfile(spm_model):
+        kwargs = dict(kwargs, bpe="sentencepiece", sentencepiece_model=spm_model)
+    return kwargs
+
+
 class TarmHubInterface(GeneratorHubInterface):
     """``from_pretrained(...)`` for tarm: sample and score with memory."""
 
@@ -154,15 +170,20 @@ class TarmHubInterface(GeneratorHubInterface):
 
     def generate(self, tokenized_sentences: List[torch.LongTensor], beam: int = 1, verbose: bool = False,
                  max_new_tokens: int = 50, sampling: bool = False, temperature: float = 1.0,
-                 topk: int = 0, **unused) -> List[List[Dict[str, torch.Tensor]]]:
+                 topk: int = 0, stop_at_eos: bool = False, **unused) -> List[List[Dict[str, torch.Tensor]]]:
+        """``stop_at_eos``: end at the first ``</s>`` (what fairseq-interactive does)."""
         if beam != 1:
             raise ValueError("tarm generation is greedy or sampled (beam=1)")
         model = self.models[0]
+        eos = self.task.source_dictionary.eos()
         results = []
         for tokens in tokenized_sentences:
             inputs = self._inputs(tokens)
-            new = generate(model, inputs, max_new_tokens, sampling=sampling, temperature=temperature, topk=topk)
-            results.append([{"tokens": torch.cat([inputs[0, 1:], new[0]]).cpu()}])
+            new = generate(model, inputs, max_new_tokens, sampling=sampling, temperature=temperature, topk=topk,
+                           stop=eos if stop_at_eos else None)[0]
+            if stop_at_eos:
+                new = new[: _until_stop(new, eos)]
+            results.append([{"tokens": torch.cat([inputs[0, 1:], new]).cpu()}])
         return results
 
     def score(self, sentences: List[str], **unused):
@@ -176,3 +197,102 @@ class TarmHubInterface(GeneratorHubInterface):
             lp = score(self.models[0], inputs, targets)[0]
             out.append({"tokens": targets[0].cpu(), "positional_scores": lp.cpu()})
         return out[0] if single else out
+
+
+def _until_stop(tokens: torch.Tensor, stop: int) -> int:
+    """Length of ``tokens`` [N] up to and including the first ``stop`` token."""
+    hits = tokens.eq(stop).nonzero()
+    return int(hits[0]) + 1 if len(hits) else tokens.numel()
+
+
+class TarmSequenceGenerator:
+    """What ``task.build_generator`` returns for tarm models, so that
+    ``fairseq-interactive`` and ``fairseq-generate`` carry memory.
+
+    Same contract as fairseq's ``SequenceGenerator.generate(models, sample,
+    prefix_tokens=..., bos_token=...)`` for a language model: each row's
+    prompt is ``bos_token`` + its ``prefix_tokens`` (fairseq's LM
+    ``inference_step`` puts the input line there); the prompt is read segment
+    by segment into memory (:func:`generate_with_scores`), then up to
+    ``--max-len-a * prompt + --max-len-b`` new tokens are written, ending at the
+    first ``</s>``. (fairseq counts the prompt in that length; with memory a
+    prompt may be far longer than the model's positions, so tarm does not.)
+    Greedy with ``--beam 1``; ``--sampling --beam N --nbest N`` gives N
+    samples. Each hypothesis: ``tokens`` = prompt + new tokens,
+    ``positional_scores`` (natural log) for all of them, ``score`` = their
+    mean (``--lenpen`` 1).
+    """
+
+    def __init__(self, model, tgt_dict, max_len_a: float = 0.0, max_len_b: int = 200, sampling: bool = False,
+                 n_samples: int = 1, topk: int = 0, temperature: float = 1.0, lenpen: float = 1.0,
+                 sample_break_mode: str = "none"):
+        self.model, self.tgt_dict = model, tgt_dict
+        self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
+        self.max_len_a, self.max_len_b = max_len_a, max_len_b
+        self.sampling, self.n_samples, self.topk, self.temperature = sampling, n_samples, topk, temperature
+        self.lenpen = lenpen
+        self.sample_break_mode = sample_break_mode
+        self.symbols_to_strip_from_output = {self.eos}  # what fairseq-interactive strips from H- lines
+
+    @staticmethod
+    def supports(models) -> bool:
+        from .models.tarm_lm import TarmLanguageModel
+
+        return len(models) > 0 and all(isinstance(m, TarmLanguageModel) for m in models)
+
+    @classmethod
+    def build(cls, models, tgt_dict, cfg, sample_break_mode: str = "none", **unused):
+        """From fairseq's generation config (``--beam``, ``--sampling``, ``--max-len-b``, ...)."""
+        if len(models) != 1:
+            raise TarmError(f"--path: tarm generation takes one checkpoint, got {len(models)} (no ensembles)")
+        get = lambda name, default: getattr(cfg, name, default)  # noqa: E731
+        sampling, beam = bool(get("sampling", False)), int(get("beam", 1) or 1)
+        if beam != 1 and not sampling:
+            raise TarmError(f"--beam {beam}: tarm generation is greedy (memory is carried per hypothesis); "
+                            "pass --beam 1, or --sampling --beam N --nbest N for N samples")
+        for flag, name, neutral in (("--sampling-topp", "sampling_topp", -1.0), ("--min-len", "min_len", 1),
+                                    ("--no-repeat-ngram-size", "no_repeat_ngram_size", 0),
+                                    ("--constraints", "constraints", None)):
+            if get(name, neutral) not in (neutral, None) and not (name == "sampling_topp" and get(name, -1) <= 0):
+                raise TarmError(f"{flag} is not supported by tarm generation; leave it out")
+        topk = int(get("sampling_topk", -1))
+        return cls(models[0], tgt_dict, max_len_a=float(get("max_len_a", 0) or 0),
+                   max_len_b=int(get("max_len_b", 200)), sampling=sampling, n_samples=beam if sampling else 1,
+                   topk=max(topk, 0), temperature=float(get("temperature", 1.0)), lenpen=float(get("lenpen", 1.0)),
+                   sample_break_mode=sample_break_mode)
+
+    def cuda(self):
+        return self
+
+    @torch.no_grad()
+    def generate(self, models, sample, prefix_tokens=None, bos_token=None, constraints=None, **unused):
+        net_input = sample["net_input"]
+        if net_input.get("memory_key") is not None and self.sample_break_mode != "eos":
+            # a batch of the task's own contiguous streams: rows are mid-stream
+            # segments, not prompts, and their earlier text is not in them
+            raise TarmError("fairseq-generate on contiguous streams has no prompts: use "
+                            "--sample-break-mode eos (each line a prompt), fairseq-interactive, "
+                            "or scripts/continuation_bleu.py")
+        if constraints is not None:
+            raise TarmError("--constraints is not supported by tarm generation; leave it out")
+        src = net_input["src_tokens"]
+        bos = self.eos if bos_token is None else bos_token
+        results = []
+        for b in range(src.size(0)):
+            prefix = prefix_tokens[b] if prefix_tokens is not None else src.new_zeros(0)
+            prefix = prefix[prefix.ne(self.pad)]
+            inputs = torch.cat([prefix.new_tensor([bos]), prefix]).unsqueeze(0).repeat(self.n_samples, 1)
+            n_new = int(self.max_len_a * len(prefix) + self.max_len_b)
+            new, new_lp, prompt_lp = generate_with_scores(
+                self.model, inputs, n_new, sampling=self.sampling, temperature=self.temperature,
+                topk=self.topk, stop=self.eos, prompt_scores=True)
+            hypos = []
+            for i in range(self.n_samples):
+                n = _until_stop(new[i], self.eos)
+                tokens = torch.cat([prefix, new[i, :n]])
+                scores = torch.cat([prompt_lp[i], new_lp[i, :n]])
+                score = float(scores.sum()) / max(len(tokens), 1) ** self.lenpen
+                hypos.append({"tokens": tokens, "score": score, "positional_scores": scores,
+                              "alignment": None, "attention": None})
+            results.append(sorted(hypos, key=lambda h: -float(h["score"])))
+        return results

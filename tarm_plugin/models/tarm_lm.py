@@ -228,8 +228,9 @@ class TarmLanguageModel(TransformerLanguageModel):
         """A hub interface whose ``sample``/``score`` carry memory across segments."""
         from fairseq import hub_utils
 
-        from ..generation import TarmHubInterface
+        from ..generation import TarmHubInterface, sentencepiece_defaults
 
+        kwargs = sentencepiece_defaults(model_name_or_path, data_name_or_path, kwargs)
         x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
                                       archive_map=cls.hub_models(), **kwargs)
         return TarmHubInterface(x["args"], x["task"], x["models"])

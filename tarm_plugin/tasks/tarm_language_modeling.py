@@ -341,6 +341,16 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
         ).next_epoch_itr(shuffle=False)
 
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        """fairseq-interactive / fairseq-generate: a generator that reads the prompt into
+        memory segment by segment (fairseq's SequenceGenerator would drop the memory)."""
+        from ..generation import TarmSequenceGenerator
+
+        if seq_gen_cls is None and TarmSequenceGenerator.supports(models):
+            return TarmSequenceGenerator.build(models, self.target_dictionary, args,
+                                               sample_break_mode=self.args.sample_break_mode)
+        return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
+
     def build_model(self, args, from_checkpoint=False):
         model = super().build_model(args, from_checkpoint)
         max_pos = model.max_positions() if hasattr(model, "max_positions") else None

@@ -1,4 +1,7 @@
-"""The a-ablation on PTB: no memory, RMT (a=1), TARM (a=0.2/0.5/0.7), several seeds.
+"""The a-ablation on PTB: no memory, RMT (a=1), TARM (a=0.2/0.5/0.7), the learned
+rate, several seeds; ``--write-input`` picks what the write positions hold
+(``memory``, the default: the memory read, as in LM-RMT; ``learned``: the
+first ablation's separately learned slots).
 
 Every run trains the same model for the same number of updates on the same
 segments, then ``fairseq-eval-lm`` scores the whole test split with the
@@ -8,7 +11,7 @@ checkpoint of best validation loss. Writes, under --out:
   results.json                  every run's test/valid numbers
   results.md                    the table (mean +- std over seeds)
 
-Usage: python scripts/ablate.py --data data-bin/ptb --out runs/ablation [--jobs 2]
+Usage: python scripts/ablate.py --data data-bin/ptb --out runs/ablation [--jobs 2] [--write-input learned]
 """
 
 import argparse
@@ -21,12 +24,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha)
-    "no_memory": (0, 1.0),
-    "rmt": (8, 1.0),
-    "tarm_a0.7": (8, 0.7),
-    "tarm_a0.5": (8, 0.5),
-    "tarm_a0.2": (8, 0.2),
+SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha, rate)
+    "no_memory": (0, 1.0, "fixed"),
+    "rmt": (8, 1.0, "fixed"),
+    "tarm_a0.7": (8, 0.7, "fixed"),
+    "tarm_a0.5": (8, 0.5, "fixed"),
+    "tarm_a0.2": (8, 0.2, "fixed"),
+    "tarm_learned": (8, 0.5, "learned"),  # a = sigmoid(b) per slot and channel, from 0.5
 }
 
 # one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core)
@@ -35,10 +39,12 @@ MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ff
 TASK = "--task tarm_language_modeling --segment-length 32 --bptt-segments 4 --batch-size 16".split()
 
 
-def train_cmd(args, run_dir, m, alpha, seed):
+def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
+    learned = ["--memory-ema-learned"] if rate == "learned" else []
     return [
         "fairseq-train", args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
-        "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha),
+        "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha), *learned,
+        "--memory-write-input", args.write_input,
         "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
         "--lr", str(args.lr), "--lr-scheduler", "polynomial_decay", "--warmup-updates", "100",
         "--total-num-update", str(args.max_update), "--max-update", str(args.max_update),
@@ -68,6 +74,20 @@ def parse_valid(log_path):
     return points
 
 
+def parse_rates(log_path):
+    """The last logged learned averaging rate {mean, min, max} (empty for a fixed a)."""
+    last = {}
+    with open(log_path) as f:
+        for line in f:
+            m = re.search(r"\| train(?:_inner)? \| (\{.*\})", line)
+            if m:
+                rec = json.loads(m.group(1))
+                got = {k: float(rec[f"{p}mem_rate_{k}"]) for k in ("mean", "min", "max")
+                       for p in ("", "train_") if f"{p}mem_rate_{k}" in rec}
+                last = got or last
+    return last
+
+
 def parse_eval(log_path):
     text = open(log_path).read()
     loss = re.findall(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", text)
@@ -78,7 +98,7 @@ def parse_eval(log_path):
 
 
 def one_run(args, name, seed):
-    m, alpha = SETTINGS[name]
+    m, alpha, rate = SETTINGS[name]
     run_dir = os.path.join(args.out, f"{name}_s{seed}")
     os.makedirs(run_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -86,15 +106,19 @@ def one_run(args, name, seed):
     if os.path.exists(result_path) and not args.force:
         return json.load(open(result_path))
     with open(os.path.join(run_dir, "train.log"), "w") as log:
-        subprocess.run(train_cmd(args, run_dir, m, alpha, seed), stdout=log, stderr=subprocess.STDOUT,
+        subprocess.run(train_cmd(args, run_dir, m, alpha, seed, rate), stdout=log, stderr=subprocess.STDOUT,
                        env=env, check=True)
     with open(os.path.join(run_dir, "eval.log"), "w") as log:
         subprocess.run(eval_cmd(args, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     test_loss, test_ppl, n_tokens = parse_eval(os.path.join(run_dir, "eval.log"))
     valid = parse_valid(os.path.join(run_dir, "train.log"))
-    result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha,
+    result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha, "rate": rate,
+              "write_input": args.write_input,
               "test_loss": test_loss, "test_ppl": test_ppl, "test_tokens": n_tokens,
               "valid": valid, "best_valid_ppl": 2 ** min(v for _, v in valid)}
+    rates = parse_rates(os.path.join(run_dir, "train.log"))
+    if rates:
+        result["learned_rate"] = rates  # the last logged mean/min/max of sigmoid(b)
     json.dump(result, open(result_path, "w"), indent=1)
     print(f"{name} seed {seed}: test ppl {test_ppl:.2f}", flush=True)
     return result
@@ -116,7 +140,8 @@ def table(results, settings):
         n = min(len(c) for c in curves)
         spread = statistics.mean(statistics.stdev(c[i] for c in curves) for i in range(n)) if len(runs) > 1 else float("nan")
         rises = statistics.mean(sum(b > a for a, b in zip(c, c[1:])) for c in curves)
-        m, a = SETTINGS[name]
+        m, a, rate = SETTINGS[name]
+        a = f"learned from {a}" if rate == "learned" else a
         lines.append(f"| {name} | {m} | {a} | {statistics.mean(ppl):.2f} +- {sd:.2f} | {len(runs)} | "
                      f"{best:.2f} | {spread:.4f} | {rises:.1f} |")
     return "\n".join(lines)
@@ -135,6 +160,8 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--force", action="store_true", help="redo runs that already have results")
+    p.add_argument("--write-input", default="memory", choices=["memory", "learned"],
+                   help="--memory-write-input of every memory run")
     args = p.parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
         sys.exit(f"ablate: error: --data {args.data} has no dict.txt (run scripts/prepare_ptb.sh)")

@@ -20,7 +20,11 @@ be carried from one batch to the next of the same stream. Unlike it:
 import logging
 import math
 import os
+import sys
+import zipfile
+import struct
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Optional
 
 import numpy as np
@@ -59,6 +63,11 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
     )
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
+    checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
+
+
+# task settings a checkpoint is evaluated with unless the command line says otherwise
+TRAINED_WITH = ("segment_length", "sample_break_mode", "loss_start_segment")
 
 
 def split_tokens(data) -> np.ndarray:
@@ -239,8 +248,6 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if args.sample_break_mode not in ("none", "eos"):
             raise TarmError(f"--sample-break-mode {args.sample_break_mode} is not supported: use none "
                             "(contiguous streams) or eos (one sample per line, memory reset per sample)")
-        if args.sample_break_mode != "eos" and (args.loss_start_segment or args.eval_exact_match_segments):
-            raise TarmError("--loss-start-segment / --eval-exact-match-segments need --sample-break-mode eos")
         if args.loss_start_segment < 0 or args.eval_exact_match_segments < 0:
             raise TarmError("--loss-start-segment and --eval-exact-match-segments must be >= 0")
         if getattr(args, "add_bos_token", False):
@@ -257,14 +264,46 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"data directory not found: {data}")
         if not os.path.isfile(os.path.join(data, "dict.txt")):
             raise TarmError(f"{os.path.join(data, 'dict.txt')} not found: is {data} a fairseq-preprocess output?")
+        check_checkpoint_files(_cfg_get(args, "checkpoint_path"))
         return super().setup_task(args, **kwargs)
 
     def is_train(self, split: str) -> bool:
-        try:
-            train_subset = self.args.train_subset
-        except Exception:  # a task config from a checkpoint made before this field
-            train_subset = None
-        return split == (train_subset or "train")
+        return split == (_cfg_get(self.args, "train_subset") or "train")
+
+    # ------------------------------------------- checkpoint settings (eval-lm, hub)
+    def state_dict(self):
+        # fairseq saves this as the checkpoint's "task_state" and hands it back to
+        # load_state_dict when it loads the checkpoint for evaluation or generation
+        state = dict(super().state_dict())
+        state["tarm_trained_with"] = {k: _plain(getattr(self.args, k)) for k in TRAINED_WITH}
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        trained = state_dict.pop("tarm_trained_with", None)
+        super().load_state_dict(state_dict)
+        if trained:
+            self.use_trained_settings(trained)
+
+    def use_trained_settings(self, trained):
+        """Evaluate as trained: each setting of TRAINED_WITH that the user did not
+        give is taken from the checkpoint; one that was given and differs is used,
+        with one warning naming both values."""
+        for name in TRAINED_WITH:
+            if name not in trained:
+                continue
+            saved, mine = trained[name], _plain(getattr(self.args, name))
+            if name == "loss_start_segment" and self.args.sample_break_mode != "eos":
+                continue  # only meaningful per sample; the mode given overrides the checkpoint's
+            if saved == mine:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if given_by_user(self.args, name):
+                logger.warning(f"{flag} {mine} given, the checkpoint was trained with {flag} {saved}: "
+                               f"using {mine}")
+            else:
+                logger.info(f"{flag} {saved} (from the checkpoint)")
+                setattr(self.args, name, saved)
 
     def batch_size_for(self, split: str) -> int:
         train = self.is_train(split)
@@ -280,9 +319,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         paths = utils.split_paths(self.args.data)
         data_path = paths[(epoch - 1) % len(paths)]
         split_path = os.path.join(data_path, split)
-        data = data_utils.load_indexed_dataset(
-            split_path, self.dictionary, self.args.dataset_impl, combine=combine
-        )
+        data = load_split(split_path, self.dictionary, self.args.dataset_impl, combine)
         if data is None:
             raise TarmError(f"split '{split}' not found in {data_path} (no {split}.bin/.idx)")
 
@@ -292,6 +329,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         else:
             shard_id, num_shards = 0, 1
         train = self.is_train(split)
+        # checked here, not in setup_task: eval-lm may take the mode from the checkpoint
+        if self.args.sample_break_mode != "eos" and (self.args.loss_start_segment or
+                                                     self.args.eval_exact_match_segments):
+            raise TarmError("--loss-start-segment / --eval-exact-match-segments need --sample-break-mode eos")
         if self.args.sample_break_mode == "eos":
             self.datasets[split] = SampleSegmentsDataset(
                 data, bsz=self.batch_size_for(split), segment_length=self.args.segment_length,
@@ -299,6 +340,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
                 loss_start_segment=self.args.loss_start_segment, shuffle=train,
                 seed=self.args.seed, shard_id=shard_id, num_shards=num_shards)
             ds = self.datasets[split]
+            if self.args.loss_start_segment >= ds.k:
+                raise TarmError(
+                    f"--loss-start-segment {self.args.loss_start_segment} leaves nothing to score: the "
+                    f"longest sample of split '{split}' has {ds.k} segments of --segment-length {ds.L}")
             logger.info(f"{split}: {len(data):,} samples of up to {ds.k}x{ds.L} tokens, "
                         f"{len(ds)} batches of {ds.bsz}x{num_shards}")
             return
@@ -358,3 +403,71 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"--segment-length {self.args.segment_length} exceeds the model's "
                             f"{max_pos} positions (--tokens-per-sample / --max-target-positions)")
         return model
+
+
+def _cfg_get(cfg, name):
+    """A task config field, or None for a config (e.g. a checkpoint's) without it."""
+    try:
+        return getattr(cfg, name, None)
+    except Exception:  # an interpolation the config cannot resolve
+        return None
+
+
+def _plain(value):
+    return str(value) if isinstance(value, Enum) else value
+
+
+def given_by_user(cfg, name) -> bool:
+    """Was this task setting given by the user (command line, config file, code)?
+
+    fairseq's parsers fill in defaults without recording which flags were typed.
+    A value other than the dataclass default was given. A value equal to it was
+    given only if its flag is on the command line: fairseq's parsers have
+    allow_abbrev=False, so it is spelled out, as ``--segment-length 64``,
+    ``--segment-length=64`` or hydra's ``task.segment_length=64``."""
+    default = TarmLanguageModelingConfig.__dataclass_fields__[name].default
+    if _plain(getattr(cfg, name)) != _plain(default):
+        return True
+    flag = "--" + name.replace("_", "-")
+    return any(a == flag or a.startswith((flag + "=", f"task.{name}=")) for a in sys.argv[1:])
+
+
+def check_checkpoint_files(paths: Optional[str]) -> None:
+    """One-line errors for eval-lm's --path: a missing or truncated checkpoint.
+
+    torch.save writes a zip archive whose directory is at the very end, so a
+    truncated file fails ``zipfile.is_zipfile`` without reading the whole file."""
+    if not paths:
+        return
+    for path in str(paths).split(os.pathsep):
+        if not os.path.isfile(path):
+            raise TarmError(f"checkpoint not found: {path} (--path)")
+        if not zipfile.is_zipfile(path):
+            raise TarmError(f"checkpoint {path} is truncated or not a checkpoint (--path)")
+
+
+def load_split(split_path, dictionary, dataset_impl, combine):
+    """fairseq's load_indexed_dataset, with one-line errors for an empty split or a
+    .bin/.idx pair that fairseq cannot read or that do not match."""
+    bin_path, idx_path = split_path + ".bin", split_path + ".idx"
+    if os.path.isfile(bin_path) and os.path.isfile(idx_path) and os.path.getsize(bin_path) == 0:
+        raise TarmError(f"split '{os.path.basename(split_path)}' is empty: {bin_path} has no tokens")
+    try:
+        data = data_utils.load_indexed_dataset(split_path, dictionary, dataset_impl, combine=combine)
+    except (AssertionError, ValueError, OSError, IndexError, struct.error) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise TarmError(f"{split_path}.bin/.idx cannot be read ({reason}): re-run fairseq-preprocess")
+    if data is None:
+        return None
+    sizes = np.asarray(data.sizes, dtype=np.int64)
+    if len(sizes) == 0 or sizes.sum() == 0:
+        raise TarmError(f"split '{os.path.basename(split_path)}' is empty: {bin_path} has no tokens")
+    index = getattr(data, "_index", None)
+    buffer = getattr(data, "_bin_buffer", None)
+    if index is not None and buffer is not None:
+        end = int(np.asarray(index._pointers)[-1]) + int(sizes[-1]) * np.dtype(index.dtype).itemsize
+        if end > len(buffer):
+            raise TarmError(f"{bin_path} is truncated ({len(buffer)} bytes, its .idx needs {end}): "
+                            "re-run fairseq-preprocess")
+    return data
+

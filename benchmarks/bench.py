@@ -9,6 +9,10 @@ All numbers are ratios or rates measured in one run on the machine it runs on
           targets: overhead <= 2m/L + 5%, EMA (a=0.2 vs a=1) within 2%
   mfu     achieved FLOP/s of a tarm training step (torch's FLOP counter) over
           this machine's fp32 matmul peak (a 2048^3 matmul, best of 10)
+  stats   cost of the memory statistics the criterion logs (mem_norm, mem_dM,
+          mem_dE, learned rates): a training step with the criterion's
+          memory_logs() against the same step without, interleaved, median;
+          target: <= 1% of a step
   long    evaluation of one stream of 1k..64k tokens: tokens/s and peak RSS
           (each in a fresh process); tarm reads segment by segment with
           memory, transformer_lm attends over the whole stream at once
@@ -47,7 +51,7 @@ def make_dict_dir(path):
     return path
 
 
-def build(data, kind, m=M, alpha=1.0, tokens_per_sample=L):
+def build(data, kind, m=M, alpha=1.0, tokens_per_sample=L, learned=False):
     import tarm_plugin  # noqa: F401
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -60,6 +64,7 @@ def build(data, kind, m=M, alpha=1.0, tokens_per_sample=L):
         argv = [data, "--task", "tarm_language_modeling", "--arch", "tarm_lm",
                 "--segment-length", str(L), "--tokens-per-sample", str(tokens_per_sample),
                 "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha), "--criterion", "tarm_lm_loss"]
+        argv += ["--memory-ema-learned"] if learned else []
     args = options.parse_args_and_arch(options.get_training_parser(), argv + SIZE + ["--cpu"])
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
@@ -67,8 +72,11 @@ def build(data, kind, m=M, alpha=1.0, tokens_per_sample=L):
     return task.build_model(cfg.model)
 
 
-def train_step_fn(model, kind):
-    """A closure doing one training step on B streams x K segments x L tokens."""
+def train_step_fn(model, kind, with_stats=False):
+    """A closure doing one training step on B streams x K segments x L tokens
+    (``with_stats``: plus the criterion's memory statistics, as fairseq-train logs them)."""
+    from tarm_plugin.criterions.tarm_lm_loss import TarmLmLoss
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     src = torch.randint(4, VOCAB, (B, K * L), generator=g)
@@ -81,7 +89,11 @@ def train_step_fn(model, kind):
             logits = model(src.view(B * K, L))[0]
             loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
         else:
-            logits = model(src, reset=torch.zeros(B, dtype=torch.bool), memory_key="bench", segment_length=L)[0]
+            net_output = model(src, reset=torch.zeros(B, dtype=torch.bool), memory_key="bench", segment_length=L)
+            if with_stats:
+                logs = TarmLmLoss.memory_logs(model, net_output)
+                [float(v) for v in logs.values()]  # fairseq reads them as numbers: include the sync
+            logits = net_output[0]
             loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1))
         loss.backward()
         opt.step()
@@ -117,6 +129,30 @@ def bench_train(data, rounds, steps):
         "ema_cost": round(1 - tps["tarm_a0.2"] / tps["rmt_a1"], 3),
         "ema_cost_target": 0.02,
     }
+
+
+def bench_stats(data, rounds, steps):
+    model = build(data, "tarm", m=M, alpha=0.5, learned=True)
+    fns = {"without": train_step_fn(model, "tarm"), "with_stats": train_step_fn(model, "tarm", with_stats=True)}
+    for fn in fns.values():
+        fn()
+    secs = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            secs[name].append(min(_timed(fn) for _ in range(steps)))
+    t = {name: statistics.median(v) for name, v in secs.items()}
+    # the statistics alone, on one step's outputs: a ratio that machine noise cannot swamp
+    from tarm_plugin.criterions.tarm_lm_loss import TarmLmLoss
+
+    src = torch.randint(4, VOCAB, (B, K * L))
+    out = model(src, reset=torch.zeros(B, dtype=torch.bool), memory_key="bench", segment_length=L)
+    call = statistics.median(_timed(lambda: [float(v) for v in TarmLmLoss.memory_logs(model, out).values()])
+                             for _ in range(20))
+    return {"setup": f"RMT/TARM train step, learned rate, B={B}, k={K}, L={L}, m={M}",
+            "step_seconds": {k: round(v, 4) for k, v in t.items()},
+            "stats_cost_step_vs_step": round(t["with_stats"] / t["without"] - 1, 4),
+            "stats_call_seconds": round(call, 6),
+            "stats_cost": round(call / t["without"], 5), "target": 0.01}
 
 
 def matmul_peak(n=2048, reps=10):
@@ -196,7 +232,7 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     p.add_argument("--full-attention-max", type=int, default=8192)
-    p.add_argument("--sections", nargs="+", default=["train", "mfu", "long"])
+    p.add_argument("--sections", nargs="+", default=["train", "stats", "mfu", "long"])
     p.add_argument("--one-long", nargs=2, metavar=("KIND", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     data = make_dict_dir(args.data)
@@ -208,6 +244,9 @@ def main():
     if "train" in args.sections:
         result["train"] = bench_train(data, args.rounds, args.steps)
         print(json.dumps(result["train"], indent=1), flush=True)
+    if "stats" in args.sections:
+        result["stats"] = bench_stats(data, args.rounds * 2, args.steps)
+        print(json.dumps(result["stats"], indent=1), flush=True)
     if "mfu" in args.sections:
         result["mfu"] = bench_mfu(data, args.steps * 2)
         print(json.dumps(result["mfu"], indent=1), flush=True)

@@ -1,0 +1,210 @@
+"""Continuation quality with and without memory: BLEU and chrF (sacrebleu) of greedy continuations.
+
+    python scripts/continuation_bleu.py --data data-bin/ptb --split test \\
+        --path none=checkpoints/ptb_m0/checkpoint_best.pt rmt=checkpoints/ptb_rmt/checkpoint_best.pt \\
+               tarm=checkpoints/ptb_tarm_a0.2/checkpoint_best.pt \\
+        --context-segments 4 --out docs/continuation.json docs/continuation.md
+
+The split's token stream (as ``tarm_language_modeling`` reads it) is cut into
+non-overlapping held-out documents of ``N + 1`` segments of ``L`` tokens
+(``--context-segments N``; ``--segment-length L``, default: the first
+checkpoint's). If there are more than ``--max-docs``, that many are taken
+evenly spread over the split. Each model reads the first N segments into
+memory (the input of a document's first token is the token before it in the
+stream, ``</s>`` at the split's start), then greedily writes the next L
+tokens with :func:`tarm_plugin.generation.generate`; these are scored against
+the true next segment with sacrebleu's ``corpus_bleu`` and ``corpus_chrf``
+(and the share of tokens equal to the reference at the same position).
+Tokens are detokenised with the data-bin's ``spm.model`` when it has one
+(scripts/prepare_text.py), else joined by spaces; ``</s>`` is dropped.
+A model without memory (``--num-memory-tokens 0``) sees only the last context
+token: the context reaches the continuation through memory alone.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+logging.basicConfig(level=logging.WARNING)  # before fairseq's import-time INFO lines
+
+from tarm_plugin.errors import TarmError  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="data-bin (fairseq-preprocess output)")
+    p.add_argument("--split", default="test", help="split to cut documents from (default test)")
+    p.add_argument("--path", nargs="+", required=True, metavar="NAME=CHECKPOINT",
+                   help="checkpoints to compare, e.g. none=a.pt rmt=b.pt tarm=c.pt")
+    p.add_argument("--context-segments", type=int, default=4, help="N segments read before generating (default 4)")
+    p.add_argument("--segment-length", type=int, default=None, help="L (default: the first checkpoint's)")
+    p.add_argument("--max-docs", type=int, default=500, help="at most this many documents (default 500)")
+    p.add_argument("--batch-size", type=int, default=32, help="documents generated at once (default 32)")
+    p.add_argument("--examples", type=int, default=2, help="example continuations in the outputs (default 2)")
+    p.add_argument("--out", nargs="*", default=[], help="result files: *.json and/or *.md")
+    return p.parse_args(argv)
+
+
+def parse_paths(items):
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise TarmError(f"--path {item}: expected NAME=CHECKPOINT, e.g. tarm=checkpoints/x/checkpoint_best.pt")
+        if not os.path.isfile(path):
+            raise TarmError(f"--path {name}={path}: checkpoint not found")
+        if name in [n for n, _ in out]:
+            raise TarmError(f"--path {name}=...: the name {name} is given twice")
+        out.append((name, path))
+    return out
+
+
+def documents(tokens: np.ndarray, eos: int, L: int, n_context: int, max_docs: int):
+    """Held-out documents of ``n_context + 1`` segments from the stream ``tokens``.
+
+    Returns ``(inputs [D, n_context*L + 1], references [D, L], starts [D])``:
+    ``inputs`` is the token before the document (``eos`` at the stream start)
+    and its ``n_context`` context segments; ``references`` the segment after them.
+    """
+    if L < 1 or n_context < 1:
+        raise TarmError(f"--segment-length ({L}) and --context-segments ({n_context}) must be >= 1")
+    width = (n_context + 1) * L
+    n = len(tokens) // width
+    if n == 0:
+        raise TarmError(f"the split has {len(tokens)} tokens, fewer than one document of "
+                        f"{n_context + 1} x {L}: lower --context-segments or --segment-length")
+    chosen = np.arange(n) if n <= max_docs else np.unique(np.linspace(0, n - 1, max_docs).round().astype(int))
+    starts = chosen * width
+    padded = np.concatenate([[eos], tokens]).astype(np.int64)  # padded[s] is the token before tokens[s]
+    inputs = np.stack([padded[s : s + n_context * L + 1] for s in starts])
+    refs = np.stack([tokens[s + n_context * L : s + width] for s in starts]).astype(np.int64)
+    return torch.from_numpy(inputs), torch.from_numpy(refs), starts
+
+
+def detokenizer(data: str, dictionary):
+    """Token ids -> text: sentencepiece decode when the data-bin has spm.model, else words."""
+    bpe = None
+    spm_model = os.path.join(data, "spm.model")
+    if os.path.isfile(spm_model):
+        from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
+
+        bpe = SentencepieceBPE(SentencepieceConfig(sentencepiece_model=spm_model))
+
+    def text(ids: torch.Tensor) -> str:
+        s = dictionary.string(ids)  # drops </s>
+        return bpe.decode(s) if bpe is not None else " ".join(s.split())
+
+    return text
+
+
+def score_texts(hyps, refs):
+    import sacrebleu
+
+    bleu = sacrebleu.corpus_bleu(hyps, [refs])
+    chrf = sacrebleu.corpus_chrf(hyps, [refs])
+    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}
+
+
+def load(path: str, data: str):
+    import tarm_plugin  # noqa: F401  (registers the task and model)
+    from fairseq import checkpoint_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    model = models[0]
+    if not hasattr(model, "memory"):
+        raise TarmError(f"--path {path}: not a tarm_lm checkpoint")
+    return model.eval(), task
+
+
+@torch.no_grad()
+def continuations(model, inputs, L, batch_size):
+    from tarm_plugin.generation import generate
+
+    out = [generate(model, inputs[i : i + batch_size], L, segment_length=L)
+           for i in range(0, len(inputs), batch_size)]
+    return torch.cat(out)
+
+
+def markdown(result) -> str:
+    lines = [f"Greedy continuations on `{result['data']}` ({result['split']}): {result['docs']} documents, "
+             f"{result['context_segments']} context segments of {result['segment_length']} tokens, "
+             f"then {result['segment_length']} generated tokens scored against the true next segment.",
+             "", "| model | memory slots | a | BLEU | chrF | token acc. |", "|---|---|---|---|---|---|"]
+    for r in result["models"]:
+        lines.append(f"| {r['name']} | {r['num_memory_tokens']} | {r['memory_ema_alpha']} | {r['bleu']:.2f} | "
+                     f"{r['chrf']:.2f} | {r['token_accuracy']:.3f} |")
+    for k, ex in enumerate(result["examples"]):
+        lines += ["", f"Example {k + 1} (document at token {ex['start']}):", "",
+                  f"- context (last 200 characters): ...{ex['context'][-200:]}",
+                  f"- reference: {ex['reference']}"]
+        lines += [f"- {name}: {text}" for name, text in ex["generated"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = parse_paths(args.path)
+    for out in args.out:
+        if not out.endswith((".json", ".md")):
+            raise TarmError(f"--out {out}: name a .json or .md file")
+    if not os.path.isfile(os.path.join(args.data, "dict.txt")):
+        raise TarmError(f"--data {args.data}: no dict.txt (is it a fairseq-preprocess output?)")
+
+    from tarm_plugin.tasks.tarm_language_modeling import split_tokens
+    from fairseq.data import data_utils
+
+    result, docs = None, None
+    for name, path in paths:
+        model, task = load(path, args.data)
+        d = task.source_dictionary
+        if docs is None:
+            L = args.segment_length or model.default_segment_length
+            split = data_utils.load_indexed_dataset(os.path.join(args.data, args.split), d)
+            if split is None:
+                raise TarmError(f"--split {args.split}: no {args.split}.bin/.idx in {args.data}")
+            inputs, refs, starts = documents(split_tokens(split), d.eos(), L, args.context_segments, args.max_docs)
+            text = detokenizer(args.data, d)
+            ref_texts = [text(r) for r in refs]
+            result = {"data": args.data, "split": args.split, "segment_length": L,
+                      "context_segments": args.context_segments, "docs": len(inputs),
+                      "command": " ".join(["python", "scripts/continuation_bleu.py"] + (argv or sys.argv[1:])),
+                      "models": [],
+                      "examples": [{"start": int(starts[k]), "context": text(inputs[k, 1:]),
+                                    "reference": ref_texts[k], "generated": {}}
+                                   for k in range(min(args.examples, len(inputs)))]}
+            docs = (inputs, refs, ref_texts)
+        inputs, refs, ref_texts = docs
+        gen = continuations(model, inputs, L, args.batch_size)
+        hyps = [text(g) for g in gen]
+        scores = score_texts(hyps, ref_texts)
+        result["models"].append({
+            "name": name, "path": path,
+            "num_memory_tokens": int(model.memory.num_tokens),
+            "memory_ema_alpha": getattr(model.decoder.args, "memory_ema_alpha", None),
+            "trained_segment_length": model.default_segment_length,
+            **scores, "token_accuracy": round(float(gen.eq(refs).float().mean()), 4)})
+        for ex in result["examples"]:
+            k = [int(s) for s in starts].index(ex["start"])
+            ex["generated"][name] = hyps[k]
+    table = markdown(result)
+    print(table, end="")
+    for out in args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            if out.endswith(".json"):
+                json.dump(result, f, indent=1)
+                f.write("\n")
+            else:
+                f.write(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()

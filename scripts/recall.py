@@ -2,7 +2,7 @@
 
 Each sample is one line (memory reset per sample), cut into segments of L tokens:
 
-  segment 0        P facts "k v" (distinct keys k*, distinct values v*), then filler f*
+  segment 0        P facts "k v" (distinct keys k*, independent values v*), then filler f*
   segments 1..D    filler (random f* tokens)
   segment D+1      the P keys again, shuffled, each followed by its value, then </s>
 
@@ -67,10 +67,12 @@ def make_sample(rng: random.Random, n_facts: int, distance: int, L: int, n_keys:
     """One sample as a token list (fairseq-preprocess appends </s>)."""
     if 2 * n_facts + 1 > L:
         raise ValueError(f"{n_facts} facts need 2P+1 = {2 * n_facts + 1} tokens, more than --segment-length {L}")
-    if n_facts > min(n_keys, n_values):
-        raise ValueError(f"{n_facts} distinct facts need at least as many keys and values")
+    if n_facts > n_keys:
+        raise ValueError(f"{n_facts} facts need at least as many distinct keys")
     keys = rng.sample(range(n_keys), n_facts)
-    values = rng.sample(range(n_values), n_facts)
+    # values drawn independently: with distinct values the last answer would follow by
+    # elimination, and a model that only remembered the set of values would look good
+    values = [rng.randrange(n_values) for _ in range(n_facts)]
     filler = lambda n: [f"f{rng.randrange(n_filler)}" for _ in range(n)]  # noqa: E731
     facts = [t for k, v in zip(keys, values) for t in (f"k{k}", f"v{v}")]
     order = rng.sample(range(n_facts), n_facts)
@@ -261,7 +263,7 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
     result = {"setting": setting, "seed": seed, "train_distances": list(train_distances), "facts": n_facts,
               "test": {str(k): v for k, v in test.items()}, "train_seconds": round(t1 - t0, 1),
               "eval_seconds": round(time.time() - t1, 1), "max_update": args.max_update,
-              "final_train_loss": last_train_loss(os.path.join(run_dir, "train.log")),
+              "last_train_inner": last_train_record(os.path.join(run_dir, "train.log")),
               "command": " ".join(cmd), "config": config(args)}
     json.dump(result, open(result_path, "w"), indent=1)
     return result, True
@@ -280,15 +282,14 @@ def load_results(args):
     return [r for r in results if r.get("config") == config(args)]
 
 
-def last_train_loss(log_path):
-    """The last logged training loss (base 2) of a fairseq JSON log, or None."""
-    loss = None
+def last_train_record(log_path):
+    """The last ``train_inner`` record of a fairseq JSON log (loss, memory statistics), or {}."""
+    rec = {}
     with open(log_path) as f:
         for line in f:
-            if "| train" in line and "{" in line:
+            if "| train_inner |" in line:
                 rec = json.loads(line[line.index("{"):])
-                loss = float(rec.get("loss", rec.get("train_loss", "nan")))
-    return loss
+    return rec
 
 
 # ------------------------------------------------------------------- report
@@ -345,6 +346,20 @@ def markdown(results, args):
                     row = table[s]
                     out.append(f"| {s} | " + " | ".join(cell([v[metric] for v in row.get(c, [])]) for c in cols) + " |")
             out.append("")
+    rates = {}
+    for r in results:  # the learned rate's summary at the end of training, per training data
+        rec = r.get("last_train_inner", {})
+        if "mem_rate_mean" in rec:
+            name = f"{r['setting']} D={spec_name(r['train_distances'])} P={r['facts']}"
+            rates.setdefault(name, []).append(tuple(float(rec[k]) for k in ("mem_rate_mean", "mem_rate_min", "mem_rate_max")))
+    if rates:
+        out.append("### learned rate at the end of training (mean over seeds of the rate's mean, min, max)\n")
+        out.append("| run | mean | min | max | seeds |")
+        out.append("|---|---|---|---|---|")
+        for name, v in rates.items():
+            out.append(f"| {name} | " + " | ".join(f"{statistics.mean(x[i] for x in v):.3f}" for i in range(3))
+                       + f" | {len(v)} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -392,13 +407,13 @@ def parse_args(argv=None):
                    help=f"default: all for distance, {' '.join(REDUCED)} for capacity and lengthgen")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     g = p.add_argument_group("data")
-    g.add_argument("--segment-length", type=int, default=16)
-    g.add_argument("--facts", type=int, default=4, help="P for distance and lengthgen")
-    g.add_argument("--keys", type=int, default=16)
-    g.add_argument("--values", type=int, default=16)
-    g.add_argument("--filler", type=int, default=16)
+    g.add_argument("--segment-length", type=int, default=8)
+    g.add_argument("--facts", type=int, default=3, help="P for distance and lengthgen")
+    g.add_argument("--keys", type=int, default=4)
+    g.add_argument("--values", type=int, default=8)
+    g.add_argument("--filler", type=int, default=8)
     g.add_argument("--distances", nargs="+", type=int, default=[1, 2, 4, 8])
-    g.add_argument("--capacity-facts", nargs="+", type=int, default=[2, 4, 7])
+    g.add_argument("--capacity-facts", nargs="+", type=int, default=[1, 2, 3])
     g.add_argument("--capacity-distance", type=int, default=1)
     g.add_argument("--lengthgen-train", nargs="+", type=int, default=[1, 2])
     g.add_argument("--lengthgen-test", nargs="+", type=int, default=[1, 2, 4, 8, 16])
@@ -410,8 +425,8 @@ def parse_args(argv=None):
     g.add_argument("--layers", type=int, default=2)
     g.add_argument("--dim", type=int, default=64)
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--max-update", type=int, default=800)
-    g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--max-update", type=int, default=500)
+    g.add_argument("--lr", type=float, default=5e-3)
     g.add_argument("--warmup", type=int, default=100)
     g.add_argument("--eval-batch-size", type=int, default=100)
     g.add_argument("--extra-model-args", nargs=argparse.REMAINDER, default=[],
@@ -423,8 +438,8 @@ def parse_args(argv=None):
     if min(args.distances + args.lengthgen_train + args.lengthgen_test + [args.capacity_distance]) < 1:
         p.error("distances must be >= 1")
     for n in [args.facts] + args.capacity_facts:
-        if 2 * n + 1 > args.segment_length or n > min(args.keys, args.values):
-            p.error(f"{n} facts do not fit: need 2P+1 <= --segment-length and P <= --keys, --values")
+        if 2 * n + 1 > args.segment_length or n > args.keys:
+            p.error(f"{n} facts do not fit: need 2P+1 <= --segment-length and P <= --keys")
     return args
 
 

@@ -74,9 +74,14 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
     out, out_lp = [], []
     stopped = torch.zeros(B, 1, dtype=torch.bool, device=inputs.device)
 
+    pad = model.decoder.padding_idx
+
     def emit(hidden):
         lp = _log_probs(model, hidden[:, -1:])[:, 0]
-        tok = _pick(lp, sampling, temperature, topk)
+        # never <pad>, as in fairseq's SequenceGenerator: a generated pad would
+        # not be a token at all when the text is read back (positions skip it)
+        tok = _pick(lp.index_fill(-1, lp.new_tensor([pad], dtype=torch.long), float("-inf")),
+                    sampling, temperature, topk)
         out.append(tok)
         out_lp.append(lp.gather(-1, tok))
         if stop is not None:
@@ -248,21 +253,20 @@ class TarmSequenceGenerator:
         get = lambda name, default: getattr(cfg, name, default)  # noqa: E731
         sampling, beam = bool(get("sampling", False)), int(get("beam", 1) or 1)
         if beam != 1 and not sampling:
-            raise TarmError(f"--beam {beam}: tarm generation is greedy (memory is carried per hypothesis); "
+            raise TarmError(f"--beam {beam}: tarm generation is greedy or sampled, not beam search; "
                             "pass --beam 1, or --sampling --beam N --nbest N for N samples")
-        for flag, name, neutral in (("--sampling-topp", "sampling_topp", -1.0), ("--min-len", "min_len", 1),
-                                    ("--no-repeat-ngram-size", "no_repeat_ngram_size", 0),
-                                    ("--constraints", "constraints", None)):
-            if get(name, neutral) not in (neutral, None) and not (name == "sampling_topp" and get(name, -1) <= 0):
+        unsupported = {"--sampling-topp": (get("sampling_topp", -1.0) or -1) > 0,
+                       "--min-len": (get("min_len", 1) or 1) > 1,
+                       "--no-repeat-ngram-size": (get("no_repeat_ngram_size", 0) or 0) > 0,
+                       "--constraints": bool(get("constraints", None))}
+        for flag, used in unsupported.items():
+            if used:
                 raise TarmError(f"{flag} is not supported by tarm generation; leave it out")
-        topk = int(get("sampling_topk", -1))
+        topk = int(get("sampling_topk", -1) or -1)
         return cls(models[0], tgt_dict, max_len_a=float(get("max_len_a", 0) or 0),
                    max_len_b=int(get("max_len_b", 200)), sampling=sampling, n_samples=beam if sampling else 1,
                    topk=max(topk, 0), temperature=float(get("temperature", 1.0)), lenpen=float(get("lenpen", 1.0)),
                    sample_break_mode=sample_break_mode)
-
-    def cuda(self):
-        return self
 
     @torch.no_grad()
     def generate(self, models, sample, prefix_tokens=None, bos_token=None, constraints=None, **unused):

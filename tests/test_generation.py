@@ -25,7 +25,9 @@ def test_greedy_generation_equals_teacher_forced_argmax(dict_dir, m, alpha, prom
     model.carried.clear()
     with torch.no_grad():
         logits, _ = model(stream, reset=torch.ones(2, dtype=torch.bool), memory_key="g", segment_length=L)
+    logits[..., model.decoder.padding_idx] = float("-inf")  # generation never picks <pad>
     assert torch.equal(logits[:, prompt_len - 1:].argmax(-1), new)
+    assert not new.eq(model.decoder.padding_idx).any()
 
 
 def test_sampling_is_seeded_and_in_vocabulary(dict_dir):

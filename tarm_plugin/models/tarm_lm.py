@@ -24,6 +24,7 @@ from typing import Optional
 from fairseq.dataclass import ChoiceEnum
 
 import torch
+from fairseq.distributed import utils as dist_utils
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer_lm import (
     TransformerLanguageModel,
@@ -112,6 +113,7 @@ class TarmLanguageModel(TransformerLanguageModel):
         if args.decoder_embed_dim % args.decoder_attention_heads:
             raise TarmError(f"--decoder-embed-dim {args.decoder_embed_dim} is not divisible by "
                             f"--decoder-attention-heads {args.decoder_attention_heads}")
+        check_task(task)
         model = super().build_model(args, task)
         d = task.source_dictionary
         model.dictionary_hash.copy_(torch.tensor([len(d), dictionary_fingerprint(d)]))
@@ -244,19 +246,38 @@ class TarmLanguageModel(TransformerLanguageModel):
     # ------------------------------------------------------------- checkpoints
     def get_extra_state(self):
         """The carried memory goes into checkpoints, so a resumed run (mid-epoch
-        included) continues its streams exactly. Only rank 0 saves checkpoints,
-        so with several ranks the other ranks' rows are missing: then resume
-        restarts the streams' memory from E_0 (see set_extra_state)."""
-        return {"carried": self.carried.state_dict(), "world_size": _world_size()}
+        included) continues its streams exactly. Only rank 0 writes checkpoints
+        (and only it calls this), so with several ranks the training streams'
+        memory of every rank is what :meth:`share_carried_memory` last gathered."""
+        state = {"carried": self.carried.state_dict(), "world_size": _world_size()}
+        if _world_size() > 1:
+            state["per_rank"] = {k: v.cpu() for k, v in getattr(self, "_per_rank", {}).items()}
+        return state
+
+    def share_carried_memory(self, key: str, bsz: int) -> None:
+        """All ranks, after each training step: gather every rank's carried memory
+        of ``key`` (a [world, B, m, d] tensor, small beside the gradients'
+        all-reduce), ready for rank 0's next checkpoint. Nothing tells the other
+        ranks when rank 0 saves, so this runs every step."""
+        memory, _ = self.carried.get(key, bsz)
+        if memory is None or _world_size() == 1:
+            return
+        group = dist_utils.get_data_parallel_group()
+        self._per_rank = {key: dist_utils.all_gather(memory.contiguous(), group, return_tensor=True)}
 
     def set_extra_state(self, state):
         self.carried.clear()
         if not state or not state.get("carried"):
             return
-        if state.get("world_size", 1) == 1 and _world_size() == 1:
+        saved_world, world = state.get("world_size", 1), _world_size()
+        if saved_world == 1 and world == 1:
             self.carried.load_state_dict(state["carried"])
-        else:
-            logger.info("multi-process checkpoint: carried memory restarts from E_0 on resume")
+        elif saved_world == world:  # (no "per_rank": nothing carried, e.g. per-sample batches)
+            rank = dist_utils.get_data_parallel_rank()
+            self.carried.load_state_dict({k: v[rank] for k, v in state.get("per_rank", {}).items()})
+        elif _rank() == 0:
+            logger.warning(f"checkpoint written by {saved_world} process(es), resuming with {world}: "
+                           "the streams are laid out anew, carried memory restarts from E_0")
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         saved = state_dict.get("dictionary_hash")
@@ -275,6 +296,20 @@ class TarmLanguageModel(TransformerLanguageModel):
 def _world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist_utils.get_data_parallel_rank() if _world_size() > 1 else 0
+
+
+def check_task(task) -> None:
+    """Only tarm_language_modeling carries the memory from one batch to the next
+    (e.g. language_modeling, eval-lm's default task, would score nothing)."""
+    from ..tasks.tarm_language_modeling import TarmLanguageModelingTask
+
+    if not isinstance(task, TarmLanguageModelingTask):
+        raise TarmError(f"tarm_lm needs --task tarm_language_modeling (got the task "
+                        f"{type(task).__name__}, which cannot carry its memory)")
 
 
 def check_memory_args(num_memory_tokens, alpha, dropout=0.0):

@@ -40,6 +40,22 @@ from ..errors import TarmError
 
 logger = logging.getLogger(__name__)
 
+# fairseq hands the checkpoint that rank 0 loaded to the other ranks through
+# torch.save/torch.load (distributed_utils.broadcast_object). torch >= 2.6 loads
+# with weights_only=True, which refuses the omegaconf config inside, so a
+# multi-process run could not resume at all. These are plain data containers.
+if hasattr(torch.serialization, "add_safe_globals"):
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+
+    torch.serialization.add_safe_globals([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
+                                          collections.defaultdict, dict, list, int, typing.Any,
+                                          dist_utils._TensorPlaceholder])
+
 
 @dataclass
 class TarmLanguageModelingConfig(LanguageModelingConfig):
@@ -375,6 +391,18 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             buffer_size=data_buffer_size,
             disable_shuffling=True,
         )
+
+    def train_step(self, sample, model, *args, **kwargs):
+        out = super().train_step(sample, model, *args, **kwargs)
+        # several ranks: rank 0's checkpoints need every rank's carried memory
+        # (per-sample batches reset it every batch: nothing to carry)
+        if self.args.sample_break_mode != "eos" and dist_utils.get_data_parallel_world_size() > 1:
+            inner = model
+            while hasattr(inner, "module"):  # fairseq's DDP wrappers
+                inner = inner.module
+            if hasattr(inner, "share_carried_memory"):
+                inner.share_carried_memory(sample["net_input"]["memory_key"], sample["target"].size(0))
+        return out
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,

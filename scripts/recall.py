@@ -59,6 +59,8 @@ SETTINGS = {  # name: model flags (every other flag is shared)
 # capacity and length generalisation run a subset by default, to fit the CPU budget
 REDUCED = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned_rate"]
 EXPERIMENTS = ["distance", "capacity", "lengthgen"]
+RUN_FLAGS = ("segment_length", "keys", "values", "filler", "train_samples", "test_samples", "data_seed",
+             "memory_tokens", "layers", "dim", "batch_size", "max_update", "lr", "warmup", "extra_model_args")
 
 
 # ----------------------------------------------------------------------- data
@@ -270,9 +272,9 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
 
 
 def config(args):
-    """What must be equal for two runs to share a table (everything but the selection)."""
-    skip = {"out", "experiment", "settings", "seeds", "eval_batch_size"}
-    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    """The flags a run's result depends on: runs share a table only if these are equal
+    (which experiments, settings, seeds, distances and P to run are a selection, not part of it)."""
+    return {k: getattr(args, k) for k in RUN_FLAGS}
 
 
 def load_results(args):

@@ -119,6 +119,8 @@ def test_resume_and_tables(tmp_path):
     assert "| rmt | 80.0 (n=1) | 20.0 (n=1) |" in md  # lengthgen: trained on D=1,2, tested at 1 and 16
     assert "chance 12.5% per fact" in md
     assert os.path.exists(recall.figure(results, args, str(tmp_path / "fig.png")))
+    # selecting other distances or settings keeps the same runs
+    assert len(recall.load_results(recall.parse_args(["--out", str(tmp_path), "--distances", "1", "2"]))) == 5
     # a different configuration in the same --out is refused, not mixed into the table
     other = recall.parse_args(["--out", str(tmp_path), "--max-update", "5"])
     assert recall.load_results(other) == []

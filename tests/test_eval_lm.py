@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import run
+from conftest import PLUGIN, run
 from test_cli import MODEL, TASK, eval_lm, eval_numbers, one_line_error, train
 
 pytestmark = pytest.mark.cli
@@ -71,12 +71,26 @@ def teacher_forced_scores(data, ckpt, split, flags):
     return rows
 
 
+@pytest.fixture(scope="module")
+def trained(ptb_small, tmp_path_factory):
+    """trained(layout) -> (checkpoint, fairseq-train log): 4 updates, dropout 0, once per layout."""
+    cache = {}
+
+    def get(layout):
+        if layout not in cache:
+            save = tmp_path_factory.mktemp(layout)
+            log = train(ptb_small[0], save, *LAYOUTS[layout], "--dropout", "0", max_update=4)
+            cache[layout] = (str(save / "checkpoint_last.pt"), log)
+        return cache[layout]
+
+    return get
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_eval_lm_equals_validation_and_scores_each_target(ptb_small, tmp_path, layout):
+def test_eval_lm_equals_validation_and_scores_each_target(ptb_small, trained, layout):
     data, _ = ptb_small
     flags = LAYOUTS[layout]
-    log = train(data, tmp_path, *flags, "--dropout", "0", max_update=4)
-    ckpt = str(tmp_path / "checkpoint_last.pt")
+    ckpt, log = trained(layout)
     p = eval_lm(data, ckpt, *flags, "--gen-subset", "valid", "--output-word-probs")
     # the same split, the same batches: fairseq-train's validation loss to 1e-3 bits
     assert eval_loss(p) == pytest.approx(valid_loss(log), abs=1e-3)
@@ -88,3 +102,65 @@ def test_eval_lm_equals_validation_and_scores_each_target(ptb_small, tmp_path, l
     for got, want in zip(printed, expected):
         assert [w for w, _ in got] == [w for w, _ in want]
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4)
+
+
+def bare_eval_lm(data, ckpt, *flags):
+    """eval-lm with no task flags at all (test_cli.eval_lm always passes --segment-length)."""
+    return run(["fairseq-eval-lm", data, "--user-dir", PLUGIN, "--path", ckpt, "--batch-size", "4",
+                "--gen-subset", "valid", "--cpu", "--num-workers", "0", *flags])
+
+
+def test_checkpoint_settings_unless_given(ptb_small, trained):
+    data, _ = ptb_small
+    ckpt, log = trained("eos_loss_start")
+    task = ["--task", "tarm_language_modeling"]
+    # nothing given: evaluated as trained (L=8, eos, loss from segment 2)
+    p = bare_eval_lm(data, ckpt, *task)
+    assert eval_loss(p) == pytest.approx(valid_loss(log), abs=1e-3)
+    assert "WARNING" not in p.stdout + p.stderr
+    # a given value that differs is used, with one warning naming both values
+    p = bare_eval_lm(data, ckpt, *task, "--segment-length", "4", "--loss-start-segment", "4")
+    out = p.stdout + p.stderr
+    assert eval_loss(p) != pytest.approx(valid_loss(log), abs=1e-3)
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 2, warnings
+    assert "--segment-length 4" in warnings[0] and "--segment-length 8" in warnings[0]
+    assert "--loss-start-segment 4" in warnings[1] and "--loss-start-segment 2" in warnings[1]
+    assert "valid: 300 samples of up to" in out  # eos (one sample per line) still from the checkpoint
+    # a value given that equals the default is still "given" (spelled on the command line)
+    p = bare_eval_lm(data, ckpt, *task, "--sample-break-mode", "none", "--loss-start-segment", "0")
+    assert "--sample-break-mode none given" in p.stdout + p.stderr
+    assert eval_numbers(p)[0] == 7060  # every token of the split, as streams
+
+
+def test_task_without_memory_is_refused(ptb_small, trained):
+    """eval-lm's default task (language_modeling) would not carry the memory."""
+    data, _ = ptb_small
+    ckpt, _ = trained("streams")
+    one_line_error(bare_eval_lm(data, ckpt), "--task tarm_language_modeling")
+    one_line_error(bare_eval_lm(data, ckpt, "--task", "language_modeling"), "--task tarm_language_modeling")
+
+
+def segment_table(p):
+    """[(label, tokens, bits)] from the --eval-segment-ppl table."""
+    rows = re.findall(r"eval_segments(?: \| |:)\s+(\d+(?:-\d+)?)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$",
+                      p.stdout + p.stderr, re.M)
+    return [(label, int(n.replace(",", "")), float(bits)) for label, n, bits in rows]
+
+
+@pytest.mark.parametrize("layout,labels", [
+    ("streams", ["0", "1", "2-3", "4-7", "8-15", "16-31", "32-63", "64-127"]),
+    ("eos_loss_start", ["2", "3", "4", "5", "6", "7", "8"]),
+])
+def test_segment_perplexity_table(ptb_small, trained, layout, labels):
+    data, _ = ptb_small
+    ckpt, _ = trained(layout)
+    p = eval_lm(data, ckpt, *LAYOUTS[layout], "--gen-subset", "valid", "--eval-segment-ppl")
+    rows = segment_table(p)
+    assert [label for label, _, _ in rows] == labels
+    count = eval_numbers(p)[0]
+    assert sum(n for _, n, _ in rows) == count  # every scored token in exactly one row
+    # the rows' token-weighted mean is eval-lm's own loss
+    assert sum(n * bits for _, n, bits in rows) / count == pytest.approx(eval_loss(p), abs=1e-3)
+    if layout == "streams":  # 4 streams, one 16-token segment each per batch
+        assert [n for _, n, _ in rows[:4]] == [64, 64, 128, 256]

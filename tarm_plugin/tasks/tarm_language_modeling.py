@@ -77,6 +77,12 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
         metadata={"help": "with --sample-break-mode eos: in validation, greedily generate the last "
                   "N segments of each sample with memory and log the exact-match 'accuracy'"},
     )
+    eval_segment_ppl: bool = field(
+        default=False,
+        metadata={"help": "fairseq-eval-lm: also log loss and perplexity by segment index (within the "
+                  "sample with --sample-break-mode eos, else segments since the stream's start, "
+                  "in buckets 0, 1, 2-3, 4-7, ...)"},
+    )
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
@@ -410,9 +416,12 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if context_window > 0:
             raise TarmError("--context-window is not used by tarm: the memory carries the context "
                             "across segments; drop the flag")
-        return self.get_batch_iterator(
+        itr = self.get_batch_iterator(
             dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
         ).next_epoch_itr(shuffle=False)
+        if getattr(self, "segment_ppl", None) is not None:
+            itr = self.segment_ppl.iterate(itr, dataset)
+        return itr
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         """fairseq-interactive / fairseq-generate: a generator that reads the prompt into
@@ -430,6 +439,11 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if isinstance(max_pos, int) and self.args.segment_length > max_pos:
             raise TarmError(f"--segment-length {self.args.segment_length} exceeds the model's "
                             f"{max_pos} positions (--tokens-per-sample / --max-target-positions)")
+        if _cfg_get(self.args, "eval_segment_ppl") and getattr(self, "segment_ppl", None) is None:
+            from ..eval_segments import SegmentPerplexity
+
+            self.segment_ppl = SegmentPerplexity(self.dictionary.pad())
+            self.segment_ppl.watch(model)  # the first model of an ensemble
         return model
 
 

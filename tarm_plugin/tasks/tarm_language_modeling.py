@@ -20,9 +20,9 @@ be carried from one batch to the next of the same stream. Unlike it:
 import logging
 import math
 import os
+import struct
 import sys
 import zipfile
-import struct
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
@@ -109,13 +109,12 @@ def split_tokens(data) -> np.ndarray:
 
 
 def first_target(target: torch.Tensor, pad: int) -> torch.Tensor:
-    """Index of each row's first non-padding target (0 for an all-padding row).
+    """Index of each row's first non-padding target (the row length if none).
 
     Padding only ever precedes (context-only segments) or follows (a row's tail)
     the scored tokens, so the tokens from there on, padding stripped, are the
     row's targets in order."""
-    real = target.ne(pad)
-    return torch.where(real.any(dim=1), real.int().argmax(dim=1), torch.zeros_like(real[:, 0], dtype=torch.long))
+    return target.eq(pad).long().cumprod(dim=1).sum(dim=1)  # leading padding
 
 
 class WholeBatchDataset(FairseqDataset):

@@ -133,6 +133,8 @@ def test_generate_on_lines_prompts_each_line_and_refuses_streams(text_model):
     targets = re.findall(r"^T-\d+\t(.*)$", p.stdout, flags=re.M)
     with open(f"{TEXT}/test.txt") as f:
         assert len(hyps) == len(targets) == len(f.readlines())
+    ids = sorted(int(i) for i in re.findall(r"^H-(\d+)\t", p.stdout, flags=re.M))
+    assert ids == list(range(len(hyps)))  # numbered by line, as fairseq-generate numbers sentences
     lm = hub(data, ckpt)
     for hyp, target in zip(hyps, targets):
         pieces = hyp.split()

@@ -131,7 +131,9 @@ class WholeBatchDataset(FairseqDataset):
         item = samples[0]
         source, target = item["source"], item["target"]
         return {
-            "id": torch.full((source.size(0),), item["id"], dtype=torch.long),
+            # a row's own id where it has one (its line, with --sample-break-mode eos), so
+            # fairseq-generate's S-/H- lines are numbered by sample; else the batch's index
+            "id": item.get("row_ids", torch.full((source.size(0),), item["id"], dtype=torch.long)),
             "nsentences": source.size(0),
             "ntokens": int(target.ne(self.pad).sum()),
             "net_input": {
@@ -255,7 +257,8 @@ class SampleSegmentsDataset(WholeBatchDataset):
             source[b, 0] = self.eos
             source[b, 1 : len(line)] = line[:-1]
             target[b, : self.loss_start] = self.pad
-        return {"id": i, "source": source, "target": target}
+        row_ids = torch.as_tensor(rows if len(rows) else [len(self.data)], dtype=torch.long)
+        return {"id": i, "row_ids": row_ids, "source": source, "target": target}
 
 
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)

@@ -45,6 +45,7 @@ def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
         "fairseq-train", args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
         "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha), *learned,
         "--memory-write-input", args.write_input,
+        *([] if args.memory_dropout is None else ["--memory-dropout", str(args.memory_dropout)]),
         "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
         "--lr", str(args.lr), "--lr-scheduler", "polynomial_decay", "--warmup-updates", "100",
         "--total-num-update", str(args.max_update), "--max-update", str(args.max_update),
@@ -113,7 +114,7 @@ def one_run(args, name, seed):
     test_loss, test_ppl, n_tokens = parse_eval(os.path.join(run_dir, "eval.log"))
     valid = parse_valid(os.path.join(run_dir, "train.log"))
     result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha, "rate": rate,
-              "write_input": args.write_input,
+              "write_input": args.write_input, "memory_dropout": args.memory_dropout,
               "test_loss": test_loss, "test_ppl": test_ppl, "test_tokens": n_tokens,
               "valid": valid, "best_valid_ppl": 2 ** min(v for _, v in valid)}
     rates = parse_rates(os.path.join(run_dir, "train.log"))
@@ -162,6 +163,8 @@ def main():
     p.add_argument("--force", action="store_true", help="redo runs that already have results")
     p.add_argument("--write-input", default="memory", choices=["memory", "learned"],
                    help="--memory-write-input of every memory run")
+    p.add_argument("--memory-dropout", type=float, default=None,
+                   help="--memory-dropout of every run (default: the model's, = --dropout)")
     args = p.parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
         sys.exit(f"ablate: error: --data {args.data} has no dict.txt (run scripts/prepare_ptb.sh)")

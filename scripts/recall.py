@@ -384,13 +384,17 @@ def figure(results, args, path):
             acc = [[v["fact_acc"] * 100 for v in table[s][c]] for c in cols]
             mean = [statistics.mean(a) for a in acc]
             std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
-            ax.errorbar(cols, mean, yerr=std, marker="o", capsize=3, label=s)
+            # one colour per setting in every panel, whatever subset a panel shows
+            ax.errorbar(cols, mean, yerr=std, marker="o", capsize=3, label=s,
+                        color=f"C{list(SETTINGS).index(s)}")
         ax.axhline(100.0 / args.values, color="grey", linestyle=":", label="chance")
         title, col = TITLES[exp]
         ax.set_title(f"{exp}: " + title.format(train=",".join(map(str, args.lengthgen_train))), fontsize=9)
         ax.set_xlabel(col)
         if col == "D":
             ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({c for s in table for c in table[s]}))
+        ax.set_xticklabels([str(c) for c in ax.get_xticks()])
         ax.set_ylabel("per-fact accuracy % (mean +- std over seeds)")
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)

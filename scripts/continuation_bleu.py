@@ -187,7 +187,8 @@ def main(argv=None):
         result["models"].append({
             "name": name, "path": path,
             "num_memory_tokens": int(model.memory.num_tokens),
-            "memory_ema_alpha": getattr(model.decoder.args, "memory_ema_alpha", None),
+            "memory_ema_alpha": (f"learned ({float(model.memory.rate().mean()):.3f})" if model.memory.learned_rate
+                                 else model.memory.alpha),
             "trained_segment_length": model.default_segment_length,
             **scores, "token_accuracy": round(float(gen.eq(refs).float().mean()), 4)})
         for ex in result["examples"]:

@@ -16,7 +16,6 @@ Usage: python scripts/ablate.py --data data-bin/ptb --out runs/ablation [--jobs 
 
 import argparse
 import json
-import math
 import os
 import re
 import statistics

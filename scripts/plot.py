@@ -6,9 +6,13 @@
   memory:  one memory value over consecutive segments of the test stream, raw
            (M_t) vs averaged (E_t), from a trained checkpoint (the paper's
            Figure 2), plus the relative change per segment of each.
+  quadratic: validation exact match over updates per setting, and the test
+           table (overall and by kind), from examples/quadratic/cpu_runs.sh's
+           run directories (<runs>/<setting>/{train.log,test.json}).
 
 Usage:
   python scripts/plot.py curves --runs runs/ablation --out docs/fig_valid_ppl.png
+  python scripts/plot.py quadratic --runs runs/quadratic12 --out docs/fig_quadratic.png
   python scripts/plot.py memory --path runs/ablation/tarm_a0.2_s1/checkpoint_best.pt \
       --data data-bin/ptb --out docs/fig_memory.png
 """
@@ -127,6 +131,70 @@ def plot_memory(args):
     print(f"wrote {args.out}")
 
 
+def valid_accuracy(log_path):
+    """[(num_updates, valid exact match %)] from a fairseq JSON log."""
+    points = []
+    with open(log_path) as f:
+        for line in f:
+            if "| valid |" in line:
+                rec = json.loads(line.split("| valid |", 1)[1])
+                if "valid_accuracy" in rec:
+                    points.append((int(rec["valid_num_updates"]), float(rec["valid_accuracy"])))
+    return points
+
+
+QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned"]
+
+
+def quadratic_table(runs):
+    """Markdown: per setting, updates, best valid exact match, test exact match overall and by kind."""
+    kinds = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots", "no real roots")]
+    lines = ["| setting | updates | best valid EM | test EM | " + " | ".join(k for _, k in kinds) + " |",
+             "|---|---|---|---|" + "---|" * len(kinds)]
+    for setting, (curve, test) in runs.items():
+        best = f"{max(a for _, a in curve):.1f}%" if curve else "-"
+        last = curve[-1][0] if curve else 0
+        if test:
+            by = test["by_kind"]
+            cells = [f"{100 * by[k]['accuracy']:.1f}% ({by[k]['samples']})" if k in by else "-" for k, _ in kinds]
+            em = f"**{100 * test['accuracy']:.1f}%**"
+        else:
+            cells, em = ["-"] * len(kinds), "(running)"
+        lines.append(f"| {setting} | {last} | {best} | {em} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_quadratic(args):
+    runs = {}
+    names = sorted(os.listdir(args.runs), key=lambda n: (QUADRATIC_ORDER + [n]).index(n)) if os.path.isdir(args.runs) else []
+    for name in names:
+        log = os.path.join(args.runs, name, "train.log")
+        if not os.path.isfile(log):
+            continue
+        test_path = os.path.join(args.runs, name, "test.json")
+        test = None
+        if os.path.isfile(test_path) and os.path.getsize(test_path):
+            test = json.loads(open(test_path).read().strip().splitlines()[-1])
+        runs[name] = (valid_accuracy(log), test)
+    if not runs:
+        sys.exit(f"plot: error: no runs (<setting>/train.log) in {args.runs}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (curve, _) in runs.items():
+        if curve:
+            ax.plot([u for u, _ in curve], [a for _, a in curve], marker="o", ms=3, label=name)
+    ax.axhline(95, color="gray", ls="--", lw=0.8, label="target 95%")
+    ax.set_xlabel("updates")
+    ax.set_ylabel("validation exact match (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Quadratic equations: greedy answer segment, 500 validation equations")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(quadratic_table(runs))
+    print(f"wrote {args.out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -138,8 +206,11 @@ def main():
     m.add_argument("--data", default="data-bin/ptb")
     m.add_argument("--segments", type=int, default=200)
     m.add_argument("--out", default="docs/fig_memory.png")
+    q = sub.add_parser("quadratic")
+    q.add_argument("--runs", default="runs/quadratic12")
+    q.add_argument("--out", default="docs/fig_quadratic.png")
     args = p.parse_args()
-    plot_curves(args) if args.cmd == "curves" else plot_memory(args)
+    {"curves": plot_curves, "memory": plot_memory, "quadratic": plot_quadratic}[args.cmd](args)
 
 
 if __name__ == "__main__":

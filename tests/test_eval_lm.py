@@ -4,13 +4,12 @@ loss, the printed word probabilities are the targets' own), checkpoint
 settings used unless overridden, and the per-segment perplexity table."""
 
 import json
-import math
 import re
 
 import pytest
 
 from conftest import PLUGIN, run
-from test_cli import MODEL, TASK, eval_lm, eval_numbers, one_line_error, train
+from test_cli import eval_lm, eval_numbers, one_line_error, train
 
 pytestmark = pytest.mark.cli
 

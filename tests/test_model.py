@@ -37,7 +37,7 @@ def test_no_token_sees_a_later_token(dict_dir, m):
     model = model_with(dict_dir, m=m, alpha=0.5)
     batches = stream_batches()
     ref = run_stream(model, batches)
-    n_batches, (bsz, T) = len(batches), batches[0].shape
+    n_batches, T = len(batches), batches[0].size(1)
     for b in range(n_batches):
         for p in range(T):
             changed = [x.clone() for x in batches]

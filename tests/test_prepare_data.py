@@ -1,10 +1,8 @@
 """The data scripts' preprocessing parts, on local files."""
 
-import os
-
 import pytest
 
-from conftest import ROOT, run
+from conftest import run
 
 pytestmark = pytest.mark.cli
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, run
+from conftest import run
 
 pytestmark = pytest.mark.cli
 

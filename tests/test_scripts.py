@@ -41,3 +41,24 @@ def test_curves_figure(tmp_path):
     out = tmp_path / "fig.png"
     plot.plot_curves(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
     assert out.stat().st_size > 1000
+
+
+def test_quadratic_figure_and_table(tmp_path, capsys):
+    # two settings: one finished (test.json), one still running; accuracy curve from valid lines
+    for name, accs in (("rmt", [10.0, 60.0, 97.5]), ("no_memory", [0.0, 0.0])):
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "train.log", "w") as f:
+            for i, acc in enumerate(accs, 1):
+                rec = {"valid_loss": "0.5", "valid_accuracy": str(acc), "valid_num_updates": str(250 * i)}
+                f.write(f"2026-01-01 00:00:00 | INFO | valid | {json.dumps(rec)}\n")
+    test = {"split": "test", "samples": 10, "accuracy": 0.9,
+            "by_kind": {"two_roots": {"accuracy": 0.875, "samples": 8},
+                        "no_roots": {"accuracy": 1.0, "samples": 2}}}
+    (tmp_path / "rmt" / "test.json").write_text(json.dumps(test) + "\n")
+    assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5)]
+    out = tmp_path / "fig.png"
+    plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
+    assert out.stat().st_size > 1000
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].startswith("| no_memory | 500 | 0.0% | (running) |")  # the canonical order
+    assert rows[3] == "| rmt | 750 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) |"

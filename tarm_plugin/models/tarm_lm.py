@@ -21,9 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fairseq.dataclass import ChoiceEnum
-
 import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as dist_utils
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer_lm import (
@@ -35,6 +34,7 @@ from fairseq.models.transformer_lm import (
 from fairseq.utils import safe_getattr
 from omegaconf import II
 
+from ..distributed import data_parallel_shard
 from ..errors import TarmError
 from ..memory import WRITE_INPUTS, CarriedMemory, MemoryTrace, RecurrentMemory, memory_attention_mask
 
@@ -180,7 +180,7 @@ class TarmLanguageModel(TransformerLanguageModel):
     def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
         """One segment through fairseq's layers: returns (token features, M_t)."""
         dec = self.decoder
-        m, (bsz, L) = read.size(1), tokens.shape
+        m, L = read.size(1), tokens.size(1)
         x = self.embed(tokens)
         if m > 0:
             read_in, write_in = self.memory.segment_memory(read, x.dtype)
@@ -249,8 +249,9 @@ class TarmLanguageModel(TransformerLanguageModel):
         included) continues its streams exactly. Only rank 0 writes checkpoints
         (and only it calls this), so with several ranks the training streams'
         memory of every rank is what :meth:`share_carried_memory` last gathered."""
-        state = {"carried": self.carried.state_dict(), "world_size": _world_size()}
-        if _world_size() > 1:
+        world = data_parallel_shard()[1]
+        state = {"carried": self.carried.state_dict(), "world_size": world}
+        if world > 1:
             state["per_rank"] = {k: v.cpu() for k, v in getattr(self, "_per_rank", {}).items()}
         return state
 
@@ -260,7 +261,7 @@ class TarmLanguageModel(TransformerLanguageModel):
         all-reduce), ready for rank 0's next checkpoint. Nothing tells the other
         ranks when rank 0 saves, so this runs every step."""
         memory, _ = self.carried.get(key, bsz)
-        if memory is None or _world_size() == 1:
+        if memory is None or data_parallel_shard()[1] == 1:
             return
         group = dist_utils.get_data_parallel_group()
         self._per_rank = {key: dist_utils.all_gather(memory.contiguous(), group, return_tensor=True)}
@@ -269,13 +270,13 @@ class TarmLanguageModel(TransformerLanguageModel):
         self.carried.clear()
         if not state or not state.get("carried"):
             return
-        saved_world, world = state.get("world_size", 1), _world_size()
+        rank, world = data_parallel_shard()
+        saved_world = state.get("world_size", 1)
         if saved_world == 1 and world == 1:
             self.carried.load_state_dict(state["carried"])
         elif saved_world == world:  # (no "per_rank": nothing carried, e.g. per-sample batches)
-            rank = dist_utils.get_data_parallel_rank()
             self.carried.load_state_dict({k: v[rank] for k, v in state.get("per_rank", {}).items()})
-        elif _rank() == 0:
+        elif rank == 0:
             logger.warning(f"checkpoint written by {saved_world} process(es), resuming with {world}: "
                            "the streams are laid out anew, carried memory restarts from E_0")
 
@@ -291,15 +292,6 @@ class TarmLanguageModel(TransformerLanguageModel):
         for change in self.memory.match_state_dict(state_dict, prefix="memory."):
             logger.warning(f"checkpoint from before memory write inputs: loading it with {change}")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    return dist_utils.get_data_parallel_rank() if _world_size() > 1 else 0
 
 
 def check_task(task) -> None:

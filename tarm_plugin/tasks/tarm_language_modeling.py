@@ -36,6 +36,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from omegaconf import II
 
+from ..distributed import data_parallel_shard
 from ..errors import TarmError
 
 logger = logging.getLogger(__name__)
@@ -347,11 +348,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if data is None:
             raise TarmError(f"split '{split}' not found in {data_path} (no {split}.bin/.idx)")
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            shard_id = dist_utils.get_data_parallel_rank()
-            num_shards = dist_utils.get_data_parallel_world_size()
-        else:
-            shard_id, num_shards = 0, 1
+        shard_id, num_shards = data_parallel_shard()
         train = self.is_train(split)
         # checked here, not in setup_task: eval-lm may take the mode from the checkpoint
         if self.args.sample_break_mode != "eos" and (self.args.loss_start_segment or

@@ -72,3 +72,14 @@ def test_determinism_and_no_overlap(splits):
     assert all(len(keys[n]) == len(splits[n]) for n in keys), "no repeats within a split"
     assert not keys["train"] & keys["valid"] and not keys["train"] & keys["test"]
     assert not keys["valid"] & keys["test"]
+
+
+def test_no_roots_share_holds_in_every_split_when_equations_run_low():
+    # 203k distinct equations have integer roots; at 100k samples repeats are frequent,
+    # and redrawing a repeat must not shift the kind mix between splits
+    splits = mq.generate(100_000, 2_000, 2_000, seed=1)
+    for name, qs in splits.items():
+        share = sum(q.roots is None for q in qs) / len(qs)
+        assert abs(share - 0.2) < 0.03, (name, share)  # 2,000 draws: sd ~0.009
+    tail = splits["train"][-20_000:]
+    assert abs(sum(q.roots is None for q in tail) / len(tail) - 0.2) < 0.015

@@ -62,15 +62,16 @@ def eval_cmd(args, run_dir):
             "--cpu", "--num-workers", "0"]
 
 
-def parse_valid(log_path):
-    """[(num_updates, valid_loss_base2)] from a fairseq JSON log."""
+def parse_valid(log_path, key="valid_loss"):
+    """[(num_updates, value of ``key``)] from a fairseq JSON log's validation lines
+    (default: the validation loss, base 2)."""
     points = []
     with open(log_path) as f:
         for line in f:
             m = re.search(r"\| valid \| (\{.*\})", line)
             if m:
                 rec = json.loads(m.group(1))
-                points.append((int(rec["valid_num_updates"]), float(rec["valid_loss"])))
+                points.append((int(rec["valid_num_updates"]), float(rec[key])))
     return points
 
 

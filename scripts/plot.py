@@ -133,14 +133,7 @@ def plot_memory(args):
 
 def valid_accuracy(log_path):
     """[(num_updates, valid exact match %)] from a fairseq JSON log."""
-    points = []
-    with open(log_path) as f:
-        for line in f:
-            if "| valid |" in line:
-                rec = json.loads(line.split("| valid |", 1)[1])
-                if "valid_accuracy" in rec:
-                    points.append((int(rec["valid_num_updates"]), float(rec["valid_accuracy"])))
-    return points
+    return parse_valid(log_path, key="valid_accuracy")
 
 
 QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned"]

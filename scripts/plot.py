@@ -8,7 +8,7 @@
            Figure 2), plus the relative change per segment of each.
   quadratic: validation exact match over updates per setting, and the test
            table (overall and by kind), from examples/quadratic/cpu_runs.sh's
-           run directories (<runs>/<setting>/{train.log,test.json}).
+           run directories (<runs>/<setting>/{train.log,test_stable.json,test.json}).
 
 Usage:
   python scripts/plot.py curves --runs runs/ablation --out docs/fig_valid_ppl.png
@@ -21,6 +21,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 
 import matplotlib
@@ -136,24 +137,46 @@ def valid_accuracy(log_path):
     return parse_valid(log_path, key="valid_accuracy")
 
 
+def resumed_at(log_path):
+    """Updates at which a (later) fairseq-train call resumed the log's run: the
+    decay phase of cpu_runs.sh appends to the stable phase's log."""
+    with open(log_path) as f:
+        return [int(m.group(1)) for m in re.finditer(r"Loaded checkpoint .* @ (\d+) updates\)", f.read())
+                if int(m.group(1)) > 0]
+
+
 QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned"]
+KINDS = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots", "no real roots")]
+
+
+def read_test(path):
+    """The last JSON line of an eval_quadratic.py result, or None if absent or empty."""
+    if os.path.isfile(path) and os.path.getsize(path):
+        return json.loads(open(path).read().strip().splitlines()[-1])
+    return None
 
 
 def quadratic_table(runs):
-    """Markdown: per setting, updates, best valid exact match, test exact match overall and by kind."""
-    kinds = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots", "no real roots")]
-    lines = ["| setting | updates | best valid EM | test EM | " + " | ".join(k for _, k in kinds) + " |",
-             "|---|---|---|---|" + "---|" * len(kinds)]
-    for setting, (curve, test) in runs.items():
-        best = f"{max(a for _, a in curve):.1f}%" if curve else "-"
-        last = curve[-1][0] if curve else 0
-        if test:
-            by = test["by_kind"]
-            cells = [f"{100 * by[k]['accuracy']:.1f}% ({by[k]['samples']})" if k in by else "-" for k, _ in kinds]
-            em = f"**{100 * test['accuracy']:.1f}%**"
-        else:
-            cells, em = ["-"] * len(kinds), "(running)"
-        lines.append(f"| {setting} | {last} | {best} | {em} | " + " | ".join(cells) + " |")
+    """Markdown: per setting and phase (cpu_runs.sh: stable, then decay), the updates, best
+    valid exact match up to then, test exact match of that best checkpoint, overall and by kind."""
+    lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(KINDS)]
+    for setting, run in runs.items():
+        curve, resume = run["curve"], run["resumed_at"]
+        end = curve[-1][0] if curve else 0
+        phases = [("stable", resume[0] if resume else end, run["test_stable"])]
+        if resume or run["test"] is not None:
+            phases.append(("decay" if resume else "-", end, run["test"]))
+        for phase, updates, test in phases:
+            seen = [a for u, a in curve if u <= updates]
+            best = f"{max(seen):.1f}%" if seen else "-"
+            if test:
+                by = test["by_kind"]
+                cells = [f"{100 * by[k]['accuracy']:.1f}% ({by[k]['samples']})" if k in by else "-" for k, _ in KINDS]
+                em = f"**{100 * test['accuracy']:.1f}%**"
+            else:
+                cells, em = ["-"] * len(KINDS), "(running)"
+            lines.append(f"| {setting} | {phase} | {updates} | {best} | {em} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -164,17 +187,17 @@ def plot_quadratic(args):
         log = os.path.join(args.runs, name, "train.log")
         if not os.path.isfile(log):
             continue
-        test_path = os.path.join(args.runs, name, "test.json")
-        test = None
-        if os.path.isfile(test_path) and os.path.getsize(test_path):
-            test = json.loads(open(test_path).read().strip().splitlines()[-1])
-        runs[name] = (valid_accuracy(log), test)
+        runs[name] = {"curve": valid_accuracy(log), "resumed_at": resumed_at(log),
+                      "test_stable": read_test(os.path.join(args.runs, name, "test_stable.json")),
+                      "test": read_test(os.path.join(args.runs, name, "test.json"))}
     if not runs:
         sys.exit(f"plot: error: no runs (<setting>/train.log) in {args.runs}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, (curve, _) in runs.items():
-        if curve:
-            ax.plot([u for u, _ in curve], [a for _, a in curve], marker="o", ms=3, label=name)
+    for name, run in runs.items():
+        if run["curve"]:
+            ax.plot(*zip(*run["curve"]), marker="o", ms=3, label=name)
+    for u in sorted({u for run in runs.values() for u in run["resumed_at"]}):
+        ax.axvline(u, color="black", ls=":", lw=0.8, label=f"LR decay from {u}")
     ax.axhline(95, color="gray", ls="--", lw=0.8, label="target 95%")
     ax.set_xlabel("updates")
     ax.set_ylabel("validation exact match (%)")

@@ -36,3 +36,25 @@ def test_quadratic_end_to_end(tmp_path):
     assert result["samples"] == 32
     assert result["accuracy"] * 100 == pytest.approx(acc, abs=0.01), "same metric in fairseq's validation"
     assert sum(v["samples"] for v in result["by_kind"].values()) == 32
+
+
+def test_cpu_runs_stable_then_decay(tmp_path):
+    # the issue-12 experiment script on a tiny set: a stable phase, then a decay phase that
+    # resumes its last checkpoint and ends at LR 0; a test result after each phase
+    dest = tmp_path / "bin"
+    assert run(["bash", "examples/quadratic/prepare.sh", str(dest), "--train", "128", "--valid", "16",
+                "--test", "16", "--seed", "3"]).returncode == 0
+    env = {"DATA": str(dest), "MAX_UPDATE": "4", "DECAY_UPDATES": "4", "VALID_EVERY": "2"}
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "runs"), "no_memory"], env=env)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    log = (tmp_path / "runs" / "no_memory" / "train.log").read_text()
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", log)
+    last = [json.loads(m) for m in re.findall(r"\| train \| (\{.*\})", log)][-1]
+    assert last["train_num_updates"] == "8" and float(last["train_lr"]) == 0.0
+    for name in ("test_stable.json", "test.json"):
+        result = json.loads((tmp_path / "runs" / "no_memory" / name).read_text())
+        assert result["split"] == "test" and result["samples"] == 16
+    # a decay phase needs a stable one to resume
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "fresh"), "rmt"],
+            env={**env, "PHASES": "decay"})
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "PHASES=stable" in p.stderr

@@ -44,21 +44,32 @@ def test_curves_figure(tmp_path):
 
 
 def test_quadratic_figure_and_table(tmp_path, capsys):
-    # two settings: one finished (test.json), one still running; accuracy curve from valid lines
-    for name, accs in (("rmt", [10.0, 60.0, 97.5]), ("no_memory", [0.0, 0.0])):
+    # rmt: a stable phase to 500 updates, then a decay phase resumed from it (appended to the
+    # same log); no_memory: still in its stable phase. Accuracy curves from the valid lines.
+    def valid_line(updates, acc):
+        rec = {"valid_loss": "0.5", "valid_accuracy": str(acc), "valid_num_updates": str(updates)}
+        return f"2026-01-01 00:00:00 | INFO | valid | {json.dumps(rec)}\n"
+
+    def result(acc, two, no):
+        return json.dumps({"split": "test", "samples": 10, "accuracy": acc,
+                           "by_kind": {"two_roots": {"accuracy": two, "samples": 8},
+                                       "no_roots": {"accuracy": no, "samples": 2}}}) + "\n"
+
+    for name in ("rmt", "no_memory"):
         os.makedirs(tmp_path / name)
-        with open(tmp_path / name / "train.log", "w") as f:
-            for i, acc in enumerate(accs, 1):
-                rec = {"valid_loss": "0.5", "valid_accuracy": str(acc), "valid_num_updates": str(250 * i)}
-                f.write(f"2026-01-01 00:00:00 | INFO | valid | {json.dumps(rec)}\n")
-    test = {"split": "test", "samples": 10, "accuracy": 0.9,
-            "by_kind": {"two_roots": {"accuracy": 0.875, "samples": 8},
-                        "no_roots": {"accuracy": 1.0, "samples": 2}}}
-    (tmp_path / "rmt" / "test.json").write_text(json.dumps(test) + "\n")
-    assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5)]
+    loaded = "2026-01-01 00:00:00 | INFO | fairseq.trainer | Loaded checkpoint {} (epoch 1 @ {} updates)\n"
+    (tmp_path / "rmt" / "train.log").write_text(
+        loaded.format("x/checkpoint_last.pt", 0) + valid_line(250, 10.0) + valid_line(500, 60.0)
+        + loaded.format("x/checkpoint_last.pt", 500) + valid_line(750, 97.5) + valid_line(1000, 97.0))
+    (tmp_path / "no_memory" / "train.log").write_text(valid_line(250, 0.0) + valid_line(500, 0.0))
+    (tmp_path / "rmt" / "test_stable.json").write_text(result(0.6, 0.5, 1.0))
+    (tmp_path / "rmt" / "test.json").write_text(result(0.9, 0.875, 1.0))
+    assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
+    assert plot.resumed_at(tmp_path / "rmt" / "train.log") == [500]
     out = tmp_path / "fig.png"
     plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
     assert out.stat().st_size > 1000
     rows = capsys.readouterr().out.splitlines()
-    assert rows[2].startswith("| no_memory | 500 | 0.0% | (running) |")  # the canonical order
-    assert rows[3] == "| rmt | 750 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) |"
+    assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
+    assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) |"
+    assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) |"

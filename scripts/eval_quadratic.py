@@ -6,6 +6,7 @@ the reference exactly. Prints the accuracy overall and per kind (two roots,
 double root, no real roots) as JSON.
 
 Usage: python scripts/eval_quadratic.py --path CKPT --data data-bin/quadratic [--split test]
+           [--misses FILE]   # the wrong answers, one "reference<TAB>answer" line each
 """
 
 import argparse
@@ -24,6 +25,7 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--misses", help="write each wrong answer as 'reference<TAB>answer' to this file")
     args = p.parse_args()
     for f, what in ((args.path, "--path"), (os.path.join(args.data, "dict.txt"), "--data")):
         if not os.path.isfile(f):
@@ -32,7 +34,7 @@ def main():
     from fairseq import checkpoint_utils, utils
 
     utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    from tarm_plugin.answer import answer_accuracy, greedy_last_segments, split_by_kind
+    from tarm_plugin.answer import answer_accuracy, greedy_last_segments, normalize_answer, split_by_kind
 
     overrides = {"data": args.data, "batch_size": args.batch_size, "batch_size_valid": args.batch_size}
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
@@ -53,6 +55,10 @@ def main():
                     refs.append(d.string(t[keep]))
     result = {"split": args.split, "samples": len(refs), "accuracy": answer_accuracy(preds, refs),
               "by_kind": {k: {"accuracy": a, "samples": n} for k, (a, n) in split_by_kind(preds, refs).items()}}
+    if args.misses:
+        with open(args.misses, "w") as f:
+            pairs = ((normalize_answer(r), normalize_answer(g)) for g, r in zip(preds, refs))
+            f.writelines(f"{r}\t{g}\n" for r, g in pairs if r != g)
     print(json.dumps(result))
 
 

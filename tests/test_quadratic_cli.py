@@ -30,10 +30,13 @@ def test_quadratic_end_to_end(tmp_path):
     # scored tokens: segments 2-6 of each sample (5 x 30, the last one ends in </s>)
     assert float(valid[-1]["valid_wpb"]) * 2 == pytest.approx(32 * 150)
     p = run(["python", "scripts/eval_quadratic.py", "--path", str(tmp_path / "ck" / "checkpoint_last.pt"),
-             "--data", str(dest), "--split", "valid"])
+             "--data", str(dest), "--split", "valid", "--misses", str(tmp_path / "misses.tsv")])
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["samples"] == 32
+    misses = [line.split("\t") for line in (tmp_path / "misses.tsv").read_text().splitlines()]
+    assert len(misses) == round(32 * (1 - result["accuracy"]))
+    assert all(ref != answer and "_" not in ref for ref, answer in misses)
     assert result["accuracy"] * 100 == pytest.approx(acc, abs=0.01), "same metric in fairseq's validation"
     assert sum(v["samples"] for v in result["by_kind"].values()) == 32
 

@@ -3,7 +3,8 @@
 The model reads the equation and the steps (segments 1-5, memory carried)
 and greedily writes the answer segment; an answer is right only if it equals
 the reference exactly. Prints the accuracy overall and per kind (two roots,
-double root, no real roots) as JSON.
+double root, no real roots) and the wrong answers by what they got wrong
+(x1 only, x2 only, both roots, wrong kind, value) as JSON.
 
 Usage: python scripts/eval_quadratic.py --path CKPT --data data-bin/quadratic [--split test]
            [--misses FILE]   # the wrong answers, one "reference<TAB>answer" line each
@@ -34,7 +35,8 @@ def main():
     from fairseq import checkpoint_utils, utils
 
     utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    from tarm_plugin.answer import answer_accuracy, greedy_last_segments, normalize_answer, split_by_kind
+    from tarm_plugin.answer import (answer_accuracy, count_misses, greedy_last_segments, normalize_answer,
+                                    split_by_kind)
 
     overrides = {"data": args.data, "batch_size": args.batch_size, "batch_size_valid": args.batch_size}
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
@@ -54,7 +56,8 @@ def main():
                     preds.append(d.string(g[keep]))
                     refs.append(d.string(t[keep]))
     result = {"split": args.split, "samples": len(refs), "accuracy": answer_accuracy(preds, refs),
-              "by_kind": {k: {"accuracy": a, "samples": n} for k, (a, n) in split_by_kind(preds, refs).items()}}
+              "by_kind": {k: {"accuracy": a, "samples": n} for k, (a, n) in split_by_kind(preds, refs).items()},
+              "misses": count_misses(preds, refs)}
     if args.misses:
         with open(args.misses, "w") as f:
             pairs = ((normalize_answer(r), normalize_answer(g)) for g, r in zip(preds, refs))

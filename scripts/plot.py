@@ -159,8 +159,8 @@ def read_test(path):
 def quadratic_table(runs):
     """Markdown: per setting and phase (cpu_runs.sh: stable, then decay), the updates, best
     valid exact match up to then, test exact match of that best checkpoint, overall and by kind."""
-    lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS) + " |",
-             "|---|---|---|---|---|" + "---|" * len(KINDS)]
+    lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS)
+             + " | wrong answers |", "|---|---|---|---|---|" + "---|" * (len(KINDS) + 1)]
     for setting, run in runs.items():
         curve, resume = run["curve"], run["resumed_at"]
         end = curve[-1][0] if curve else 0
@@ -174,8 +174,10 @@ def quadratic_table(runs):
                 by = test["by_kind"]
                 cells = [f"{100 * by[k]['accuracy']:.1f}% ({by[k]['samples']})" if k in by else "-" for k, _ in KINDS]
                 em = f"**{100 * test['accuracy']:.1f}%**"
+                misses = sorted(test.get("misses", {}).items(), key=lambda kv: -kv[1])
+                cells.append(", ".join(f"{k} {n}" for k, n in misses) or "-")
             else:
-                cells, em = ["-"] * len(KINDS), "(running)"
+                cells, em = ["-"] * (len(KINDS) + 1), "(running)"
             lines.append(f"| {setting} | {phase} | {updates} | {best} | {em} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -68,5 +68,30 @@ def split_by_kind(predictions: Sequence[str], references: Sequence[str]) -> dict
     return {k: (answer_accuracy(*v), len(v[1])) for k, v in kinds.items()}
 
 
+def miss_type(prediction: str, reference: str) -> str:
+    """What a wrong answer got wrong: 'wrong kind' (e.g. two roots for a double root),
+    for two roots 'x1 only', 'x2 only' or 'both roots', else 'value'; '' if right."""
+    pred, ref = normalize_answer(prediction), normalize_answer(reference)
+    if pred == ref:
+        return ""
+    kind = answer_kind(ref)
+    if answer_kind(pred) != kind or (kind == "two_roots" and len(pred.split(",")) != 2):
+        return "wrong kind"
+    if kind != "two_roots":
+        return "value"
+    (p1, p2), (r1, r2) = pred.split(","), ref.split(",")
+    return "both roots" if p1 != r1 and p2 != r2 else ("x1 only" if p1 != r1 else "x2 only")
+
+
+def count_misses(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """{miss type: count} over the wrong answers (see :func:`miss_type`)."""
+    counts = {}
+    for p, r in zip(predictions, references):
+        t = miss_type(p, r)
+        if t:
+            counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
 __all__: List[str] = ["greedy_last_segments", "exact_match_rows", "normalize_answer",
-                      "answer_accuracy", "answer_kind", "split_by_kind"]
+                      "answer_accuracy", "answer_kind", "split_by_kind", "miss_type", "count_misses"]

@@ -6,8 +6,10 @@ import torch
 from conftest import build
 from tarm_plugin.answer import (
     answer_accuracy,
+    count_misses,
     exact_match_rows,
     greedy_last_segments,
+    miss_type,
     normalize_answer,
     split_by_kind,
 )
@@ -28,6 +30,21 @@ def test_accuracy_on_hand_made_predictions():
     assert by_kind == {"two_roots": (0.5, 2), "double_root": (0.0, 1), "no_roots": (1.0, 1)}
     with pytest.raises(ValueError):
         answer_accuracy(["x=1"], [])
+
+
+def test_miss_types():
+    ref = "x1=-3,x2=1"
+    assert miss_type("x 1 = - 3 , x 2 = 1 _ _", ref) == ""
+    assert miss_type("x1=-4,x2=1", ref) == "x1 only"
+    assert miss_type("x1=-3,x2=7", ref) == "x2 only"
+    assert miss_type("x1=1,x2=-3", ref) == "both roots"
+    assert miss_type("x1=-3,x2=1,x3=2", ref) == "wrong kind"
+    assert miss_type("x1=5,x2=5", "x=5") == "wrong kind"   # a double root written as two
+    assert miss_type("noroots", ref) == "wrong kind"
+    assert miss_type("x=-5", "x=5") == "value"
+    refs = [ref, ref, ref, "x=5", "noroots"]
+    preds = ["x1=-4,x2=1", "x1=0,x2=1", ref, "x1=5,x2=5", "noroots"]
+    assert count_misses(preds, refs) == {"x1 only": 2, "wrong kind": 1}
 
 
 def test_exact_match_rows_ignores_padding():

@@ -37,6 +37,7 @@ def test_quadratic_end_to_end(tmp_path):
     misses = [line.split("\t") for line in (tmp_path / "misses.tsv").read_text().splitlines()]
     assert len(misses) == round(32 * (1 - result["accuracy"]))
     assert all(ref != answer and "_" not in ref for ref, answer in misses)
+    assert sum(result["misses"].values()) == len(misses)
     assert result["accuracy"] * 100 == pytest.approx(acc, abs=0.01), "same metric in fairseq's validation"
     assert sum(v["samples"] for v in result["by_kind"].values()) == 32
 

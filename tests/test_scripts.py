@@ -50,10 +50,11 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
         rec = {"valid_loss": "0.5", "valid_accuracy": str(acc), "valid_num_updates": str(updates)}
         return f"2026-01-01 00:00:00 | INFO | valid | {json.dumps(rec)}\n"
 
-    def result(acc, two, no):
+    def result(acc, two, no, misses=None):
         return json.dumps({"split": "test", "samples": 10, "accuracy": acc,
                            "by_kind": {"two_roots": {"accuracy": two, "samples": 8},
-                                       "no_roots": {"accuracy": no, "samples": 2}}}) + "\n"
+                                       "no_roots": {"accuracy": no, "samples": 2}},
+                           **({"misses": misses} if misses else {})}) + "\n"
 
     for name in ("rmt", "no_memory"):
         os.makedirs(tmp_path / name)
@@ -63,7 +64,7 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
         + loaded.format("x/checkpoint_last.pt", 500) + valid_line(750, 97.5) + valid_line(1000, 97.0))
     (tmp_path / "no_memory" / "train.log").write_text(valid_line(250, 0.0) + valid_line(500, 0.0))
     (tmp_path / "rmt" / "test_stable.json").write_text(result(0.6, 0.5, 1.0))
-    (tmp_path / "rmt" / "test.json").write_text(result(0.9, 0.875, 1.0))
+    (tmp_path / "rmt" / "test.json").write_text(result(0.9, 0.875, 1.0, {"x2 only": 1}))
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
     assert plot.resumed_at(tmp_path / "rmt" / "train.log") == [500]
     out = tmp_path / "fig.png"
@@ -71,5 +72,5 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert out.stat().st_size > 1000
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
-    assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) |"
-    assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) |"
+    assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"
+    assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"

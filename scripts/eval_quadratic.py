@@ -35,8 +35,9 @@ def main():
     from fairseq import checkpoint_utils, utils
 
     utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    from tarm_plugin.answer import (answer_accuracy, count_misses, greedy_last_segments, normalize_answer,
-                                    split_by_kind)
+    from tarm_plugin.answer import (accuracy_by, answer_accuracy, answer_kind, count_misses,
+                                    greedy_last_segments, normalize_answer, split_by_kind,
+                                    value_segments)
 
     overrides = {"data": args.data, "batch_size": args.batch_size, "batch_size_valid": args.batch_size}
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
@@ -45,19 +46,27 @@ def main():
     L = task.args.segment_length
     task.load_dataset(args.split)
     d = task.target_dictionary
-    preds, refs = [], []
+    preds, refs, x1_at = [], [], []
     with torch.no_grad():
         for sample in task.get_batch_iterator(task.dataset(args.split)).next_epoch_itr(shuffle=False):
             src, tgt = sample["net_input"]["src_tokens"], sample["target"][:, -n_answer * L:]
             gen = greedy_last_segments(model, src, L, n_answer)
-            for g, t in zip(gen, tgt):
+            for g, t, row in zip(gen, tgt, src):
                 keep = t.ne(d.pad())
                 if keep.any():
                     preds.append(d.string(g[keep]))
                     refs.append(d.string(t[keep]))
+                    # the model's input positions (the row starts with </s>)
+                    x1_at.append(value_segments([d[i] for i in row], "x1", L))
     result = {"split": args.split, "samples": len(refs), "accuracy": answer_accuracy(preds, refs),
               "by_kind": {k: {"accuracy": a, "samples": n} for k, (a, n) in split_by_kind(preds, refs).items()},
               "misses": count_misses(preds, refs)}
+    # two-root answers by where the steps computed x1: a value in an earlier segment must
+    # be carried through more memory writes before the answer segment
+    where = [None if at is None or answer_kind(r) != "two_roots" else
+             f"segment {at[0]}" if at[0] == at[1] else f"segments {at[0]}-{at[1]}" for at, r in zip(x1_at, refs)]
+    result["two_roots_by_x1_segment"] = {k: {"accuracy": a, "samples": n}
+                                         for k, (a, n) in sorted(accuracy_by(where, preds, refs).items())}
     if args.misses:
         with open(args.misses, "w") as f:
             pairs = ((normalize_answer(r), normalize_answer(g)) for g, r in zip(preds, refs))

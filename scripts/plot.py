@@ -179,6 +179,16 @@ def quadratic_table(runs):
             else:
                 cells, em = ["-"] * (len(KINDS) + 1), "(running)"
             lines.append(f"| {setting} | {phase} | {updates} | {best} | {em} | " + " | ".join(cells) + " |")
+    # two-root answers by the segment in which the steps computed x1
+    where = ["segment 4", "segments 3-4", "segment 3"]
+    lines += ["", "| setting | phase | two roots: x1 read in " + " | ".join(where) + " |",
+              "|---|---|" + "---|" * len(where)]
+    for setting, run in runs.items():
+        for phase, test in (("stable", run["test_stable"]), ("decay", run["test"])):
+            by = (test or {}).get("two_roots_by_x1_segment")
+            if by:
+                cells = [f"{100 * by[w]['accuracy']:.1f}% ({by[w]['samples']})" if w in by else "-" for w in where]
+                lines.append(f"| {setting} | {phase} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

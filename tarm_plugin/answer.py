@@ -6,6 +6,7 @@ the answer segment token by token; the answer is right only if every token
 matches.
 """
 
+import re
 from typing import List, Sequence
 
 import torch
@@ -59,13 +60,19 @@ def answer_kind(reference: str) -> str:
     return "no_roots" if ref == "noroots" else ("double_root" if ref.startswith("x=") else "two_roots")
 
 
+def accuracy_by(keys: Sequence, predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """{key: (accuracy, samples)} over the answers grouped by ``keys`` (None: left out)."""
+    groups = {}
+    for key, p, r in zip(keys, predictions, references):
+        if key is not None:
+            preds, refs = groups.setdefault(key, ([], []))
+            preds.append(p)
+            refs.append(r)
+    return {k: (answer_accuracy(*v), len(v[1])) for k, v in groups.items()}
+
+
 def split_by_kind(predictions: Sequence[str], references: Sequence[str]) -> dict:
-    kinds = {}
-    for p, r in zip(predictions, references):
-        preds, refs = kinds.setdefault(answer_kind(r), ([], []))
-        preds.append(p)
-        refs.append(r)
-    return {k: (answer_accuracy(*v), len(v[1])) for k, v in kinds.items()}
+    return accuracy_by([answer_kind(r) for r in references], predictions, references)
 
 
 def miss_type(prediction: str, reference: str) -> str:
@@ -93,5 +100,18 @@ def count_misses(predictions: Sequence[str], references: Sequence[str]) -> dict:
     return counts
 
 
-__all__: List[str] = ["greedy_last_segments", "exact_match_rows", "normalize_answer",
-                      "answer_accuracy", "answer_kind", "split_by_kind", "miss_type", "count_misses"]
+def value_segments(tokens: Sequence[str], name: str, segment_length: int):
+    """The 1-based segments holding the first and the last character of the value the
+    solution steps compute for ``name`` (``x1=(...)/N=<value>``), or None if absent.
+    ``tokens`` are a sample's characters (multi-character symbols such as ``</s>``
+    count as one position)."""
+    text = "".join(t if len(t) == 1 else "#" for t in tokens)
+    m = re.search(re.escape(name) + r"=\([^)]*\)/\d+=(-?\d+)", text)
+    if m is None:
+        return None
+    return m.start(1) // segment_length + 1, (m.end(1) - 1) // segment_length + 1
+
+
+__all__: List[str] = ["greedy_last_segments", "exact_match_rows", "normalize_answer", "answer_accuracy",
+                      "answer_kind", "accuracy_by", "split_by_kind", "miss_type", "count_misses",
+                      "value_segments"]

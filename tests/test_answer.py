@@ -12,6 +12,7 @@ from tarm_plugin.answer import (
     miss_type,
     normalize_answer,
     split_by_kind,
+    value_segments,
 )
 
 
@@ -45,6 +46,18 @@ def test_miss_types():
     refs = [ref, ref, ref, "x=5", "noroots"]
     preds = ["x1=-4,x2=1", "x1=0,x2=1", ref, "x1=5,x2=5", "noroots"]
     assert count_misses(preds, refs) == {"x1 only": 2, "wrong kind": 1}
+
+
+def test_value_segments():
+    # a double-root sample as the model reads it (</s> first): x1's value 51 is read in
+    # segment 4, x2's too; one position earlier x1's value straddles segments 3 and 4
+    sample = ("6*x^2-612*x+15606=0___________" "D=(-612)^2-4*6*15606=374544-37"
+              "4544=0;sqrtD=0;x1=(612-0)/12=5" "1;x2=(612+0)/12=51____________")
+    tokens = ["</s>"] + list(sample)
+    assert value_segments(tokens, "x1", 30) == (4, 4)
+    assert value_segments(tokens, "x2", 30) == (4, 4)
+    assert value_segments(tokens[1:], "x1", 30) == (3, 4)
+    assert value_segments(list("x^2+1=0;D<0;noroots"), "x1", 30) is None
 
 
 def test_exact_match_rows_ignores_padding():

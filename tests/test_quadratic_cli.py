@@ -38,6 +38,8 @@ def test_quadratic_end_to_end(tmp_path):
     assert len(misses) == round(32 * (1 - result["accuracy"]))
     assert all(ref != answer and "_" not in ref for ref, answer in misses)
     assert sum(result["misses"].values()) == len(misses)
+    by_x1 = result["two_roots_by_x1_segment"]
+    assert by_x1 and sum(v["samples"] for v in by_x1.values()) == result["by_kind"]["two_roots"]["samples"]
     assert result["accuracy"] * 100 == pytest.approx(acc, abs=0.01), "same metric in fairseq's validation"
     assert sum(v["samples"] for v in result["by_kind"].values()) == 32
 

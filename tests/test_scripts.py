@@ -64,7 +64,10 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
         + loaded.format("x/checkpoint_last.pt", 500) + valid_line(750, 97.5) + valid_line(1000, 97.0))
     (tmp_path / "no_memory" / "train.log").write_text(valid_line(250, 0.0) + valid_line(500, 0.0))
     (tmp_path / "rmt" / "test_stable.json").write_text(result(0.6, 0.5, 1.0))
-    (tmp_path / "rmt" / "test.json").write_text(result(0.9, 0.875, 1.0, {"x2 only": 1}))
+    final = json.loads(result(0.9, 0.875, 1.0, {"x2 only": 1}))
+    final["two_roots_by_x1_segment"] = {"segment 4": {"accuracy": 1.0, "samples": 6},
+                                        "segment 3": {"accuracy": 0.5, "samples": 2}}
+    (tmp_path / "rmt" / "test.json").write_text(json.dumps(final) + "\n")
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
     assert plot.resumed_at(tmp_path / "rmt" / "train.log") == [500]
     out = tmp_path / "fig.png"
@@ -74,3 +77,4 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
     assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"
     assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"
+    assert rows[8] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed

@@ -208,7 +208,8 @@ def plot_quadratic(args):
     for name, run in runs.items():
         if run["curve"]:
             ax.plot(*zip(*run["curve"]), marker="o", ms=3, label=name)
-    for u in sorted({u for run in runs.values() for u in run["resumed_at"]}):
+    # the decay phase starts at the first resume (a later one is an interrupted run resumed)
+    for u in sorted({run["resumed_at"][0] for run in runs.values() if run["resumed_at"]}):
         ax.axvline(u, color="black", ls=":", lw=0.8, label=f"LR decay from {u}")
     ax.axhline(95, color="gray", ls="--", lw=0.8, label="target 95%")
     ax.set_xlabel("updates")

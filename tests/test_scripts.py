@@ -61,7 +61,8 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     loaded = "2026-01-01 00:00:00 | INFO | fairseq.trainer | Loaded checkpoint {} (epoch 1 @ {} updates)\n"
     (tmp_path / "rmt" / "train.log").write_text(
         loaded.format("x/checkpoint_last.pt", 0) + valid_line(250, 10.0) + valid_line(500, 60.0)
-        + loaded.format("x/checkpoint_last.pt", 500) + valid_line(750, 97.5) + valid_line(1000, 97.0))
+        + loaded.format("x/checkpoint_last.pt", 500) + valid_line(750, 97.5)
+        + loaded.format("x/checkpoint_last.pt", 750) + valid_line(1000, 97.0))  # interrupted, resumed
     (tmp_path / "no_memory" / "train.log").write_text(valid_line(250, 0.0) + valid_line(500, 0.0))
     (tmp_path / "rmt" / "test_stable.json").write_text(result(0.6, 0.5, 1.0))
     final = json.loads(result(0.9, 0.875, 1.0, {"x2 only": 1}))
@@ -69,7 +70,7 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
                                         "segment 3": {"accuracy": 0.5, "samples": 2}}
     (tmp_path / "rmt" / "test.json").write_text(json.dumps(final) + "\n")
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
-    assert plot.resumed_at(tmp_path / "rmt" / "train.log") == [500]
+    assert plot.resumed_at(tmp_path / "rmt" / "train.log") == [500, 750]
     out = tmp_path / "fig.png"
     plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
     assert out.stat().st_size > 1000

@@ -145,7 +145,7 @@ def resumed_at(log_path):
                 if int(m.group(1)) > 0]
 
 
-QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned"]
+QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_learned"]
 KINDS = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots", "no real roots")]
 
 

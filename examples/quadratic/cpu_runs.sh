@@ -15,7 +15,7 @@
 #           test.json
 #
 # Usage: examples/quadratic/cpu_runs.sh OUT SETTING [SETTING ...]
-#   SETTING: no_memory | rmt | tarm_a0.5 | tarm_learned
+#   SETTING: no_memory | rmt | tarm_a0.5 | tarm_a0.2 | tarm_learned
 #   env: MAX_UPDATE (default 3000), DECAY_UPDATES (default 2000), THREADS (default 1),
 #        VALID_EVERY (default 250), PHASES (default "stable decay"; "decay" resumes a
 #        finished stable phase in OUT/<setting>), DATA (default data-bin/quadratic-100k,
@@ -60,6 +60,7 @@ for setting in "$@"; do
         no_memory)    memory=(0 1) ;;
         rmt)          memory=(30 1) ;;
         tarm_a0.5)    memory=(30 0.5) ;;
+        tarm_a0.2)    memory=(30 0.2) ;;
         tarm_learned) memory=(30 0.5 --memory-ema-learned) ;;
         *) echo "cpu_runs.sh: error: unknown SETTING '$setting'" >&2; exit 2 ;;
     esac

@@ -7,6 +7,7 @@ matches.
 """
 
 import re
+from collections import Counter
 from typing import List, Sequence
 
 import torch
@@ -92,12 +93,7 @@ def miss_type(prediction: str, reference: str) -> str:
 
 def count_misses(predictions: Sequence[str], references: Sequence[str]) -> dict:
     """{miss type: count} over the wrong answers (see :func:`miss_type`)."""
-    counts = {}
-    for p, r in zip(predictions, references):
-        t = miss_type(p, r)
-        if t:
-            counts[t] = counts.get(t, 0) + 1
-    return counts
+    return dict(Counter(t for t in map(miss_type, predictions, references) if t))
 
 
 def value_segments(tokens: Sequence[str], name: str, segment_length: int):

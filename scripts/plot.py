@@ -152,44 +152,52 @@ KINDS = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots"
 def read_test(path):
     """The last JSON line of an eval_quadratic.py result, or None if absent or empty."""
     if os.path.isfile(path) and os.path.getsize(path):
-        return json.loads(open(path).read().strip().splitlines()[-1])
+        with open(path) as f:
+            return json.loads(f.read().strip().splitlines()[-1])
     return None
+
+
+def run_phases(run):
+    """[(phase, updates at its end, test result)] of one cpu_runs.sh run directory: the
+    stable phase ends at the log's first resume, the decay phase at its last validation."""
+    curve, resume = run["curve"], run["resumed_at"]
+    end = curve[-1][0] if curve else 0
+    phases = [("stable", resume[0] if resume else end, run["test_stable"])]
+    if resume or run["test"] is not None:
+        phases.append(("decay" if resume else "-", end, run["test"]))
+    return phases
+
+
+def accuracy_cell(by, key):
+    """'97.5% (8)' from an eval_quadratic.py {key: {accuracy, samples}} breakdown, '-' if absent."""
+    return f"{100 * by[key]['accuracy']:.1f}% ({by[key]['samples']})" if key in by else "-"
 
 
 def quadratic_table(runs):
     """Markdown: per setting and phase (cpu_runs.sh: stable, then decay), the updates, best
-    valid exact match up to then, test exact match of that best checkpoint, overall and by kind."""
+    valid exact match up to then, test exact match of that best checkpoint, overall and by kind;
+    then the two-root answers by the segment in which the steps computed x1."""
+    where = ["segment 4", "segments 3-4", "segment 3"]
     lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS)
              + " | wrong answers |", "|---|---|---|---|---|" + "---|" * (len(KINDS) + 1)]
+    by_x1 = ["", "| setting | phase | two roots: x1 read in " + " | ".join(where) + " |",
+             "|---|---|" + "---|" * len(where)]
     for setting, run in runs.items():
-        curve, resume = run["curve"], run["resumed_at"]
-        end = curve[-1][0] if curve else 0
-        phases = [("stable", resume[0] if resume else end, run["test_stable"])]
-        if resume or run["test"] is not None:
-            phases.append(("decay" if resume else "-", end, run["test"]))
-        for phase, updates, test in phases:
-            seen = [a for u, a in curve if u <= updates]
+        for phase, updates, test in run_phases(run):
+            seen = [a for u, a in run["curve"] if u <= updates]
             best = f"{max(seen):.1f}%" if seen else "-"
             if test:
-                by = test["by_kind"]
-                cells = [f"{100 * by[k]['accuracy']:.1f}% ({by[k]['samples']})" if k in by else "-" for k, _ in KINDS]
+                cells = [accuracy_cell(test["by_kind"], k) for k, _ in KINDS]
                 em = f"**{100 * test['accuracy']:.1f}%**"
                 misses = sorted(test.get("misses", {}).items(), key=lambda kv: -kv[1])
                 cells.append(", ".join(f"{k} {n}" for k, n in misses) or "-")
+                if test.get("two_roots_by_x1_segment"):
+                    by_x1.append(f"| {setting} | {phase} | "
+                                 + " | ".join(accuracy_cell(test["two_roots_by_x1_segment"], w) for w in where) + " |")
             else:
                 cells, em = ["-"] * (len(KINDS) + 1), "(running)"
             lines.append(f"| {setting} | {phase} | {updates} | {best} | {em} | " + " | ".join(cells) + " |")
-    # two-root answers by the segment in which the steps computed x1
-    where = ["segment 4", "segments 3-4", "segment 3"]
-    lines += ["", "| setting | phase | two roots: x1 read in " + " | ".join(where) + " |",
-              "|---|---|" + "---|" * len(where)]
-    for setting, run in runs.items():
-        for phase, test in (("stable", run["test_stable"]), ("decay", run["test"])):
-            by = (test or {}).get("two_roots_by_x1_segment")
-            if by:
-                cells = [f"{100 * by[w]['accuracy']:.1f}% ({by[w]['samples']})" if w in by else "-" for w in where]
-                lines.append(f"| {setting} | {phase} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + by_x1)
 
 
 def plot_quadratic(args):

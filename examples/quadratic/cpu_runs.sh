@@ -40,7 +40,7 @@ PHASES=${PHASES:-stable decay}
     --train 100000 --valid 500 --test 1000 --seed 1
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
-train() {  # train SETTING_DIR MEMORY_ARGS... -- FAIRSEQ_FLAGS...
+train() {  # train SETTING_DIR [FAIRSEQ_FLAGS...]
     local dir=$1; shift
     DATA=$DATA SAVE=$dir bash examples/quadratic/train.sh "$@" \
         --cpu --num-workers 0 --seed 1 --no-progress-bar --lr 1e-3 --clip-norm 1.0 \

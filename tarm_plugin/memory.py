@@ -20,16 +20,22 @@ layer-normalised where the layers do not already end in a norm, are the
 
 so segment t+1 reads E_t.  ``a = 1`` gives E_t = M_t exactly: that is RMT.
 ``a`` is a fixed number, or learned per slot and channel as sigmoid(b) (the
-Block-Recurrent Transformer's "fixed gate"). Within one training sample of k
-segments gradients flow through E; between samples the carried E is detached
-(truncated BPTT).
+Block-Recurrent Transformer's "fixed gate"), or a gate that depends on content,
+
+    g_t = sigmoid(W [M_t ; E_{t-1}] + b),   E_t = g_t * M_t + (1 - g_t) * E_{t-1}
+
+per slot and channel (a GRU-style retain/overwrite valve; W starts at zero and b
+at logit(a), so the gate starts as the fixed rate a). Within one training sample
+of k segments gradients flow through E; between samples the carried E is
+detached (truncated BPTT).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 WRITE_INPUTS = ("memory", "learned")
@@ -79,6 +85,7 @@ class MemoryTrace:
     outputs: List[Tensor]  # y_t, the segment's token outputs
     written: List[Tensor]  # M_t [B, m, d], the raw written memory
     averaged: List[Tensor]  # E_t [B, m, d], what segment t+1 reads
+    gates: List[Tensor] = field(default_factory=list)  # g_t [B, m, d], detached (gate only)
 
 
 class RecurrentMemory(nn.Module):
@@ -87,13 +94,14 @@ class RecurrentMemory(nn.Module):
     Parameters, each created only when used (DDP rejects unused ones):
     ``initial`` [m, d] (M_0 = E_0, read by a stream's first segment);
     ``write_slots`` [m, d] (the write-position inputs, ``write_input="learned"``
-    only); ``rate_logit`` [m, d] (b of a learned rate sigmoid(b)); ``norm``
+    only); ``rate_logit`` [m, d] (b of a learned rate sigmoid(b)); ``gate_weight``
+    [d, 2d] and ``gate_bias`` [m, d] (W and b of the gate, ``gate=True``); ``norm``
     (a LayerNorm on the written memory, ``write_norm=True``).
     """
 
     def __init__(self, num_tokens: int, dim: int, alpha: float = 1.0, init_std: float = 1.0,
                  write_input: str = "memory", learn_alpha: bool = False, write_norm: bool = False,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, gate: bool = False):
         super().__init__()
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
@@ -103,6 +111,8 @@ class RecurrentMemory(nn.Module):
             raise ValueError(f"write_input must be one of {WRITE_INPUTS}, got {write_input!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if gate and learn_alpha:
+            raise ValueError("gate and learn_alpha exclude each other: the gate's bias is the learned rate")
         self.num_tokens = num_tokens
         self.dim = dim
         self.alpha = float(alpha)
@@ -113,15 +123,22 @@ class RecurrentMemory(nn.Module):
             self.write_slots = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
         self.rate_logit = None
         if learn_alpha:
-            # sigmoid(b) = a at the start; a = 1 would need b = inf, so start just below it
-            a = min(max(self.alpha, 1e-3), 1.0 - 1e-3)
-            self.rate_logit = nn.Parameter(torch.full((num_tokens, dim), math.log(a / (1.0 - a))))
+            self.rate_logit = nn.Parameter(torch.full((num_tokens, dim), _logit(self.alpha)))
+        self.gate_weight = self.gate_bias = None
+        if gate and num_tokens > 0:
+            # W = 0: the gate starts as the fixed rate a, whatever the content
+            self.gate_weight = nn.Parameter(torch.zeros(dim, 2 * dim))
+            self.gate_bias = nn.Parameter(torch.full((num_tokens, dim), _logit(self.alpha)))
         self.norm = nn.LayerNorm(dim) if write_norm and num_tokens > 0 else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @property
     def learned_rate(self) -> bool:
         return self.rate_logit is not None
+
+    @property
+    def gated(self) -> bool:
+        return self.gate_weight is not None
 
     def rate(self) -> Union[float, Tensor]:
         """The averaging rate a: the fixed number, or sigmoid(b) [m, d]."""
@@ -147,12 +164,22 @@ class RecurrentMemory(nn.Module):
         """M_t from the layers' outputs at the write positions."""
         return self.norm(outputs) if self.norm is not None else outputs
 
+    def gate(self, prev: Tensor, written: Tensor) -> Tensor:
+        """g_t = sigmoid(W [M_t ; E_{t-1}] + b) [B, m, d], in the written memory's dtype."""
+        dtype = written.dtype
+        both = torch.cat([written, prev.to(dtype)], dim=-1)
+        return torch.sigmoid(F.linear(both, self.gate_weight.to(dtype)) + self.gate_bias.to(dtype))
+
+    def step_rate(self, prev: Tensor, written: Tensor) -> Union[float, Tensor]:
+        """The rate E_t is averaged with: the gate g_t, else :meth:`rate`."""
+        if self.gated:
+            return self.gate(prev, written)
+        rate = self.rate()
+        return rate.to(written.dtype) if torch.is_tensor(rate) else rate
+
     def average(self, prev: Tensor, written: Tensor) -> Tensor:
         """E_t from E_{t-1} and M_t."""
-        rate = self.rate()
-        if torch.is_tensor(rate):
-            rate = rate.to(written.dtype)
-        return ema_update(prev, written, rate)
+        return ema_update(prev, written, self.step_rate(prev, written))
 
     def read(self, carried: Optional[Tensor], reset: Optional[Tensor], bsz: int) -> Tensor:
         """E_{t-1} for each row: the carried memory, or E_0 where ``reset`` is set.
@@ -174,10 +201,13 @@ class RecurrentMemory(nn.Module):
         ema = read
         for x in inputs:
             y, written = step(x, ema)
-            ema = self.average(ema, written)
+            rate = self.step_rate(ema, written)
+            ema = ema_update(ema, written, rate)
             trace.outputs.append(y)
             trace.written.append(written)
             trace.averaged.append(ema)
+            if self.gated:
+                trace.gates.append(rate.detach())  # for the logs; shares sigmoid's saved output
         return trace
 
     def match_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = "") -> List[str]:
@@ -196,9 +226,15 @@ class RecurrentMemory(nn.Module):
         return changes
 
     def extra_repr(self) -> str:
-        rate = "learned" if self.learned_rate else self.alpha
+        rate = "learned" if self.learned_rate else f"gate from {self.alpha}" if self.gated else self.alpha
         return (f"num_tokens={self.num_tokens}, dim={self.dim}, alpha={rate}, "
                 f"write_input={self.write_input}")
+
+
+def _logit(a: float) -> float:
+    """b with sigmoid(b) = a; a = 1 would need b = inf, so a is clamped just inside (0, 1)."""
+    a = min(max(a, 1e-3), 1.0 - 1e-3)
+    return math.log(a / (1.0 - a))
 
 
 @torch.no_grad()

@@ -43,13 +43,13 @@ def build(dict_dir, *flags):
     return task, model
 
 
-def run(cmd, env=None, timeout=600):
+def run(cmd, env=None, timeout=600, cwd=ROOT):
     """Run a CLI with the venv's bin first on PATH; returns CompletedProcess."""
     full_env = dict(os.environ)
     full_env["PATH"] = BIN + os.pathsep + full_env.get("PATH", "")
     full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,14 @@ of samples whose last N segments greedy decoding gets exactly right.
 Memory diagnostics (see :func:`tarm_plugin.memory.memory_stats`), averaged
 over batches: ``mem_norm`` (slot norm of the memory read), ``mem_dM`` and
 ``mem_dE`` (relative change per segment of the written memory M_t and of the
-averaged memory E_t), and with a learned rate ``mem_rate_mean/min/max``.
+averaged memory E_t), with a learned rate ``mem_rate_mean/min/max``, and with
+``--memory-gate`` ``mem_gate_mean/min/max`` (the gate values g_t of the batch).
 """
 
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
@@ -28,29 +28,12 @@ from omegaconf import II
 from ..answer import exact_match_rows, greedy_last_segments
 from ..errors import TarmError
 from ..memory import memory_stats
+from ..scoring import token_nll
 
 
 @dataclass
 class TarmLmLossConfig(FairseqDataclass):
     ddp_backend: str = II("distributed_training.ddp_backend")
-
-
-def token_nll(model, net_output, target: torch.Tensor, pad: int) -> torch.Tensor:
-    """Per-token negative log-likelihood [B, T] (fp32), 0 at padding."""
-    asm = getattr(model.decoder, "adaptive_softmax", None)
-    flat = target.reshape(-1)
-    if asm is None:
-        logits = net_output[0].float()
-        nll = F.cross_entropy(logits.view(flat.numel(), -1), flat, ignore_index=pad, reduction="none")
-        return nll.view_as(target)
-    logits, targets = asm(net_output[0], flat)
-    _, rows = asm.adapt_target(flat)  # which tokens fall in each tail cluster
-    nll = F.cross_entropy(logits[0].float(), targets[0], ignore_index=pad, reduction="none")
-    for tail_logits, tail_target, idx in zip(logits[1:], targets[1:], rows):
-        if tail_logits is not None:
-            # no ignore_index here: tail targets are shifted ids, and padding never reaches a tail
-            nll = nll.index_add(0, idx, F.cross_entropy(tail_logits.float(), tail_target, reduction="none"))
-    return nll.view_as(target)
 
 
 @register_criterion("tarm_lm_loss", dataclass=TarmLmLossConfig)
@@ -104,6 +87,9 @@ class TarmLmLoss(FairseqCriterion):
         if memory.learned_rate:
             rate = memory.rate().detach().float()
             stats.update(mem_rate_mean=rate.mean(), mem_rate_min=rate.min(), mem_rate_max=rate.max())
+        if extra.get("memory_gates"):
+            gate = torch.stack(extra["memory_gates"]).float()  # [n, B, m, d], detached
+            stats.update(mem_gate_mean=gate.mean(), mem_gate_min=gate.min(), mem_gate_max=gate.max())
         out = {}
         for key, value in stats.items():
             out[key] = value
@@ -132,7 +118,8 @@ class TarmLmLoss(FairseqCriterion):
         em_total = total("em_total")
         if em_total:
             metrics.log_scalar("accuracy", 100.0 * total("em_correct") / em_total, em_total, round=2)
-        for key in ("mem_norm", "mem_dM", "mem_dE", "mem_rate_mean", "mem_rate_min", "mem_rate_max"):
+        for key in ("mem_norm", "mem_dM", "mem_dE", "mem_rate_mean", "mem_rate_min", "mem_rate_max",
+                    "mem_gate_mean", "mem_gate_min", "mem_gate_max"):
             n = total(key + "_n")
             if n:
                 metrics.log_scalar(key, total(key) / n, n, round=4)

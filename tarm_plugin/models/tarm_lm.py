@@ -8,8 +8,9 @@ recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
 
 ``forward`` returns ``(logits, extra)`` like any fairseq decoder, with
 ``extra["written_memory"]`` = [M_1..M_n] and ``extra["ema_memory"]`` =
-[E_1..E_n] (each ``[B, m, d]``) and ``extra["read_memory"]`` = what the first
-segment of the batch read. Memory is carried from one call to the next of the
+[E_1..E_n] (each ``[B, m, d]``), ``extra["memory_gates"]`` = the gate values
+[g_1..g_n] (detached; empty without ``--memory-gate``) and
+``extra["read_memory"]`` = what the first segment of the batch read. Memory is carried from one call to the next of the
 same ``memory_key`` (the split name, set by the task), and reset to E_0 for
 rows whose ``reset`` flag is set (a stream's first batch); ``batch_id`` (the
 batch's index in the epoch) makes a re-run of a batch read the memory from
@@ -33,9 +34,11 @@ from fairseq.models.transformer_lm import (
 )
 from fairseq.utils import safe_getattr
 from omegaconf import II
+from torch.utils.checkpoint import checkpoint
 
 from ..distributed import data_parallel_shard
 from ..errors import TarmError
+from ..generation import TarmHubInterface, generate, sentencepiece_defaults
 from ..memory import WRITE_INPUTS, CarriedMemory, MemoryTrace, RecurrentMemory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,12 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
         metadata={"help": "learn the averaging rate per slot and channel, a = sigmoid(b), "
                   "starting at --memory-ema-alpha"},
     )
+    memory_gate: bool = field(
+        default=False,
+        metadata={"help": "a content-dependent rate per slot and channel, "
+                  "g_t = sigmoid(W [M_t ; E_{t-1}] + b), with W = 0 and sigmoid(b) = "
+                  "--memory-ema-alpha at the start"},
+    )
     memory_write_input: ChoiceEnum(WRITE_INPUTS) = field(
         default="memory",
         metadata={"help": "what the write positions hold: 'memory' = the memory this segment "
@@ -68,6 +77,13 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
         default=None,
         metadata={"help": "dropout on the memory inputs (read and write positions); "
                   "default: --dropout, as the RMT authors' code drops out the whole input"},
+    )
+    checkpoint_segments: bool = field(
+        default=False,
+        metadata={"help": "in training, keep for the backward pass only what crosses segment "
+                  "boundaries (the memory and the token features the loss needs) and "
+                  "recompute each segment there (--checkpoint-activations does it per layer); "
+                  "makes deep --bptt-segments affordable"},
     )
     segment_length: int = II("task.segment_length")
     # fairseq's transformer_lm defaults these to 512 whatever the model width,
@@ -84,6 +100,8 @@ def dictionary_fingerprint(dictionary) -> int:
 
 @register_model("tarm_lm", dataclass=TarmLanguageModelConfig)
 class TarmLanguageModel(TransformerLanguageModel):
+    carries_memory = True  # generators and tasks ask this, not the class
+
     def __init__(self, decoder):
         super().__init__(decoder)
         args = decoder.args
@@ -96,12 +114,14 @@ class TarmLanguageModel(TransformerLanguageModel):
             m, decoder.embed_dim, alpha, init_std=init_std,
             write_input=str(safe_getattr(args, "memory_write_input", "memory")),
             learn_alpha=bool(safe_getattr(args, "memory_ema_learned", False)),
+            gate=bool(safe_getattr(args, "memory_gate", False)),
             # the memory fed back segment after segment must not grow: normalise it
             # unless the layers already end in a norm (post-LN, or pre-LN + final norm)
             write_norm=not _output_is_normalised(decoder),
             dropout=_memory_dropout(args),
         )
         self.default_segment_length = safe_getattr(args, "segment_length", None)
+        self.checkpoint_segments = bool(safe_getattr(args, "checkpoint_segments", False))
         self.carried = CarriedMemory()
         self._masks = {}
         self.register_buffer("dictionary_hash", torch.tensor([-1, -1], dtype=torch.long))
@@ -109,7 +129,8 @@ class TarmLanguageModel(TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         tarm_lm_architecture(args)
-        check_memory_args(args.num_memory_tokens, args.memory_ema_alpha, args.memory_dropout)
+        check_memory_args(args.num_memory_tokens, args.memory_ema_alpha, args.memory_dropout,
+                          learned=args.memory_ema_learned, gate=args.memory_gate)
         if args.decoder_embed_dim % args.decoder_attention_heads:
             raise TarmError(f"--decoder-embed-dim {args.decoder_embed_dim} is not divisible by "
                             f"--decoder-attention-heads {args.decoder_attention_heads}")
@@ -141,10 +162,12 @@ class TarmLanguageModel(TransformerLanguageModel):
         key = memory_key or ("train" if self.training else "eval")
         read = self.read_memory(key, bsz, reset, batch_id)
 
-        if self.memory.num_tokens == 0 and src_tokens.size(1) % L == 0:
+        recompute = self.checkpoint_segments and self.training and torch.is_grad_enabled()
+        if self.memory.num_tokens == 0 and src_tokens.size(1) % L == 0 and not recompute:
             trace = self.independent_segments(src_tokens, L, read)
-        else:
-            trace = self.memory.scan(src_tokens.split(L, dim=1), read, self.segment_step)
+        else:  # (m = 0 with --checkpoint-segments: one segment at a time, to recompute one at a time)
+            step = self.checkpointed_segment_step if recompute else self.segment_step
+            trace = self.memory.scan(src_tokens.split(L, dim=1), read, step)
         self.carried.put(key, trace.averaged[-1], batch_id)
 
         x = torch.cat(trace.outputs, dim=1)
@@ -157,6 +180,7 @@ class TarmLanguageModel(TransformerLanguageModel):
             "read_memory": read,
             "written_memory": trace.written,
             "ema_memory": trace.averaged,
+            "memory_gates": trace.gates,
         }
 
     def independent_segments(self, tokens, L, read) -> MemoryTrace:
@@ -176,6 +200,12 @@ class TarmLanguageModel(TransformerLanguageModel):
             return self.memory.read(None, None, bsz)
         fresh = invalid if reset is None else (invalid.to(reset.device) | reset)
         return self.memory.read(carried, fresh, bsz)
+
+    def checkpointed_segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
+        """:meth:`segment_step` keeping only its inputs and outputs for the backward
+        pass, which recomputes the segment with the same dropout masks (the RNG
+        state is restored) and so gives the same gradients (--checkpoint-segments)."""
+        return checkpoint(self.segment_step, tokens, read, use_reentrant=False, preserve_rng_state=True)
 
     def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
         """One segment through fairseq's layers: returns (token features, M_t)."""
@@ -230,8 +260,6 @@ class TarmLanguageModel(TransformerLanguageModel):
         """A hub interface whose ``sample``/``score`` carry memory across segments."""
         from fairseq import hub_utils
 
-        from ..generation import TarmHubInterface, sentencepiece_defaults
-
         kwargs = sentencepiece_defaults(model_name_or_path, data_name_or_path, kwargs)
         x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
                                       archive_map=cls.hub_models(), **kwargs)
@@ -239,8 +267,6 @@ class TarmLanguageModel(TransformerLanguageModel):
 
     def generate(self, inputs, max_new_tokens, **kwargs):
         """Continue token ids ``inputs`` [B, P] with memory (see tarm_plugin.generation)."""
-        from ..generation import generate
-
         return generate(self, inputs, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------- checkpoints
@@ -295,22 +321,24 @@ class TarmLanguageModel(TransformerLanguageModel):
 
 
 def check_task(task) -> None:
-    """Only tarm_language_modeling carries the memory from one batch to the next
-    (e.g. language_modeling, eval-lm's default task, would score nothing)."""
-    from ..tasks.tarm_language_modeling import TarmLanguageModelingTask
-
-    if not isinstance(task, TarmLanguageModelingTask):
+    """Only a task that carries the memory from one batch to the next (it says so
+    with ``carries_memory``) can train or evaluate tarm_lm; e.g. language_modeling,
+    eval-lm's default task, would score nothing."""
+    if not getattr(task, "carries_memory", False):
         raise TarmError(f"tarm_lm needs --task tarm_language_modeling (got the task "
                         f"{type(task).__name__}, which cannot carry its memory)")
 
 
-def check_memory_args(num_memory_tokens, alpha, dropout=0.0):
+def check_memory_args(num_memory_tokens, alpha, dropout=0.0, learned=False, gate=False):
     if num_memory_tokens is None or num_memory_tokens < 0:
         raise TarmError(f"--num-memory-tokens must be >= 0, got {num_memory_tokens}")
     if alpha is None or not 0.0 < alpha <= 1.0:
         raise TarmError(f"--memory-ema-alpha must be in (0, 1], got {alpha}")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise TarmError(f"--memory-dropout must be in [0, 1), got {dropout}")
+    if learned and gate:
+        raise TarmError("--memory-gate and --memory-ema-learned exclude each other: the gate's "
+                        "bias b is already a learned rate (the gate with W = 0 is sigmoid(b))")
 
 
 def _output_is_normalised(decoder) -> bool:
@@ -328,8 +356,10 @@ def tarm_lm_architecture(args):
     args.num_memory_tokens = safe_getattr(args, "num_memory_tokens", 10)
     args.memory_ema_alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
     args.memory_ema_learned = safe_getattr(args, "memory_ema_learned", False)
+    args.memory_gate = safe_getattr(args, "memory_gate", False)
     args.memory_write_input = safe_getattr(args, "memory_write_input", "memory")
     args.memory_dropout = safe_getattr(args, "memory_dropout", None)
+    args.checkpoint_segments = safe_getattr(args, "checkpoint_segments", False)
     base_lm_architecture(args)
 
 

@@ -38,6 +38,8 @@ from omegaconf import II
 
 from ..distributed import data_parallel_shard
 from ..errors import TarmError
+from ..eval_segments import SegmentPerplexity
+from ..generation import TarmSequenceGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +266,8 @@ class SampleSegmentsDataset(WholeBatchDataset):
 
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)
 class TarmLanguageModelingTask(LanguageModelingTask):
+    carries_memory = True  # batches of the same streams follow each other: models may carry memory
+
     @classmethod
     def setup_task(cls, args, **kwargs):
         if args.segment_length is None or args.segment_length < 1:
@@ -425,8 +429,6 @@ class TarmLanguageModelingTask(LanguageModelingTask):
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         """fairseq-interactive / fairseq-generate: a generator that reads the prompt into
         memory segment by segment (fairseq's SequenceGenerator would drop the memory)."""
-        from ..generation import TarmSequenceGenerator
-
         if seq_gen_cls is None and TarmSequenceGenerator.supports(models):
             return TarmSequenceGenerator.build(models, self.target_dictionary, args,
                                                sample_break_mode=self.args.sample_break_mode)
@@ -439,8 +441,6 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"--segment-length {self.args.segment_length} exceeds the model's "
                             f"{max_pos} positions (--tokens-per-sample / --max-target-positions)")
         if _cfg_get(self.args, "eval_segment_ppl") and getattr(self, "segment_ppl", None) is None:
-            from ..eval_segments import SegmentPerplexity
-
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad())
             self.segment_ppl.watch(model)  # the first model of an ensemble
         return model

@@ -17,6 +17,19 @@ All numbers are ratios or rates measured in one run on the machine it runs on
           (each in a fresh process); tarm reads segment by segment with
           memory, transformer_lm attends over the whole stream at once
           (its context window grows with the stream)
+  gather  2 gloo processes: a data-parallel training step against the
+          carried-memory all-gather for rank 0's checkpoints, i.e. the cost per
+          update of gathering after every step (before) or only where a
+          checkpoint may follow (after, --save-interval-updates 1000)
+  generation  greedy generation tokens/s for 512..8k new tokens, batch 1:
+          tarm's generate (segment by segment with memory) against fairseq's
+          transformer_lm decoding incrementally (its cache grows), interleaved,
+          median; target: tarm flat within 10%
+  bptt    deep BPTT: a training step on 2 streams x k segments (k = 1..16) of
+          tarm_lm_wiki103's layers, with and without --checkpoint-segments,
+          each in a fresh process: time per token, peak RSS growth, bytes
+          saved for backward; targets (k = 16 with the flag against k = 1
+          without): peak memory <= 1.5x, time per token <= 1.4x
 
 Usage: python benchmarks/bench.py [--out docs/performance.json] [--rounds 5]
 """
@@ -224,6 +237,229 @@ def bench_long(data, lengths, full_attention_max):
     return out
 
 
+def _gather_rank(rank, data, port, steps, gathers, out_path):
+    """One of 2 gloo processes: time a data-parallel training step of the bench
+    model and the carried-memory all-gather, interleaved; rank 0 writes the times."""
+    import torch.distributed as dist
+    from fairseq.distributed import LegacyDistributedDataParallel
+    from fairseq.distributed import utils as dist_utils
+
+    torch.set_num_threads(1)  # 2 processes on this machine's 2 cores
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model = build(data, "tarm", m=M, alpha=0.2)
+    # fairseq's --ddp-backend legacy_ddp: all-reduce the gradients after backward
+    ddp = LegacyDistributedDataParallel(model, dist_utils.get_data_parallel_group())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(rank)
+    src = torch.randint(4, VOCAB, (B, K * L), generator=g)
+    tgt = torch.randint(4, VOCAB, (B, K * L), generator=g)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits = ddp(src, reset=torch.zeros(B, dtype=torch.bool), memory_key="bench", segment_length=L)[0]
+        torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), tgt.view(-1)).backward()
+        ddp.all_reduce_grads()
+        opt.step()
+
+    def gather():
+        dist.barrier()  # time the collective, not the other rank's lag
+        return _timed(lambda: model.share_carried_memory("bench", B))
+
+    step()
+    gather()
+    step_s, gather_s = [], []
+    for _ in range(steps):
+        dist.barrier()
+        step_s.append(_timed(step))
+        gather_s += [gather() for _ in range(gathers)]
+    if rank == 0:
+        shape = list(model._per_rank["bench"].shape)
+        json.dump({"step": step_s, "gather": gather_s, "shape": shape}, open(out_path, "w"))
+    dist.destroy_process_group()
+
+
+def bench_gather(data, steps, gathers=20, save_interval_updates=1000):
+    """Per-update cost of the carried-memory all-gather, 2 gloo processes: before, after
+    every training step; after, at the updates a checkpoint may follow (2 per
+    --save-interval-updates: the save and the one after it, plus one per epoch end)."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "gather.json")
+        mp.spawn(_gather_rank, args=(data, port, steps, gathers, out_path), nprocs=2)
+        t = json.load(open(out_path))
+    step, gather = statistics.median(t["step"]), statistics.median(t["gather"])
+    after = step + gather * 2 / save_interval_updates
+    return {"setup": f"2 gloo processes x 1 thread, tarm a=0.2, B={B} per process, k={K}, L={L}, m={M}; "
+                     f"training step = forward, backward, legacy_ddp gradient all-reduce, Adam; "
+                     f"median of {steps} steps and {steps * gathers} gathers, interleaved",
+            "gathered_shape": t["shape"],
+            "step_seconds": round(step, 4), "gather_seconds": round(gather, 6),
+            "before_seconds_per_update": round(step + gather, 4),
+            f"after_seconds_per_update_save_interval_updates_{save_interval_updates}": round(after, 4),
+            "gather_share_before": round(gather / (step + gather), 5),
+            "gather_share_after": round(gather * 2 / save_interval_updates / after, 7)}
+
+
+def greedy_transformer_lm(model, inputs, max_new_tokens):
+    """fairseq's transformer_lm decoding greedily with its incremental state (keys and
+    values cached), the same token choice as tarm's generate: never <pad>, never stops."""
+    state, tokens, pad = {}, inputs, model.decoder.padding_idx
+    for _ in range(max_new_tokens):
+        logits = model.decoder(tokens, incremental_state=state)[0][:, -1:]
+        lp = model.get_normalized_probs((logits, None), log_probs=True)[:, 0].float()
+        lp[:, pad] = float("-inf")
+        tokens = torch.cat([tokens, lp.argmax(dim=-1, keepdim=True)], dim=1)
+    return tokens[:, inputs.size(1):]
+
+
+def bench_generation(data, lengths, rounds):
+    """Greedy generation tokens/s, batch 1, from </s>: tarm (segment by segment with
+    memory, each segment decoded incrementally) against fairseq's transformer_lm with
+    its incremental decoding (its cache grows with the text), interleaved, median."""
+    from tarm_plugin.generation import generate
+
+    models = {"tarm": build(data, "tarm", m=M, alpha=0.2).eval(),
+              "transformer_lm": build(data, "transformer_lm", tokens_per_sample=max(lengths) + 1).eval()}
+    run = {"tarm": generate, "transformer_lm": greedy_transformer_lm}
+    start = torch.tensor([[2]])  # </s>, the first input of a stream
+    with torch.no_grad():
+        for name in models:  # warm up
+            run[name](models[name], start, 2 * L)
+        rates = {(name, n): [] for n in lengths for name in models}
+        for _ in range(rounds):
+            for n in lengths:
+                for name, model in models.items():
+                    secs = _timed(lambda: run[name](model, start, n))
+                    rates[(name, n)].append(n / secs)
+                    print(name, n, round(n / secs), flush=True)
+    tps = {f"{name}_{n}": round(statistics.median(r)) for (name, n), r in rates.items()}
+    first, last = min(lengths), max(lengths)
+    return {"setup": f"4 layers, 256 dim, 4 heads, FFN 1024, vocab {VOCAB}, batch 1, greedy; tarm L={L}, m={M}, "
+                     f"a=0.2; transformer_lm --tokens-per-sample {last + 1}; median of {rounds}",
+            "tokens_per_s": tps,
+            "tarm_last_over_first": round(tps[f"tarm_{last}"] / tps[f"tarm_{first}"], 3),
+            "transformer_lm_last_over_first": round(tps[f"transformer_lm_{last}"] / tps[f"transformer_lm_{first}"], 3),
+            "target": f"tarm within 10% from {first} to {last} new tokens"}
+
+
+# bptt: tarm_lm_wiki103's layers (16 x 410, 10 heads, FFN 2100, adaptive input and
+# softmax, tied) over the bench's 10k words, so its cutoffs are cut to fit
+BPTT_CUTOFFS, BPTT_L, BPTT_M, BPTT_B = "2000,6000", 160, 10, 2
+
+
+def _status_mib(field):
+    """A memory field of this process's own /proc/self/status (VmRSS, VmHWM), in MiB."""
+    kb = int(next(line for line in open("/proc/self/status") if line.startswith(field + ":")).split()[1])
+    return kb / 1024
+
+
+def one_bptt(data, k, checkpoint_segments, layers, steps):
+    """In this (fresh) process: training steps (forward, loss, backward, Adam) on
+    BPTT_B streams x k segments; print time per token, the peak RSS growth over
+    the RSS once the model and optimizer are built, and the bytes autograd keeps
+    for the backward pass (in the model's forward, and in the loss)."""
+    import contextlib
+
+    import tarm_plugin  # noqa: F401
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from tarm_plugin.scoring import token_nll
+
+    argv = [data, "--task", "tarm_language_modeling", "--arch", "tarm_lm_wiki103",
+            "--criterion", "tarm_lm_loss", "--segment-length", str(BPTT_L),
+            "--tokens-per-sample", str(BPTT_L), "--num-memory-tokens", str(BPTT_M),
+            "--decoder-layers", str(layers), "--adaptive-input-cutoff", BPTT_CUTOFFS,
+            "--adaptive-softmax-cutoff", BPTT_CUTOFFS, "--cpu"]
+    argv += ["--checkpoint-segments"] if checkpoint_segments else []
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # Zipf-distributed words (the dictionary is sorted by count, as a real one is), so
+    # the adaptive softmax's head and tails see a text's share of the tokens
+    g = torch.Generator().manual_seed(0)
+    zipf = 1.0 / torch.arange(1, VOCAB - 4 + 1, dtype=torch.float)
+    words = 4 + torch.multinomial(zipf, BPTT_B * (k * BPTT_L + 1), replacement=True, generator=g)
+    src, tgt = words.view(BPTT_B, -1)[:, :-1], words.view(BPTT_B, -1)[:, 1:]
+    pad = task.source_dictionary.pad()
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    phase, saved = ["model"], {"model": {}, "loss": {}}
+
+    def pack(t):  # each storage once, parameters left out
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and not any(ptr in s for s in saved.values()):
+            saved[phase[0]][ptr] = t.untyped_storage().nbytes()
+        return t
+
+    def step(count=False):
+        opt.zero_grad(set_to_none=True)
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if count else contextlib.nullcontext()
+        with hooks:
+            phase[0] = "model"
+            out = model(src, reset=torch.zeros(BPTT_B, dtype=torch.bool), memory_key="bench", segment_length=BPTT_L)
+            phase[0] = "loss"
+            loss = token_nll(model, out, tgt, pad).sum() / tgt.numel()
+        loss.backward()
+        opt.step()
+
+    rss = _status_mib("VmRSS")
+    open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS: the peak from here on
+    step(count=True)  # also the warm-up (allocates the gradients and Adam's moments)
+    secs = statistics.median(_timed(step) for _ in range(steps))
+    mib = {name: sum(s.values()) / 2**20 for name, s in saved.items()}
+    print(json.dumps({
+        "seconds_per_token": secs / (BPTT_B * k * BPTT_L),
+        "rss_after_build_mib": round(rss), "peak_rss_growth_mib": round(_status_mib("VmHWM") - rss),
+        "params_mib": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20),
+        "saved_for_backward_mib": {"model": round(mib["model"], 1), "loss": round(mib["loss"], 1),
+                                   "total": round(mib["model"] + mib["loss"], 1)}}))
+
+
+def bench_bptt(data, ks, layers, steps):
+    """Deep BPTT: time per token and peak memory of a training sample of k segments,
+    with and without --checkpoint-segments, each in a fresh process; ratios to
+    k = 1 without it. Targets: k = 16 with the flag within 1.5x the peak memory
+    and 1.4x the time per token."""
+    runs = {}
+    for k in ks:
+        for flag in (False, True):
+            name = f"k{k}" + ("_checkpoint_segments" if flag else "")
+            p = subprocess.run([sys.executable, __file__, "--one-bptt", str(k), str(int(flag)), "--data", data,
+                                "--bptt-layers", str(layers), "--steps", str(steps)],
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                runs[name] = {"failed": p.stderr.strip().splitlines()[-1:]}
+            else:
+                runs[name] = json.loads(p.stdout.strip().splitlines()[-1])
+            print(name, runs[name], flush=True)
+    base = runs.get(f"k{min(ks)}", {})
+    for r in runs.values():
+        if "failed" in r or "failed" in base:
+            continue
+        r["time_per_token_ratio"] = round(r["seconds_per_token"] / base["seconds_per_token"], 3)
+        r["peak_rss_growth_ratio"] = round(r["peak_rss_growth_mib"] / base["peak_rss_growth_mib"], 3)
+        r["saved_for_backward_ratio"] = round(r["saved_for_backward_mib"]["total"]
+                                              / base["saved_for_backward_mib"]["total"], 3)
+        r["seconds_per_token"] = round(r["seconds_per_token"], 6)
+    return {"setup": f"tarm_lm_wiki103 layers ({layers} x 410, 10 heads, FFN 2100), adaptive input and softmax "
+                     f"over {VOCAB} words (cutoffs {BPTT_CUTOFFS}, Zipf-distributed tokens), "
+                     f"B={BPTT_B} streams x k segments of L={BPTT_L}, m={BPTT_M}, a=1; forward, loss, "
+                     f"backward, Adam step; median of {steps} steps after one; ratios to k={min(ks)} "
+                     f"without --checkpoint-segments; {torch.get_num_threads()} threads",
+            "runs": runs,
+            "target": f"k=16 with --checkpoint-segments: peak RSS growth <= 1.5x, time per token <= 1.4x"}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="docs/performance.json")
@@ -232,12 +468,18 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     p.add_argument("--full-attention-max", type=int, default=8192)
-    p.add_argument("--sections", nargs="+", default=["train", "stats", "mfu", "long"])
+    p.add_argument("--gen-lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    p.add_argument("--bptt-ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--bptt-layers", type=int, default=16)
+    p.add_argument("--sections", nargs="+", default=["train", "stats", "mfu", "long", "gather", "generation", "bptt"])
     p.add_argument("--one-long", nargs=2, metavar=("KIND", "TOKENS"), help=argparse.SUPPRESS)
+    p.add_argument("--one-bptt", nargs=2, type=int, metavar=("K", "CHECKPOINT_SEGMENTS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     data = make_dict_dir(args.data)
     if args.one_long:
         return one_long(data, args.one_long[0], int(args.one_long[1]))
+    if args.one_bptt:
+        return one_bptt(data, args.one_bptt[0], bool(args.one_bptt[1]), args.bptt_layers, args.steps)
     result = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads",
               "command": "python " + " ".join(sys.argv)}
@@ -252,6 +494,15 @@ def main():
         print(json.dumps(result["mfu"], indent=1), flush=True)
     if "long" in args.sections:
         result["long"] = bench_long(data, args.lengths, args.full_attention_max)
+    if "gather" in args.sections:
+        result["gather"] = bench_gather(data, args.steps * 2)
+        print(json.dumps(result["gather"], indent=1), flush=True)
+    if "generation" in args.sections:
+        result["generation"] = bench_generation(data, args.gen_lengths, max(1, args.rounds // 2))
+        print(json.dumps(result["generation"], indent=1), flush=True)
+    if "bptt" in args.sections:
+        result["bptt"] = bench_bptt(data, args.bptt_ks, args.bptt_layers, args.steps)
+        print(json.dumps(result["bptt"], indent=1), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     json.dump(result, open(args.out, "w"), indent=1)
     print(f"wrote {args.out}")

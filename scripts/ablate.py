@@ -35,13 +35,15 @@ SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha, rate)
 # one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core)
 MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 "
          "--decoder-attention-heads 4 --dropout 0.1 --tokens-per-sample 32").split()
-TASK = "--task tarm_language_modeling --segment-length 32 --bptt-segments 4 --batch-size 16".split()
+TASK = "--task tarm_language_modeling --segment-length 32".split()
 
 
 def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
     learned = ["--memory-ema-learned"] if rate == "learned" else []
     return [
         "fairseq-train", args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
+        "--bptt-segments", str(args.bptt_segments), "--batch-size", str(args.batch_size),
+        *(["--checkpoint-segments"] if args.checkpoint_segments else []),
         "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha), *learned,
         "--memory-write-input", args.write_input,
         *([] if args.memory_dropout is None else ["--memory-dropout", str(args.memory_dropout)]),
@@ -115,6 +117,8 @@ def one_run(args, name, seed):
     valid = parse_valid(os.path.join(run_dir, "train.log"))
     result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha, "rate": rate,
               "write_input": args.write_input, "memory_dropout": args.memory_dropout,
+              "bptt_segments": args.bptt_segments, "batch_size": args.batch_size,
+              "checkpoint_segments": args.checkpoint_segments,
               "test_loss": test_loss, "test_ppl": test_ppl, "test_tokens": n_tokens,
               "valid": valid, "best_valid_ppl": 2 ** min(v for _, v in valid)}
     rates = parse_rates(os.path.join(run_dir, "train.log"))
@@ -161,6 +165,11 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--force", action="store_true", help="redo runs that already have results")
+    p.add_argument("--bptt-segments", type=int, default=4, help="k, segments per training sample")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="streams per update (keep k x batch size fixed to compare k at equal tokens per update)")
+    p.add_argument("--checkpoint-segments", action="store_true",
+                   help="recompute each segment in the backward pass (--checkpoint-segments)")
     p.add_argument("--write-input", default="memory", choices=["memory", "learned"],
                    help="--memory-write-input of every memory run")
     p.add_argument("--memory-dropout", type=float, default=None,

@@ -55,6 +55,7 @@ SETTINGS = {  # name: model flags (every other flag is shared)
     "tarm_a0.5": MEM + ["--memory-ema-alpha", "0.5"],
     "tarm_a0.2": MEM + ["--memory-ema-alpha", "0.2"],
     "tarm_learned_rate": MEM + ["--memory-ema-learned", "--memory-ema-alpha", "0.5"],
+    "tarm_gate": MEM + ["--memory-gate", "--memory-ema-alpha", "0.5"],
 }
 # capacity and length generalisation run a subset by default, to fit the CPU budget
 REDUCED = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned_rate"]
@@ -348,20 +349,25 @@ def markdown(results, args):
                     row = table[s]
                     out.append(f"| {s} | " + " | ".join(cell([v[metric] for v in row.get(c, [])]) for c in cols) + " |")
             out.append("")
-    rates = {}
-    for r in results:  # the learned rate's summary at the end of training, per training data
-        rec = r.get("last_train_inner", {})
-        if "mem_rate_mean" in rec:
-            name = f"{r['setting']} D={spec_name(r['train_distances'])} P={r['facts']}"
-            rates.setdefault(name, []).append(tuple(float(rec[k]) for k in ("mem_rate_mean", "mem_rate_min", "mem_rate_max")))
-    if rates:
-        out.append("### learned rate at the end of training (mean over seeds of the rate's mean, min, max)\n")
-        out.append("| run | mean | min | max | seeds |")
-        out.append("|---|---|---|---|---|")
-        for name, v in rates.items():
-            out.append(f"| {name} | " + " | ".join(f"{statistics.mean(x[i] for x in v):.3f}" for i in range(3))
-                       + f" | {len(v)} |")
-        out.append("")
+    titles = {"rate": "learned rate at the end of training (mean over seeds of the rate's mean, min, max)",
+              "gate": "gate at the end of training (mean over seeds of the last logged mean, min, max "
+                      "of the batches' gate values g_t)"}
+    for kind, title in titles.items():
+        rates = {}
+        for r in results:  # the learned rate's / the gate's summary at the end of training, per training data
+            rec = r.get("last_train_inner", {})
+            if f"mem_{kind}_mean" in rec:
+                name = f"{r['setting']} D={spec_name(r['train_distances'])} P={r['facts']}"
+                keys = [f"mem_{kind}_{k}" for k in ("mean", "min", "max")]
+                rates.setdefault(name, []).append(tuple(float(rec[k]) for k in keys))
+        if rates:
+            out.append(f"### {title}\n")
+            out.append("| run | mean | min | max | seeds |")
+            out.append("|---|---|---|---|---|")
+            for name, v in rates.items():
+                out.append(f"| {name} | " + " | ".join(f"{statistics.mean(x[i] for x in v):.3f}" for i in range(3))
+                           + f" | {len(v)} |")
+            out.append("")
     return "\n".join(out)
 
 

@@ -5,6 +5,11 @@ import sys
 import pytest
 import torch
 
+# several pytest-xdist workers share the cores: one thread each (the CLI tests'
+# subprocesses get OMP_NUM_THREADS=1 from run())
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.path.join(ROOT, "tarm_plugin")
 BIN = os.path.dirname(sys.executable)

@@ -56,6 +56,9 @@ TRAIN_CASES = {
     "truncated .bin": ([], truncated_bin, "valid.bin"),
     "loss start >= segments per sample": (
         ["--sample-break-mode", "eos", "--loss-start-segment", "50"], None, "--loss-start-segment 50 leaves nothing"),
+    "negative loss last segments": (["--sample-break-mode", "eos", "--loss-last-segments", "-1"], None,
+                                    "--loss-last-segments must be >= 0"),
+    "loss last segments on streams": (["--loss-last-segments", "1"], None, "--loss-last-segments needs"),
 }
 
 
@@ -90,6 +93,7 @@ EVAL_CASES = {
     "corrupt .idx": ([], lambda d: garbage_idx(d, "test"), None, "test.bin/.idx"),
     "loss start >= segments per sample": (["--loss-start-segment", "50"], None, None,
                                           "--loss-start-segment 50 leaves nothing"),  # eos: from the checkpoint
+    "negative loss last segments": (["--loss-last-segments", "-2"], None, None, "--loss-last-segments must be >= 0"),
 }
 
 

@@ -17,6 +17,8 @@ LAYOUTS = {
     "streams": [],
     "eos": ["--sample-break-mode", "eos", "--segment-length", "8"],
     "eos_loss_start": ["--sample-break-mode", "eos", "--segment-length", "8", "--loss-start-segment", "2"],
+    # each sample's own last 2 segments: PTB lines differ in length, so rows of a batch differ
+    "eos_loss_last": ["--sample-break-mode", "eos", "--segment-length", "8", "--loss-last-segments", "2"],
 }
 
 
@@ -130,6 +132,22 @@ def test_checkpoint_settings_unless_given(ptb_small, trained):
     p = bare_eval_lm(data, ckpt, *task, "--sample-break-mode", "none", "--loss-start-segment", "0")
     assert "--sample-break-mode none given" in p.stdout + p.stderr
     assert eval_numbers(p)[0] == 7060  # every token of the split, as streams
+
+
+def test_loss_last_segments_from_the_checkpoint(ptb_small, trained):
+    data, _ = ptb_small
+    ckpt, log = trained("eos_loss_last")
+    p = bare_eval_lm(data, ckpt, "--task", "tarm_language_modeling")
+    assert "--loss-last-segments 2 (from the checkpoint)" in p.stdout + p.stderr
+    assert eval_loss(p) == pytest.approx(valid_loss(log), abs=1e-3)
+    # a checkpoint saved before the flag existed evaluates with every segment scored
+    import torch
+
+    state = torch.load(ckpt, weights_only=False)
+    del state["task_state"]["tarm_trained_with"]["loss_last_segments"]
+    old = ckpt.replace(".pt", "_old.pt")
+    torch.save(state, old)
+    assert eval_numbers(eval_lm(data, old, *LAYOUTS["eos"], "--gen-subset", "valid"))[0] == 7060  # every token
 
 
 def test_task_without_memory_is_refused(ptb_small, trained):

@@ -45,6 +45,23 @@ def test_two_process_resume_matches_straight_run(ptb_small, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
+def test_resume_from_a_save_interval_checkpoint_with_update_freq(ptb_small, tmp_path):
+    """Mid-epoch, from the --save-interval-updates checkpoint alone (not the one
+    --max-update wrote), 2 batches per update: the memory is gathered then too."""
+    data, _ = ptb_small
+    flags = [*FLAGS, "--update-freq", "2"]
+    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(29645)))
+    train(data, tmp_path / "b", *flags, max_update=7, launcher=torchrun(29646))
+    interval = tmp_path / "b" / "checkpoint_1_5.pt"
+    resumed = train_losses(train(data, tmp_path / "c", *flags, "--restore-file", str(interval),
+                                 max_update=10, launcher=torchrun(29647)))
+    assert sorted(resumed) == list(range(6, 11))
+    for u in resumed:
+        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
+    a, c = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "c" / "checkpoint_last.pt")
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) < 1e-6
+
+
 def test_other_world_size_resumes_from_initial_memory(ptb_small, tmp_path):
     data, _ = ptb_small
     train(data, tmp_path, *FLAGS, max_update=5, launcher=torchrun(29644))

@@ -274,7 +274,8 @@ class TarmLanguageModel(TransformerLanguageModel):
         """The carried memory goes into checkpoints, so a resumed run (mid-epoch
         included) continues its streams exactly. Only rank 0 writes checkpoints
         (and only it calls this), so with several ranks the training streams'
-        memory of every rank is what :meth:`share_carried_memory` last gathered."""
+        memory of every rank is what :meth:`share_carried_memory` last gathered:
+        the task gathers it after every step that a checkpoint may follow."""
         world = data_parallel_shard()[1]
         state = {"carried": self.carried.state_dict(), "world_size": world}
         if world > 1:
@@ -282,10 +283,11 @@ class TarmLanguageModel(TransformerLanguageModel):
         return state
 
     def share_carried_memory(self, key: str, bsz: int) -> None:
-        """All ranks, after each training step: gather every rank's carried memory
-        of ``key`` (a [world, B, m, d] tensor, small beside the gradients'
-        all-reduce), ready for rank 0's next checkpoint. Nothing tells the other
-        ranks when rank 0 saves, so this runs every step."""
+        """All ranks together: gather every rank's carried memory of ``key`` (a
+        [world, B, m, d] tensor), ready for rank 0's next checkpoint. Nothing
+        tells the other ranks when rank 0 saves: the task calls this after each
+        training step that fairseq-train may follow with a checkpoint, and when
+        a validation starts (``may_save_after``, ``begin_valid_epoch``)."""
         memory, _ = self.carried.get(key, bsz)
         if memory is None or data_parallel_shard()[1] == 1:
             return

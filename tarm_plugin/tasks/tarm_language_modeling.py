@@ -25,12 +25,12 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import FairseqDataset, data_utils, iterators
+from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
 from fairseq.distributed import utils as dist_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
@@ -75,6 +75,13 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
         metadata={"help": "with --sample-break-mode eos: the first N segments of each sample are "
                   "context only (read, not scored), e.g. 1 for the quadratic task's equation"},
     )
+    loss_last_segments: int = field(
+        default=0,
+        metadata={"help": "with --sample-break-mode eos: score only the last N segments of each "
+                  "sample (each by its own length, so it names e.g. a question segment when samples "
+                  "differ in length); with --loss-start-segment a segment is scored only if both allow "
+                  "it; 0 = all"},
+    )
     eval_exact_match_segments: int = field(
         default=0,
         metadata={"help": "with --sample-break-mode eos: in validation, greedily generate the last "
@@ -89,10 +96,18 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
+    # fairseq-train's save schedule: with several ranks, the carried memory is
+    # gathered for rank 0's checkpoints only where one may be written (may_save_after)
+    save_interval: int = II("checkpoint.save_interval")
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    max_update: int = II("optimization.max_update")
+    stop_time_hours: float = II("optimization.stop_time_hours")
+    update_freq: List[int] = II("optimization.update_freq")
+    skip_remainder_batch: bool = II("optimization.skip_remainder_batch")
 
 
 # task settings a checkpoint is evaluated with unless the command line says otherwise
-TRAINED_WITH = ("segment_length", "sample_break_mode", "loss_start_segment")
+TRAINED_WITH = ("segment_length", "sample_break_mode", "loss_start_segment", "loss_last_segments")
 
 
 def split_tokens(data) -> np.ndarray:
@@ -224,18 +239,22 @@ class SampleSegmentsDataset(WholeBatchDataset):
     Item i is a batch of ``bsz`` lines (this shard's share of global batch i),
     each cut into segments of ``segment_length`` and padded to whole segments.
     The input of a sample's first token is ``</s>``. Targets in the first
-    ``loss_start_segment`` segments are padding (context only). Training order
-    is reshuffled every epoch; evaluation keeps the file order.
+    ``loss_start_segment`` segments are padding (context only), and with
+    ``loss_last_segments`` N > 0 so are those before each sample's own last N
+    segments: either way the scored targets of a row are contiguous, padding
+    only before and after them (what eval-lm's ``start_indices`` relies on).
+    Training order is reshuffled every epoch; evaluation keeps the file order.
     """
 
     every_row_new = True
 
     def __init__(self, data, bsz, segment_length, pad, eos, name, loss_start_segment=0,
-                 shuffle=False, seed=1, shard_id=0, num_shards=1):
+                 shuffle=False, seed=1, shard_id=0, num_shards=1, loss_last_segments=0):
         super().__init__()
         self.data, self.bsz, self.L = data, bsz, segment_length
         self.pad, self.eos, self.name = pad, eos, name
         self.loss_start = loss_start_segment * segment_length
+        self.loss_last = loss_last_segments
         self.shuffle, self.seed = shuffle, seed
         self.shard_id, self.num_shards = shard_id, num_shards
         self.order = np.arange(len(data))
@@ -259,9 +278,16 @@ class SampleSegmentsDataset(WholeBatchDataset):
             target[b, : len(line)] = line
             source[b, 0] = self.eos
             source[b, 1 : len(line)] = line[:-1]
-            target[b, : self.loss_start] = self.pad
+            target[b, : self.context_tokens(len(line))] = self.pad
         row_ids = torch.as_tensor(rows if len(rows) else [len(self.data)], dtype=torch.long)
         return {"id": i, "row_ids": row_ids, "source": source, "target": target}
+
+    def context_tokens(self, length: int) -> int:
+        """How many leading targets of a sample of ``length`` tokens are context only."""
+        if not self.loss_last:
+            return self.loss_start
+        n_segments = math.ceil(length / self.L)
+        return max(self.loss_start, (n_segments - self.loss_last) * self.L)
 
 
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)
@@ -322,7 +348,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             if name not in trained:
                 continue
             saved, mine = trained[name], _plain(getattr(self.args, name))
-            if name == "loss_start_segment" and self.args.sample_break_mode != "eos":
+            if name in ("loss_start_segment", "loss_last_segments") and self.args.sample_break_mode != "eos":
                 continue  # only meaningful per sample; the mode given overrides the checkpoint's
             if saved == mine:
                 continue
@@ -345,8 +371,12 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         return int(bsz)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        # several data paths (DATA1:DATA2:...): epoch i reads the i-th (fairseq reloads the
+        # training split every epoch when it sees them); the dictionary is the first one's
         paths = utils.split_paths(self.args.data)
         data_path = paths[(epoch - 1) % len(paths)]
+        if data_path != paths[0]:
+            check_same_dictionary(data_path, self.dictionary, paths[0])
         split_path = os.path.join(data_path, split)
         data = load_split(split_path, self.dictionary, self.args.dataset_impl, combine)
         if data is None:
@@ -358,19 +388,25 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if self.args.sample_break_mode != "eos" and (self.args.loss_start_segment or
                                                      self.args.eval_exact_match_segments):
             raise TarmError("--loss-start-segment / --eval-exact-match-segments need --sample-break-mode eos")
+        loss_last = _cfg_get(self.args, "loss_last_segments") or 0
+        if loss_last < 0:
+            raise TarmError(f"--loss-last-segments must be >= 0 (0 = score every segment), got {loss_last}")
+        if loss_last and self.args.sample_break_mode != "eos":
+            raise TarmError("--loss-last-segments needs --sample-break-mode eos (the last segments of "
+                            "each sample; contiguous streams have no samples)")
         if self.args.sample_break_mode == "eos":
             self.datasets[split] = SampleSegmentsDataset(
                 data, bsz=self.batch_size_for(split), segment_length=self.args.segment_length,
                 pad=self.dictionary.pad(), eos=self.dictionary.eos(), name=split,
                 loss_start_segment=self.args.loss_start_segment, shuffle=train,
-                seed=self.args.seed, shard_id=shard_id, num_shards=num_shards)
+                seed=self.args.seed, shard_id=shard_id, num_shards=num_shards, loss_last_segments=loss_last)
             ds = self.datasets[split]
             if self.args.loss_start_segment >= ds.k:
                 raise TarmError(
                     f"--loss-start-segment {self.args.loss_start_segment} leaves nothing to score: the "
                     f"longest sample of split '{split}' has {ds.k} segments of --segment-length {ds.L}")
             logger.info(f"{split}: {len(data):,} samples of up to {ds.k}x{ds.L} tokens, "
-                        f"{len(ds)} batches of {ds.bsz}x{num_shards}")
+                        f"{len(ds)} batches of {ds.bsz}x{num_shards}" + (f", from {data_path}" if train else ""))
             return
         self.datasets[split] = SegmentStreamDataset(
             split_tokens(data),  # may be a view of data's mmap: the dataset keeps ``data`` alive
@@ -386,7 +422,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         ds = self.datasets[split]
         ds.backing = data  # MMapIndexedDataset unmaps its buffer when collected
         logger.info(f"{split}: {len(ds.tokens):,} tokens in {ds.bsz}x{num_shards} streams, "
-                    f"{len(ds)} batches of {ds.k}x{ds.L} tokens")
+                    f"{len(ds)} batches of {ds.k}x{ds.L} tokens" + (f", from {data_path}" if train else ""))
 
     def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, **kwargs):
         # every item is already a whole batch of this rank's streams, in stream order:
@@ -401,17 +437,75 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             disable_shuffling=True,
         )
 
-    def train_step(self, sample, model, *args, **kwargs):
-        out = super().train_step(sample, model, *args, **kwargs)
-        # several ranks: rank 0's checkpoints need every rank's carried memory
-        # (per-sample batches reset it every batch: nothing to carry)
-        if self.args.sample_break_mode != "eos" and dist_utils.get_data_parallel_world_size() > 1:
-            inner = model
-            while hasattr(inner, "module"):  # fairseq's DDP wrappers
-                inner = inner.module
-            if hasattr(inner, "share_carried_memory"):
-                inner.share_carried_memory(sample["net_input"]["memory_key"], sample["target"].size(0))
+    # ------------------------------------ carried memory for rank 0's checkpoints
+    _epoch = None  # the training epoch, from begin_epoch
+
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        self._epoch = epoch
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+        net_input = sample["net_input"]
+        key = net_input["memory_key"]
+        if self.may_save_after(update_num, net_input.get("batch_id"), len(self.datasets[key])):
+            self.share_carried_memory(model, key, sample["target"].size(0))
         return out
+
+    def begin_valid_epoch(self, epoch, model):
+        super().begin_valid_epoch(epoch, model)
+        # a validation can stop the run early (--patience) and fairseq then saves
+        train = _cfg_get(self.args, "train_subset") or "train"
+        self.share_carried_memory(model, train, self.batch_size_for(train))
+
+    def share_carried_memory(self, model, key: str, bsz: int) -> None:
+        """Several ranks: gather every rank's carried memory of ``key`` for rank 0's
+        next checkpoint (per-sample batches reset it every batch: nothing to carry).
+        A collective: every rank calls it at the same step."""
+        if self.args.sample_break_mode == "eos" or data_parallel_shard()[1] == 1:
+            return
+        inner = model
+        while hasattr(inner, "module"):  # fairseq's DDP wrappers
+            inner = inner.module
+        if hasattr(inner, "share_carried_memory"):
+            inner.share_carried_memory(key, bsz)
+
+    def may_save_after(self, update_num: int, batch_id: Optional[int], num_batches: int) -> bool:
+        """May fairseq-train write a checkpoint right after this training step?
+
+        The step is part of update ``update_num + 1`` and of batch ``batch_id`` of
+        the epoch's ``num_batches``; the rules are validate_and_save's in
+        fairseq_cli/train.py. This decides a collective (the memory all-gather),
+        so it reads only what every rank shares: flags, update count, epoch and
+        batch index. When unsure it says yes (an extra gather costs little, a
+        missed one makes a resumed run wrong): it ignores --validate-after-updates
+        and --no-save, and gathers on every micro-batch of such an update.
+        """
+        a = self.args
+        if _cfg_get(a, "stop_time_hours") is None or a.stop_time_hours > 0:
+            return True  # stopping on time happens at an update no rank can predict identically
+        done = update_num + 1
+        if a.max_update and done >= a.max_update:
+            return True
+        # fairseq checks the update count again after a skipped (fp16 overflow) update
+        every = a.save_interval_updates or 0
+        if every > 0 and any(n > 0 and n % every == 0 for n in (update_num, done)):
+            return True
+        epoch = self._epoch
+        if epoch is not None and epoch % a.save_interval != 0:
+            return False
+        return batch_id is None or batch_id >= num_batches - self.last_update_batches(epoch, num_batches)
+
+    def last_update_batches(self, epoch: Optional[int], num_batches: int) -> int:
+        """How many of the epoch's last batches may belong to its last update.
+
+        fairseq-train groups --update-freq batches per update (the epoch's
+        last group may be shorter, or dropped with --skip-remainder-batch).
+        An upper bound: it also holds when a run resumed mid-epoch with
+        another --update-freq, so the groups do not start at batch 0."""
+        freqs = list(self.args.update_freq)
+        freq = max(freqs) if epoch is None else freqs[min(epoch, len(freqs)) - 1]
+        return freq + (num_batches % freq if self.args.skip_remainder_batch else 0)
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
@@ -485,6 +579,15 @@ def check_checkpoint_files(paths: Optional[str]) -> None:
             raise TarmError(f"checkpoint not found: {path} (--path)")
         if not zipfile.is_zipfile(path):
             raise TarmError(f"checkpoint {path} is truncated or not a checkpoint (--path)")
+
+
+def check_same_dictionary(data_path, dictionary, first_path):
+    """One line for a data path whose dict.txt differs from the first path's (the one the
+    task and the model use): its token ids would silently mean other words."""
+    dict_path = os.path.join(data_path, "dict.txt")
+    if os.path.isfile(dict_path) and Dictionary.load(dict_path).symbols != dictionary.symbols:
+        raise TarmError(f"{dict_path} differs from {os.path.join(first_path, 'dict.txt')}: every data "
+                        "path of DATA1:DATA2:... needs the same dictionary (fairseq-preprocess --srcdict)")
 
 
 def load_split(split_path, dictionary, dataset_impl, combine):

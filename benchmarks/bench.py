@@ -406,7 +406,8 @@ def one_bptt(data, k, checkpoint_segments, layers, steps):
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if count else contextlib.nullcontext()
         with hooks:
             phase[0] = "model"
-            out = model(src, reset=torch.zeros(BPTT_B, dtype=torch.bool), memory_key="bench", segment_length=BPTT_L)
+            out = model(src, reset=torch.zeros(BPTT_B, dtype=torch.bool), memory_key="bench",
+                        segment_length=BPTT_L)
             phase[0] = "loss"
             loss = token_nll(model, out, tgt, pad).sum() / tgt.numel()
         loss.backward()
@@ -471,7 +472,8 @@ def main():
     p.add_argument("--gen-lengths", type=int, nargs="+", default=[512, 2048, 8192])
     p.add_argument("--bptt-ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--bptt-layers", type=int, default=16)
-    p.add_argument("--sections", nargs="+", default=["train", "stats", "mfu", "long", "gather", "generation", "bptt"])
+    p.add_argument("--sections", nargs="+",
+                   default=["train", "stats", "mfu", "long", "gather", "generation", "bptt"])
     p.add_argument("--one-long", nargs=2, metavar=("KIND", "TOKENS"), help=argparse.SUPPRESS)
     p.add_argument("--one-bptt", nargs=2, type=int, metavar=("K", "CHECKPOINT_SEGMENTS"), help=argparse.SUPPRESS)
     args = p.parse_args()

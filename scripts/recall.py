@@ -23,14 +23,23 @@ Experiments (each run: one setting, one seed, one training data spec):
   distance   train and test at each D in --distances (P = --facts)
   capacity   accuracy vs P in --capacity-facts at D = --capacity-distance, m fixed
   lengthgen  train on a mix of D in --lengthgen-train, test at each D in --lengthgen-test
+  curriculum (not in the default list) stages s in --curriculum, e.g. 1,2,4,8,16: stage s
+             trains on D uniform over 1..s (short distances are not forgotten) from the
+             previous stage's weights (--finetune-from-model), scoring only each sample's
+             question segment (--loss-last-segments 1), in chunks of --check-every updates
+             until the validation per-fact accuracy reaches --curriculum-threshold or the
+             stage has used --stage-updates; after the last stage, test at --curriculum-test
 
-Runs whose result.json exists are skipped (resume). Writes under --out:
+Runs whose result.json exists are skipped (resume; a curriculum stage with a stage.json
+is not redone, one cut short continues from its last chunk). Writes under --out:
   data/D<spec>_P<P>/        the generated text and its fairseq-preprocess'd data-bin
   runs/<setting>_D<spec>_P<P>_s<seed>/train.log, result.json, checkpoint_last.pt
+  runs/curriculum_<setting>_C<stages>_P<P>_s<seed>/result.json, stage<s>/ (a fairseq save
+                            dir with train.log, progress.json, stage.json)
   results.json, results.md (tables, mean +- std over seeds), recall.png
 
-Usage: python scripts/recall.py --out runs/recall [--experiment distance capacity lengthgen]
-           [--settings rmt tarm_a0.5] [--seeds 1 2 3]
+Usage: python scripts/recall.py --out runs/recall [--experiment distance capacity lengthgen curriculum]
+           [--settings rmt tarm_a0.5] [--seeds 1 2 3] [--curriculum 1,2,4,8,16 --stage-updates 1000]
 """
 
 import argparse
@@ -89,6 +98,15 @@ def answer_positions(n_facts: int, distance: int, L: int):
     return [start + 2 * i + 1 for i in range(n_facts)]
 
 
+def row_answer_positions(lengths, n_facts: int):
+    """[B, P] indices of the values in each row, from the row's length in tokens (with its
+    </s>): the question is every row's last 2P + 1 tokens, whatever its distance D."""
+    import torch
+
+    first_key = lengths.long() - 2 * n_facts - 1
+    return first_key[:, None] + 1 + 2 * torch.arange(n_facts)
+
+
 def symbols(n_keys, n_values, n_filler):
     return ([f"k{i}" for i in range(n_keys)] + [f"v{i}" for i in range(n_values)]
             + [f"f{i}" for i in range(n_filler)])
@@ -98,21 +116,33 @@ def spec_name(distances):
     return "-".join(str(d) for d in distances)
 
 
-def build_data(args, train_distances, n_facts, test_distances):
+def build_data(args, train_distances, n_facts, test_distances, name=None, valid_samples=64):
     """Generate and fairseq-preprocess one data-bin; returns (dir, {test D: split name}).
 
-    Every data-bin uses the same dict.txt (all symbols), so a checkpoint loads on any of them."""
-    out = os.path.join(args.out, "data", f"D{spec_name(train_distances)}_P{n_facts}")
+    Train and valid samples cycle through ``train_distances`` (equal shares; the task
+    shuffles them). ``name`` (default ``D<spec>_P<P>``) names the directory and seeds the
+    data. Every data-bin uses the same dict.txt (all symbols), so a checkpoint loads on any
+    of them."""
+    out = os.path.join(args.out, "data", name or f"D{spec_name(train_distances)}_P{n_facts}")
     splits = {d: "test" if i == 0 else f"test{i}" for i, d in enumerate(test_distances)}
-    meta_path = os.path.join(out, "recall.json")
-    if os.path.exists(meta_path):
+
+    def built(path):
+        meta_path = os.path.join(path, "recall.json")
+        if not os.path.exists(meta_path):
+            return False
         meta = json.load(open(meta_path))
-        if meta["test_distances"] == list(test_distances):
-            return out, splits
-    shutil.rmtree(out, ignore_errors=True)
-    raw = os.path.join(out, "raw")
+        return meta["test_distances"] == list(test_distances) and meta.get("valid_samples", 64) == valid_samples
+
+    if built(out):
+        return out, splits
+    # built aside and moved in when complete: two invocations sharing --out (one per core)
+    # may build the same data-bin at once, and neither sees a half-built one
+    tmp = f"{out}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    raw = os.path.join(tmp, "raw")
     os.makedirs(raw)
-    seed = hash_seed(args.data_seed, spec_name(train_distances), n_facts)
+    seed = (hash_seed(args.data_seed, spec_name(train_distances), n_facts) if name is None
+            else hash_seed(args.data_seed, name))
     rng = random.Random(seed)
     gen = lambda d: make_sample(rng, n_facts, d, args.segment_length, args.keys,  # noqa: E731
                                 args.values, args.filler)
@@ -124,18 +154,24 @@ def build_data(args, train_distances, n_facts, test_distances):
         return path
 
     train = write("train.txt", [gen(train_distances[i % len(train_distances)]) for i in range(args.train_samples)])
-    valid = write("valid.txt", [gen(train_distances[i % len(train_distances)]) for i in range(64)])
+    valid = write("valid.txt", [gen(train_distances[i % len(train_distances)]) for i in range(valid_samples)])
     tests = [write(f"test_D{d}.txt", [gen(d) for _ in range(args.test_samples)]) for d in test_distances]
     dict_path = os.path.join(raw, "dict.txt")
     with open(dict_path, "w") as f:
         f.writelines(f"{s} 1\n" for s in symbols(args.keys, args.values, args.filler))
     cmd = [tool("fairseq-preprocess"), "--only-source", "--srcdict", dict_path, "--trainpref", train,
-           "--validpref", valid, "--testpref", ",".join(tests), "--destdir", out, "--workers", "1"]
-    with open(os.path.join(out, "preprocess.log"), "w") as log:
+           "--validpref", valid, "--testpref", ",".join(tests), "--destdir", tmp, "--workers", "1"]
+    with open(os.path.join(tmp, "preprocess.log"), "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=child_env())
     json.dump({"train_distances": list(train_distances), "facts": n_facts, "seed": seed,
-               "test_distances": list(test_distances), "splits": {str(k): v for k, v in splits.items()}},
-              open(meta_path, "w"), indent=1)
+               "test_distances": list(test_distances), "splits": {str(k): v for k, v in splits.items()},
+               "valid_samples": valid_samples},
+              open(os.path.join(tmp, "recall.json"), "w"), indent=1)
+    if built(out):  # the other invocation was first: the same data (same seed)
+        shutil.rmtree(tmp)
+    else:
+        shutil.rmtree(out, ignore_errors=True)  # other test distances, or an interrupted build
+        os.rename(tmp, out)
     return out, splits
 
 
@@ -155,39 +191,50 @@ def child_env():
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
-def train_cmd(args, data_dir, run_dir, setting, seed, loss_start):
+def train_cmd(args, data_dir, run_dir, setting, seed, loss_start=None, loss_last=None, max_update=None,
+              extra=()):
+    """The fairseq-train command of one run: scoring from segment ``loss_start`` on and/or each
+    sample's last ``loss_last`` segments, for ``max_update`` (default --max-update) updates."""
     L = str(args.segment_length)
+    scored = ["--loss-start-segment", str(loss_start)] if loss_start is not None else []
+    scored += ["--loss-last-segments", str(loss_last)] if loss_last else []
     flags = list(SETTINGS[setting])
     if "--num-memory-tokens" not in flags:
         flags = ["--num-memory-tokens", str(args.memory_tokens)] + flags
     return [
         tool("fairseq-train"), data_dir, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
         "--task", "tarm_language_modeling", "--sample-break-mode", "eos",
-        "--loss-start-segment", str(loss_start), "--segment-length", L, "--tokens-per-sample", L,
+        *scored, "--segment-length", L, "--tokens-per-sample", L,
         "--arch", "tarm_lm", "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
         "--decoder-ffn-embed-dim", str(4 * args.dim), "--decoder-attention-heads", "4", "--dropout", "0",
         *flags, *args.extra_model_args,
         "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
         "--lr", str(args.lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(args.warmup),
-        "--clip-norm", "1.0", "--batch-size", str(args.batch_size), "--max-update", str(args.max_update),
+        "--clip-norm", "1.0", "--batch-size", str(args.batch_size),
+        "--max-update", str(max_update or args.max_update),
         "--seed", str(seed), "--cpu", "--num-workers", "0", "--disable-validation",
-        "--no-epoch-checkpoints", "--save-dir", run_dir,
+        "--no-epoch-checkpoints", "--save-dir", run_dir, *extra,
         "--log-format", "json", "--log-interval", "50", "--no-progress-bar",
     ]
 
 
 # ----------------------------------------------------------------- evaluation
 def score_answers(logits, target, positions):
-    """(right [B, P] bool, p_right [B, P]) at the answer positions of a batch."""
-    lprobs = logits[:, positions].float().log_softmax(dim=-1)
-    answers = target[:, positions]
+    """(right [B, P] bool, p_right [B, P]) at the answer positions of a batch: a list (the
+    same in every row) or a [B, P] tensor (each row's own)."""
+    import torch
+
+    pos = torch.as_tensor(positions, dtype=torch.long).expand(target.size(0), -1)
+    answers = target.gather(1, pos)
+    lprobs = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.size(-1))).float().log_softmax(dim=-1)
     right = lprobs.argmax(dim=-1).eq(answers)
     p_right = lprobs.gather(-1, answers.unsqueeze(-1)).squeeze(-1).exp()
     return right, p_right
 
 
 def evaluate(checkpoint, data_dir, splits, n_facts, args):
-    """{test D: {fact_acc, all_acc, p_right, samples}} for one checkpoint."""
+    """{test D (a label of ``splits``): {fact_acc, all_acc, p_right, samples}} for one checkpoint.
+    The answer positions are each row's own (from its length), so a split may mix distances."""
     import torch
     from fairseq import checkpoint_utils, utils
 
@@ -201,12 +248,12 @@ def evaluate(checkpoint, data_dir, splits, n_facts, args):
     out = {}
     for distance, split in splits.items():
         task.load_dataset(split)
-        positions = answer_positions(n_facts, distance, args.segment_length)
         rights, probs = [], []
         with torch.no_grad():
             for sample in task.get_batch_iterator(task.dataset(split)).next_epoch_itr(shuffle=False):
                 target = sample["target"]
-                if not set(target[:, positions].unique().tolist()) <= value_ids:
+                positions = row_answer_positions(sample["net_input"]["src_lengths"], n_facts)
+                if not set(target.gather(1, positions).unique().tolist()) <= value_ids:
                     raise RuntimeError(f"{data_dir} {split}: answer positions do not hold values")
                 logits, _ = model(**sample["net_input"])
                 right, p = score_answers(logits, target, positions)
@@ -226,6 +273,9 @@ def plan(args):
         settings = args.settings or (list(SETTINGS) if exp == "distance" else REDUCED)
         if exp == "distance":
             configs = [((d,), args.facts, (d,)) for d in args.distances]
+        elif exp == "curriculum":
+            settings = args.settings or list(SETTINGS)
+            configs = [(tuple(args.curriculum), args.facts, tuple(args.curriculum_test))]
         elif exp == "capacity":
             configs = [((args.capacity_distance,), p, (args.capacity_distance,)) for p in args.capacity_facts]
         else:
@@ -282,7 +332,8 @@ def load_results(args):
     runs = os.path.join(args.out, "runs")
     paths = sorted(os.path.join(runs, x, "result.json") for x in os.listdir(runs)) if os.path.isdir(runs) else []
     results = [json.load(open(p)) for p in paths if os.path.exists(p)]
-    return [r for r in results if r.get("config") == config(args)]
+    return [r for r in results if (r.get("curriculum") == curriculum_config(args)
+                                   if r.get("experiment") == "curriculum" else r.get("config") == config(args))]
 
 
 def last_train_record(log_path):
@@ -293,6 +344,116 @@ def last_train_record(log_path):
             if "| train_inner |" in line:
                 rec = json.loads(line[line.index("{"):])
     return rec
+
+
+# ---------------------------------------------------------------- curriculum
+CURRICULUM_FLAGS = ("curriculum", "curriculum_threshold", "check_every", "stage_updates", "curriculum_valid_samples")
+
+
+def curriculum_config(args):
+    """What a curriculum run's result depends on: the data and model flags (not --max-update,
+    which the stages replace) and the curriculum's own (not the test distances: a selection)."""
+    out = {k: v for k, v in config(args).items() if k != "max_update"}
+    out.update((k, getattr(args, k)) for k in CURRICULUM_FLAGS)
+    return out
+
+
+def curriculum_dir(args, setting, n_facts, seed):
+    return os.path.join(args.out, "runs", f"curriculum_{setting}_C{spec_name(args.curriculum)}_P{n_facts}_s{seed}")
+
+
+def stage_data(args, stage, n_facts):
+    """Stage ``stage``'s data-bin: train and valid with D cycling through 1..stage (equal
+    shares), test splits at --curriculum-test (every stage's, so any checkpoint can be tested)."""
+    return build_data(args, tuple(range(1, stage + 1)), n_facts, tuple(args.curriculum_test),
+                      name=f"curriculum_D1to{stage}_P{n_facts}", valid_samples=args.curriculum_valid_samples)
+
+
+def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
+    """Train one stage from the checkpoint ``previous`` (None: from scratch) in chunks of
+    --check-every updates, each chunk resuming the stage's own checkpoint_last.pt, until the
+    validation per-fact accuracy reaches --curriculum-threshold or --stage-updates are used.
+    Returns the stage's record (cached in stage.json; progress.json lets a cut-short stage
+    continue from its last finished chunk)."""
+    record_path = os.path.join(stage_dir, "stage.json")
+    if os.path.exists(record_path):
+        return json.load(open(record_path))
+    data_dir, _ = stage_data(args, stage, n_facts)
+    os.makedirs(stage_dir, exist_ok=True)
+    progress_path, log_path = os.path.join(stage_dir, "progress.json"), os.path.join(stage_dir, "train.log")
+    progress = {"updates": 0, "checks": [], "train_seconds": 0.0, "eval_seconds": 0.0}
+    if os.path.exists(progress_path):
+        progress = json.load(open(progress_path))
+    # fairseq loads --finetune-from-model only while the save dir has no checkpoint_last.pt:
+    # every later chunk continues the stage's own run (optimizer, LR schedule, data order)
+    extra = ["--finetune-from-model", previous] if previous else []
+    threshold = args.curriculum_threshold / 100.0
+
+    def done():
+        last = progress["checks"][-1] if progress["checks"] else None
+        return last is not None and (last["fact_acc"] >= threshold or last["updates"] >= args.stage_updates)
+
+    while not done():
+        updates = min(progress["updates"] + args.check_every, args.stage_updates)
+        cmd = train_cmd(args, data_dir, stage_dir, setting, seed, loss_last=1, max_update=updates, extra=extra)
+        t0 = time.time()
+        with open(log_path, "a") as log:
+            log.write("# " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        if proc.returncode != 0:
+            raise RuntimeError(f"fairseq-train failed ({proc.returncode}): see {log_path}")
+        t1 = time.time()
+        valid = evaluate(os.path.join(stage_dir, "checkpoint_last.pt"), data_dir, {"valid": "valid"},
+                         n_facts, args)["valid"]
+        progress["updates"] = updates
+        progress["checks"].append({"updates": updates, **valid})
+        progress["train_seconds"] = round(progress["train_seconds"] + t1 - t0, 1)
+        progress["eval_seconds"] = round(progress["eval_seconds"] + time.time() - t1, 1)
+        json.dump(progress, open(progress_path, "w"), indent=1)
+        print(f"  {setting} seed {seed} stage {stage}: {updates} updates, valid per-fact "
+              f"{valid['fact_acc'] * 100:.1f}%", flush=True)
+    last = progress["checks"][-1]
+    record = {"stage": stage, "train_distances": list(range(1, stage + 1)), "updates": last["updates"],
+              "valid": {k: v for k, v in last.items() if k != "updates"}, "reached": last["fact_acc"] >= threshold,
+              "train_seconds": progress["train_seconds"], "eval_seconds": progress["eval_seconds"],
+              "checks": [{"updates": c["updates"], "fact_acc": c["fact_acc"]} for c in progress["checks"]],
+              "last_train_inner": last_train_record(log_path)}
+    json.dump(record, open(record_path, "w"), indent=1)
+    return record
+
+
+def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
+    """All stages of one setting and seed (each resumable), then the test of the last stage's
+    checkpoint at ``test_distances``; returns the result dict (cached in result.json)."""
+    run_dir = curriculum_dir(args, setting, n_facts, seed)
+    result_path = os.path.join(run_dir, "result.json")
+    config_path = os.path.join(run_dir, "curriculum.json")
+    if os.path.exists(config_path) and json.load(open(config_path)) != curriculum_config(args):
+        sys.exit(f"recall: error: {run_dir} holds a curriculum with other data/model/curriculum flags; "
+                 "use another --out")
+    if os.path.exists(result_path):
+        cached = json.load(open(result_path))
+        if set(map(str, test_distances)) <= set(cached["test"]):
+            return cached, False
+    os.makedirs(run_dir, exist_ok=True)
+    json.dump(curriculum_config(args), open(config_path, "w"), indent=1)
+    records, previous = [], None
+    for stage in stages:
+        stage_dir = os.path.join(run_dir, f"stage{stage}")
+        records.append(run_stage(args, setting, seed, n_facts, stage, stage_dir, previous))
+        previous = os.path.join(stage_dir, "checkpoint_last.pt")
+    t0 = time.time()
+    data_dir, splits = stage_data(args, stages[-1], n_facts)
+    test = evaluate(previous, data_dir, {d: splits[d] for d in test_distances}, n_facts, args)
+    result = {"experiment": "curriculum", "setting": setting, "seed": seed, "facts": n_facts,
+              "train_distances": list(range(1, stages[-1] + 1)), "stages": records,
+              "test": {str(k): v for k, v in test.items()},
+              "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+              "eval_seconds": round(sum(r["eval_seconds"] for r in records) + time.time() - t0, 1),
+              "curriculum": curriculum_config(args)}
+    json.dump(result, open(result_path, "w"), indent=1)
+    return result, True
 
 
 # ------------------------------------------------------------------- report
@@ -310,8 +471,12 @@ def collect(results, exp, args):
     """{setting: {column: [per-seed result dict at that column]}} for one experiment."""
     table = {}
     for r in results:
+        if (r.get("experiment") == "curriculum") != (exp == "curriculum"):
+            continue
         train, p = tuple(r["train_distances"]), r["facts"]
-        if exp == "distance" and len(train) == 1 and p == args.facts and train[0] in args.distances:
+        if exp == "curriculum" and p == args.facts:
+            cols = {int(d): v for d, v in r["test"].items() if int(d) in args.curriculum_test}
+        elif exp == "distance" and len(train) == 1 and p == args.facts and train[0] in args.distances:
             cols = {train[0]: r["test"][str(train[0])]}
         elif exp == "capacity" and train == (args.capacity_distance,) and p in args.capacity_facts:
             cols = {p: r["test"][str(args.capacity_distance)]}
@@ -326,7 +491,15 @@ def collect(results, exp, args):
 
 TITLES = {"distance": ("train and test at distance D", "D"),
           "capacity": ("facts P at fixed m", "P"),
-          "lengthgen": ("trained on D in {train}, tested at D", "D")}
+          "lengthgen": ("trained on D in {train}, tested at D", "D"),
+          "curriculum": ("stages {stages}: stage s trains on D uniform over 1..s until {threshold:g}% "
+                         "validation per-fact accuracy or {budget} updates; tested at D after the last", "D")}
+
+
+def title_of(exp, args):
+    title, _ = TITLES[exp]
+    return title.format(train=",".join(map(str, args.lengthgen_train)), stages=",".join(map(str, args.curriculum)),
+                        threshold=args.curriculum_threshold, budget=args.stage_updates)
 
 
 def markdown(results, args):
@@ -336,8 +509,7 @@ def markdown(results, args):
         table = collect(results, exp, args)
         if not table:
             continue
-        title, col = TITLES[exp]
-        title = title.format(train=",".join(map(str, args.lengthgen_train)))
+        title, col = title_of(exp, args), TITLES[exp][1]
         cols = sorted({c for row in table.values() for c in row})
         for metric, name in (("fact_acc", "per-fact accuracy %"), ("all_acc", "all facts right %"),
                              ("p_right", "mean p(right value) %")):
@@ -349,6 +521,8 @@ def markdown(results, args):
                     row = table[s]
                     out.append(f"| {s} | " + " | ".join(cell([v[metric] for v in row.get(c, [])]) for c in cols) + " |")
             out.append("")
+        if exp == "curriculum":
+            out += curriculum_tables(results, args)
     titles = {"rate": "learned rate at the end of training (mean over seeds of the rate's mean, min, max)",
               "gate": "gate at the end of training (mean over seeds of the last logged mean, min, max "
                       "of the batches' gate values g_t)"}
@@ -369,6 +543,43 @@ def markdown(results, args):
                            + f" | {len(v)} |")
             out.append("")
     return "\n".join(out)
+
+
+def curriculum_tables(results, args):
+    """The curriculum by seed (a seed that failed is a result, not only a wider std) and
+    its stage log, as markdown lines."""
+    runs = [r for r in results if r.get("experiment") == "curriculum" and r["facts"] == args.facts]
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    runs.sort(key=lambda r: (order.get(r["setting"], len(order)), r["setting"], r["seed"]))
+    pct = lambda x: "" if x is None else f"{x * 100:.1f}"  # noqa: E731
+    tests = list(args.curriculum_test)
+    out = [f"### curriculum: per-fact accuracy % by seed (tested at D after the last stage; chance "
+           f"{100.0 / args.values:.1f}%)\n",
+           "| setting | seed | " + " | ".join(f"D={d}" for d in tests) + " | stages reached |",
+           "|---|---|" + "---|" * (len(tests) + 1)]
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        rows = [r for r in runs if r["setting"] == setting]
+        for r in rows:
+            reached = sum(st["reached"] for st in r["stages"])
+            out.append(f"| {setting} | {r['seed']} | " + " | ".join(
+                pct(r["test"].get(str(d), {}).get("fact_acc")) for d in tests) + f" | {reached}/{len(r['stages'])} |")
+        if len(rows) > 1:
+            means = [[r["test"][str(d)]["fact_acc"] for r in rows if str(d) in r["test"]] for d in tests]
+            out.append(f"| {setting} | mean | " + " | ".join(pct(statistics.mean(m)) if m else "" for m in means)
+                       + " | |")
+    out.append("")
+    out.append(f"### curriculum: stages (validation per-fact accuracy % on D uniform over 1..s at the "
+               f"updates the stage used, its minutes of training and checks; budget: not reached within "
+               f"{args.stage_updates} updates)\n")
+    out.append("| setting | seed | " + " | ".join(f"s={s}" for s in args.curriculum) + " | minutes |")
+    out.append("|---|---|" + "---|" * (len(args.curriculum) + 1))
+    for r in runs:
+        cells = [f"{pct(st['valid']['fact_acc'])} at {st['updates']}{'' if st['reached'] else ', budget'} "
+                 f"({(st['train_seconds'] + st['eval_seconds']) / 60:.1f})" for st in r["stages"]]
+        out.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells)
+                   + f" | {(r['train_seconds'] + r['eval_seconds']) / 60:.1f} |")
+    out.append("")
+    return out
 
 
 def figure(results, args, path):
@@ -395,7 +606,7 @@ def figure(results, args, path):
                         color=f"C{list(SETTINGS).index(s)}")
         ax.axhline(100.0 / args.values, color="grey", linestyle=":", label="chance")
         title, col = TITLES[exp]
-        ax.set_title(f"{exp}: " + title.format(train=",".join(map(str, args.lengthgen_train))), fontsize=9)
+        ax.set_title(f"{exp}: " + title_of(exp, args), fontsize=9, wrap=True)
         ax.set_xlabel(col)
         if col == "D":
             ax.set_xscale("log", base=2)
@@ -411,12 +622,20 @@ def figure(results, args, path):
     return path
 
 
+def distance_list(text):
+    """'1,2,4' -> [1, 2, 4]"""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 1,2,4,8,16")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/recall")
-    p.add_argument("--experiment", nargs="+", default=EXPERIMENTS, choices=EXPERIMENTS)
+    p.add_argument("--experiment", nargs="+", default=EXPERIMENTS, choices=EXPERIMENTS + ["curriculum"])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS),
-                   help=f"default: all for distance, {' '.join(REDUCED)} for capacity and lengthgen")
+                   help=f"default: all for distance and curriculum, {' '.join(REDUCED)} for capacity and lengthgen")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     g = p.add_argument_group("data")
     g.add_argument("--segment-length", type=int, default=8)
@@ -441,14 +660,32 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=float, default=5e-3)
     g.add_argument("--warmup", type=int, default=100)
     g.add_argument("--eval-batch-size", type=int, default=100)
+    g = p.add_argument_group("curriculum (--experiment curriculum)")
+    g.add_argument("--curriculum", type=distance_list, default=[1, 2, 4, 8, 16],
+                   help="the stages s, comma-separated, increasing: stage s trains on D uniform over 1..s")
+    g.add_argument("--curriculum-test", type=distance_list, default=[1, 2, 4, 8, 16, 32, 64],
+                   help="test distances after the last stage, comma-separated")
+    g.add_argument("--curriculum-threshold", type=float, default=95.0,
+                   help="a stage ends when its validation per-fact accuracy reaches this (%%)")
+    g.add_argument("--check-every", type=int, default=250, help="updates between validation checks")
+    g.add_argument("--stage-updates", type=int, default=1000, help="update budget of each stage")
+    g.add_argument("--curriculum-valid-samples", type=int, default=256,
+                   help="validation samples per stage (D uniform over 1..s)")
+    g = p.add_argument_group("appended to every training command")
     g.add_argument("--extra-model-args", nargs=argparse.REMAINDER, default=[],
                    help="appended to every fairseq-train command (must come last)")
     args = p.parse_args(argv)
-    for flag in ("segment_length", "facts", "keys", "values", "filler", "max_update", "batch_size"):
+    for flag in ("segment_length", "facts", "keys", "values", "filler", "max_update", "batch_size", "check_every",
+                 "stage_updates", "curriculum_valid_samples"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if min(args.distances + args.lengthgen_train + args.lengthgen_test + [args.capacity_distance]) < 1:
+    if min(args.distances + args.lengthgen_train + args.lengthgen_test + [args.capacity_distance]
+           + args.curriculum + args.curriculum_test) < 1:
         p.error("distances must be >= 1")
+    if any(b <= a for a, b in zip(args.curriculum, args.curriculum[1:])):
+        p.error(f"--curriculum {spec_name(args.curriculum)}: the stages must increase")
+    if not 0 < args.curriculum_threshold <= 100:
+        p.error(f"--curriculum-threshold {args.curriculum_threshold:g}: a percentage in (0, 100]")
     for n in [args.facts] + args.capacity_facts:
         if 2 * n + 1 > args.segment_length or n > args.keys:
             p.error(f"{n} facts do not fit: need 2P+1 <= --segment-length and P <= --keys")
@@ -462,12 +699,12 @@ def main(argv=None):
     jobs = plan(args)
     results, seen = [], set()
     for i, (exp, setting, train_d, p, test_d, seed) in enumerate(jobs, 1):
-        key = (setting, train_d, p, seed)
+        key = (exp == "curriculum", setting, train_d, p, seed)
         if key in seen:  # e.g. capacity at P = --facts is the distance run at that D
             continue
         seen.add(key)
         t = time.time()
-        result, ran = one_run(args, setting, train_d, p, test_d, seed)
+        result, ran = (run_curriculum if exp == "curriculum" else one_run)(args, setting, train_d, p, test_d, seed)
         results.append(result)
         acc = " ".join(f"D{d}:{v['fact_acc'] * 100:.1f}%" for d, v in result["test"].items())
         print(f"[{i}/{len(jobs)}] {exp} {setting} D{spec_name(train_d)} P{p} seed {seed}: {acc} "

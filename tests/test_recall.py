@@ -146,3 +146,129 @@ def test_end_to_end_tiny(tmp_path):
     assert os.path.exists(os.path.join(out, "recall.png"))
     log = open(os.path.join(out, "runs", "no_memory_D1_P3_s1", "train.log")).read()
     assert "--loss-start-segment 2" in log and '"train_num_updates": "3"' in log
+
+
+def test_score_answers_per_row_positions():
+    torch.manual_seed(0)
+    logits, target = torch.randn(3, 10, 6), torch.randint(0, 6, (3, 10))
+    rows = torch.tensor([[1, 3], [5, 7], [2, 4]])
+    right, p = recall.score_answers(logits, target, rows)
+    for b in range(3):  # each row scored at its own positions, as a list of that row's positions would
+        r, q = recall.score_answers(logits[b:b + 1], target[b:b + 1], rows[b].tolist())
+        assert right[b].tolist() == r[0].tolist() and p[b].tolist() == pytest.approx(q[0].tolist())
+
+
+@pytest.mark.cli
+def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_path):
+    """A stage's data-bin mixes D = 1..s in equal shares; in a batch of rows of different
+    lengths, each row's answer positions come from its own length."""
+    os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]
+    L, P = 8, 3
+    args = recall.parse_args(["--out", str(tmp_path), "--segment-length", str(L), "--facts", str(P),
+                              "--train-samples", "40", "--test-samples", "4", "--curriculum-test", "2,5",
+                              "--curriculum-valid-samples", "12"])
+    data_dir, splits = recall.stage_data(args, 4, P)
+    assert splits == {2: "test", 5: "test1"}
+    from fairseq.data import Dictionary, data_utils
+    from tarm_plugin.tasks.tarm_language_modeling import SampleSegmentsDataset
+
+    d = Dictionary.load(os.path.join(data_dir, "dict.txt"))
+    length = lambda D: (D + 1) * L + 2 * P + 1  # noqa: E731  tokens with </s>
+    for split, n in (("train", 40), ("valid", 12)):
+        data = data_utils.load_indexed_dataset(os.path.join(data_dir, split), d)
+        sizes = sorted(int(x) for x in data.sizes)
+        assert sizes == sorted(length(D) for D in (1, 2, 3, 4) for _ in range(n // 4))  # equal shares
+    # one batch of all 40 rows, D mixed, scored on the question segment only (--loss-last-segments 1)
+    data = data_utils.load_indexed_dataset(os.path.join(data_dir, "train"), d)
+    ds = SampleSegmentsDataset(data, bsz=40, segment_length=L, pad=d.pad(), eos=d.eos(), name="train",
+                               loss_last_segments=1)
+    batch = ds.collater([ds[0]])
+    target, lengths = batch["target"], batch["net_input"]["src_lengths"]
+    assert len(set(lengths.tolist())) == 4
+    pos = recall.row_answer_positions(lengths, P)
+    for b in range(40):
+        D = (int(lengths[b]) - 2 * P - 1) // L - 1
+        assert pos[b].tolist() == recall.answer_positions(P, D, L)
+        assert all(d[int(t)].startswith("v") for t in target[b, pos[b]])
+        assert all(d[int(t)].startswith("k") for t in target[b, pos[b] - 1])
+        assert int(target[b, pos[b][-1] + 1]) == d.eos()
+        assert target[b, : (D + 1) * L].eq(d.pad()).all()  # only the question segment is scored
+    # every stage's data-bin has the test splits, and the stages' data differ
+    other, _ = recall.stage_data(args, 1, P)
+    assert open(os.path.join(other, "raw", "train.txt")).read() != open(os.path.join(data_dir, "raw", "train.txt")).read()
+
+
+def fake_curriculum(args, setting, seed, test, reached):
+    run_dir = recall.curriculum_dir(args, setting, args.facts, seed)
+    os.makedirs(run_dir, exist_ok=True)
+    stages = [{"stage": s, "updates": 100 * s, "valid": {"fact_acc": 0.96 if ok else 0.5}, "reached": ok,
+               "train_seconds": 60.0, "eval_seconds": 6.0} for s, ok in zip(args.curriculum, reached)]
+    r = {"experiment": "curriculum", "setting": setting, "seed": seed, "facts": args.facts,
+         "train_distances": list(range(1, args.curriculum[-1] + 1)), "stages": stages,
+         "test": {str(k): {"fact_acc": v, "all_acc": v, "p_right": v, "samples": 10} for k, v in test.items()},
+         "train_seconds": 120.0, "eval_seconds": 12.0, "curriculum": recall.curriculum_config(args)}
+    json.dump(r, open(os.path.join(run_dir, "result.json"), "w"))
+
+
+def test_curriculum_tables(tmp_path):
+    args = recall.parse_args(["--out", str(tmp_path), "--experiment", "curriculum", "--curriculum", "1,2",
+                              "--curriculum-test", "1,4"])
+    fake_curriculum(args, "rmt", 1, {1: 1.0, 4: 0.5}, [True, True])
+    fake_curriculum(args, "rmt", 2, {1: 0.2, 4: 0.1}, [True, False])  # a failed seed
+    fake_curriculum(args, "tarm_a0.5", 1, {1: 0.9, 4: 0.7}, [True, True])
+    fake_result(args, "rmt", (1, 2), 3, 1, {1: 0.8, 4: 0.3})  # lengthgen's run: not a curriculum
+    results = recall.load_results(args)
+    assert len(results) == 4
+    assert set(recall.collect(results, "curriculum", args)) == {"rmt", "tarm_a0.5"}
+    assert len(recall.collect(results, "lengthgen", args)["rmt"][1]) == 1  # trained on D = 1, 2 too, not mixed in
+    md = recall.markdown(results, args)
+    assert "| rmt | 1 | 100.0 | 50.0 | 2/2 |" in md
+    assert "| rmt | 2 | 20.0 | 10.0 | 1/2 |" in md  # each seed's result, the failed one too
+    assert "| rmt | mean | 60.0 | 30.0 | |" in md
+    assert "| tarm_a0.5 | 1 | 90.0 | 70.0 | 2/2 |" in md
+    assert "| rmt | 2 | 96.0 at 100 (1.1) | 50.0 at 200, budget (1.1) | 2.2 |" in md  # the stage log
+    assert "| rmt | 60.0 +- 56.6 | 30.0 +- 28.3 |" in md  # mean +- std like the other experiments
+    # another curriculum (other stages) in the same --out does not share the table
+    other = recall.parse_args(["--out", str(tmp_path), "--experiment", "curriculum", "--curriculum", "1,2,4"])
+    assert [r for r in recall.load_results(other) if r.get("experiment") == "curriculum"] == []
+    assert os.path.exists(recall.figure(results, args, str(tmp_path / "fig.png")))
+
+
+@pytest.mark.cli
+def test_curriculum_end_to_end_tiny(tmp_path):
+    """Two stages of a tiny model, two chunks each: stage 2 starts from stage 1's weights, a
+    chunk continues its stage's run, the per-seed table and the stage records, and resume."""
+    os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]
+    out = str(tmp_path / "out")
+    argv = ["--out", out, "--experiment", "curriculum", "--curriculum", "1,2", "--curriculum-test", "1,3",
+            "--settings", "rmt", "--seeds", "1", "--check-every", "2", "--stage-updates", "4",
+            "--curriculum-threshold", "100", "--train-samples", "64", "--test-samples", "20",
+            "--curriculum-valid-samples", "16", "--dim", "16", "--batch-size", "8"]
+    recall.main(argv)
+    run_dir = os.path.join(out, "runs", "curriculum_rmt_C1-2_P3_s1")
+    result = json.load(open(os.path.join(run_dir, "result.json")))
+    assert [s["stage"] for s in result["stages"]] == [1, 2]
+    for st in result["stages"]:
+        assert st["updates"] == 4 and [c["updates"] for c in st["checks"]] == [2, 4]
+        assert st["valid"]["samples"] == 16 and st["reached"] == (st["valid"]["fact_acc"] >= 1.0)
+        assert st["train_seconds"] > 0
+    assert result["stages"][1]["train_distances"] == [1, 2]
+    assert sorted(result["test"]) == ["1", "3"] and result["test"]["3"]["samples"] == 20
+    log1 = open(os.path.join(run_dir, "stage1", "train.log")).read()
+    log2 = open(os.path.join(run_dir, "stage2", "train.log")).read()
+    assert "--loss-last-segments 1" in log1 and "--loss-start-segment" not in log1
+    assert "Loaded checkpoint" not in log1.split("\n# ")[0]  # stage 1 starts from scratch
+    assert f"{run_dir}/stage1/checkpoint_last.pt (epoch 1 @ 2 updates)" in log1  # its 2nd chunk continues it
+    assert f"loading pretrained model from {run_dir}/stage1/checkpoint_last.pt" in log2
+    assert f"{run_dir}/stage2/checkpoint_last.pt (epoch 1 @ 2 updates)" in log2
+    md = open(os.path.join(out, "results.md")).read()
+    assert "### curriculum: per-fact accuracy % by seed" in md and "| rmt | 1 | " in md
+    assert "### curriculum: stages" in md
+    # resume: nothing is trained again; a lost stage record is rebuilt from its progress
+    os.remove(os.path.join(run_dir, "result.json"))
+    os.remove(os.path.join(run_dir, "stage2", "stage.json"))
+    recall.main(argv)
+    assert open(os.path.join(run_dir, "stage1", "train.log")).read() == log1
+    assert open(os.path.join(run_dir, "stage2", "train.log")).read() == log2
+    again = json.load(open(os.path.join(run_dir, "result.json")))
+    assert again["stages"] == result["stages"] and again["test"] == result["test"]

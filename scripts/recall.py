@@ -60,6 +60,7 @@ SETTINGS = {  # name: model flags (every other flag is shared)
     "no_memory": ["--num-memory-tokens", "0"],
     "rmt": MEM + ["--memory-ema-alpha", "1"],
     "rmt_learned_write": ["--memory-write-input", "learned", "--memory-ema-alpha", "1"],
+    "tarm_a0.8": MEM + ["--memory-ema-alpha", "0.8"],
     "tarm_a0.7": MEM + ["--memory-ema-alpha", "0.7"],
     "tarm_a0.5": MEM + ["--memory-ema-alpha", "0.5"],
     "tarm_a0.2": MEM + ["--memory-ema-alpha", "0.2"],

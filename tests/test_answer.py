@@ -91,3 +91,15 @@ def test_greedy_decoding_matches_teacher_forced_argmax(dict_dir):
         lp_a = model(src, reset=torch.ones(3, dtype=torch.bool), memory_key="a", segment_length=L)[0]
         lp_b = model(other, reset=torch.ones(3, dtype=torch.bool), memory_key="b", segment_length=L)[0]
     assert not torch.allclose(lp_a[:, 2 * L:], lp_b[:, 2 * L:])
+
+
+def test_exact_match_refuses_rows_ending_in_different_segments():
+    from tarm_plugin.criterions.tarm_lm_loss import check_equal_segments
+    from tarm_plugin.errors import TarmError
+
+    pad, L = 1, 4
+    same = torch.tensor([[2, 5, 6, 7, 8, 9, 1, 1], [2, 5, 6, 7, 8, 1, 1, 1]])  # both 2 segments
+    check_equal_segments(same, pad, L)
+    mixed = torch.tensor([[2, 5, 6, 7, 8, 9, 1, 1], [2, 5, 6, 1, 1, 1, 1, 1]])  # 2 and 1 segments
+    with pytest.raises(TarmError, match="--eval-exact-match-segments needs samples with the same number"):
+        check_equal_segments(mixed, pad, L)

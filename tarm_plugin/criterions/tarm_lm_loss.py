@@ -36,6 +36,16 @@ class TarmLmLossConfig(FairseqDataclass):
     ddp_backend: str = II("distributed_training.ddp_backend")
 
 
+def check_equal_segments(src_tokens: torch.Tensor, pad: int, L: int) -> None:
+    """The answer is the batch's last segments: every row must end in the same segment
+    (rows are right-padded, so a shorter sample's last segments sit further left)."""
+    n_segments = (src_tokens.ne(pad).sum(dim=1) + L - 1) // L
+    if bool((n_segments != n_segments.max()).any()):
+        raise TarmError(f"--eval-exact-match-segments needs samples with the same number of segments; "
+                        f"this validation batch has {int(n_segments.min())} to {int(n_segments.max())} "
+                        f"segments of --segment-length {L}")
+
+
 @register_criterion("tarm_lm_loss", dataclass=TarmLmLossConfig)
 class TarmLmLoss(FairseqCriterion):
     def __init__(self, task, ddp_backend="legacy_ddp"):
@@ -61,6 +71,7 @@ class TarmLmLoss(FairseqCriterion):
         L = sample["net_input"].get("segment_length") or target.size(1)
         n_answer = getattr(getattr(self.task, "args", None), "eval_exact_match_segments", 0)
         if n_answer and not model.training:
+            check_equal_segments(sample["net_input"]["src_tokens"], self.padding_idx, L)
             answer = target[:, -n_answer * L:]
             generated = greedy_last_segments(model, sample["net_input"]["src_tokens"], L, n_answer)
             logging_output["em_correct"] = int(exact_match_rows(generated, answer, self.padding_idx).sum())

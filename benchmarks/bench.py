@@ -477,7 +477,7 @@ def bench_bptt(data, ks, layers, steps):
                      f"backward, Adam step; median of {steps} steps after one; ratios to k={min(ks)} "
                      f"without --checkpoint-segments; {torch.get_num_threads()} threads",
             "runs": runs,
-            "target": f"k=16 with --checkpoint-segments: peak RSS growth <= 1.5x, time per token <= 1.4x"}
+            "target": "k=16 with --checkpoint-segments: peak RSS growth <= 1.5x, time per token <= 1.4x"}
 
 
 def main():

@@ -219,6 +219,17 @@ def train_cmd(args, data_dir, run_dir, setting, seed, loss_start=None, loss_last
     ]
 
 
+def run_logged(cmd, log_path, mode):
+    """Run ``cmd`` with its output in ``log_path`` (opened with ``mode``), the command
+    line first; a failure stops with the log's path."""
+    with open(log_path, mode) as log:
+        log.write("# " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"fairseq-train failed ({proc.returncode}): see {log_path}")
+
+
 # ----------------------------------------------------------------- evaluation
 def score_answers(logits, target, positions):
     """(right [B, P] bool, p_right [B, P]) at the answer positions of a batch: a list (the
@@ -306,12 +317,7 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
     os.makedirs(run_dir, exist_ok=True)
     cmd = train_cmd(args, data_dir, run_dir, setting, seed, loss_start=min(train_distances) + 1)
     t0 = time.time()
-    with open(os.path.join(run_dir, "train.log"), "w") as log:
-        log.write("# " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
-    if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-train failed ({proc.returncode}): see {run_dir}/train.log")
+    run_logged(cmd, os.path.join(run_dir, "train.log"), mode="w")
     t1 = time.time()
     test = evaluate(os.path.join(run_dir, "checkpoint_last.pt"), data_dir, splits, n_facts, args)
     result = {"setting": setting, "seed": seed, "train_distances": list(train_distances), "facts": n_facts,
@@ -398,12 +404,7 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
         updates = min(progress["updates"] + args.check_every, args.stage_updates)
         cmd = train_cmd(args, data_dir, stage_dir, setting, seed, loss_last=1, max_update=updates, extra=extra)
         t0 = time.time()
-        with open(log_path, "a") as log:
-            log.write("# " + " ".join(cmd) + "\n")
-            log.flush()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
-        if proc.returncode != 0:
-            raise RuntimeError(f"fairseq-train failed ({proc.returncode}): see {log_path}")
+        run_logged(cmd, log_path, mode="a")  # each chunk appends to the stage's log
         t1 = time.time()
         valid = evaluate(os.path.join(stage_dir, "checkpoint_last.pt"), data_dir, {"valid": "valid"},
                          n_facts, args)["valid"]

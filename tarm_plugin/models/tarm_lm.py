@@ -11,10 +11,10 @@ recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
 [E_1..E_n] (each ``[B, m, d]``), ``extra["memory_gates"]`` = the gate values
 [g_1..g_n] (detached; empty without ``--memory-gate``) and
 ``extra["read_memory"]`` = what the first segment of the batch read. Memory
-is carried from one call to the next of the same ``memory_key`` (the split name, set by the task), and reset to E_0 for
-rows whose ``reset`` flag is set (a stream's first batch); ``batch_id`` (the
-batch's index in the epoch) makes a re-run of a batch read the memory from
-before it.
+is carried from one call to the next of the same ``memory_key`` (the split
+name, set by the task), and reset to E_0 for rows whose ``reset`` flag is set
+(a stream's first batch); ``batch_id`` (the batch's index in the epoch) makes
+a re-run of a batch read the memory from before it.
 """
 
 import hashlib

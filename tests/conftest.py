@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from forkrun import forkable, run_forked
 
 # several pytest-xdist workers share the cores: one thread each (the CLI tests'
 # subprocesses get OMP_NUM_THREADS=1 from run())
@@ -48,13 +49,23 @@ def build(dict_dir, *flags):
     return task, model
 
 
-def run(cmd, env=None, timeout=600, cwd=ROOT):
-    """Run a CLI with the venv's bin first on PATH; returns CompletedProcess."""
+def run(cmd, env=None, timeout=600, cwd=ROOT, input=None, fork=None):
+    """Run a CLI with the venv's bin first on PATH; returns CompletedProcess.
+
+    fairseq console scripts and ``python script.py`` run in a fork of this process
+    (tests/forkrun.py: the same entry point without ~4 s of imports) unless ``fork=False``
+    or TARM_TEST_FORK=0; anything else (bash, torchrun) is a subprocess."""
     full_env = dict(os.environ)
     full_env["PATH"] = BIN + os.pathsep + full_env.get("PATH", "")
     full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if fork is None:
+        fork = os.environ.get("TARM_TEST_FORK", "1") != "0"
+    target = forkable(cmd) if fork else None
+    if target:
+        return run_forked(target, cmd, full_env, cwd, input=input, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=full_env, input=input, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session")

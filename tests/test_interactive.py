@@ -44,13 +44,7 @@ def text_model(tmp_path_factory):
 def cli(tool, data, ckpt, *flags, stdin=None):
     cmd = [tool, data, *TASK, "--path", os.path.join(ckpt, "checkpoint_last.pt"), "--cpu",
            "--bpe", "sentencepiece", "--sentencepiece-model", os.path.join(data, "spm.model"), *flags]
-    if stdin is None:
-        return run(cmd)
-    import subprocess
-
-    from conftest import BIN
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""), OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=600)
+    return run(cmd, input=stdin)
 
 
 def lines(out, tag):

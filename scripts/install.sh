@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install tarm_plugin and what it needs into a virtual environment (default .venv).
-# Idempotent: a second run only checks. Env: VENV (path), TORCH_SPEC (default
+# Idempotent: a second run only checks (a stamp in the venv holds this checkout's path and
+# a hash of setup.py and this script; if they match and the plugin imports from here,
+# nothing is reinstalled). Env: VENV (path), TORCH_SPEC (default
 # torch==2.13.0, a CPU build; on GPU machines set e.g. TORCH_SPEC='torch==2.13.0'
 # with your CUDA index, or install torch into the venv first).
 set -euo pipefail
@@ -8,6 +10,14 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
+STAMP="$VENV/.tarm-install"
+WANT="$(pwd) $(cat setup.py scripts/install.sh | sha1sum | cut -c1-40)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "
+import os, sys, tarm_plugin
+sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(tarm_plugin.__file__))) != os.getcwd())" 2>/dev/null; then
+    echo "install: tarm_plugin ready in $VENV (up to date)"
+    exit 0
+fi
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "install: ${TORCH_SPEC:-torch==2.13.0}"
@@ -21,4 +31,4 @@ if ! "$PY" -c "import fairseq" 2>/dev/null; then
     "${PIP[@]}" --no-build-isolation "$("$PY" -c 'import sys; print("fairseq-fixed==0.12.3.1" if sys.version_info >= (3, 11) else "fairseq==0.12.2")')"
 fi
 "${PIP[@]}" --no-build-isolation -e ".[dev,data,plot,log]"
-"$PY" -c "import tarm_plugin" 2>/dev/null && echo "install: tarm_plugin ready in $VENV"
+"$PY" -c "import tarm_plugin" && echo "$WANT" > "$STAMP" && echo "install: tarm_plugin ready in $VENV"

@@ -1,10 +1,12 @@
+import atexit
 import os
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 import torch
-from forkrun import forkable, run_forked
 
 # several pytest-xdist workers share the cores: one thread each (the CLI tests'
 # subprocesses get OMP_NUM_THREADS=1 from run())
@@ -49,21 +51,56 @@ def build(dict_dir, *flags):
     return task, model
 
 
-def run(cmd, env=None, timeout=600, cwd=ROOT, input=None, fork=None):
-    """Run a CLI with the venv's bin first on PATH; returns CompletedProcess.
+_server = {}
 
-    fairseq console scripts and ``python script.py`` run in a fork of this process
-    (tests/forkrun.py: the same entry point without ~4 s of imports) unless ``fork=False``
-    or TARM_TEST_FORK=0; anything else (bash, torchrun) is a subprocess."""
+
+def forkserver():
+    """{'PATH': shims first, 'TARM_FORKSERVER': socket} of this test process's fork server
+    (tests/forkserver.py), started on first use; {} with TARM_TEST_FORK=0."""
+    if os.environ.get("TARM_TEST_FORK", "1") == "0":
+        return {}
+    if not _server:
+        tmp = tempfile.mkdtemp(prefix="tarm-forkserver-")
+        sock, shims = os.path.join(tmp, "sock"), os.path.join(tmp, "bin")
+        log = open(os.path.join(tmp, "server.log"), "w")
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "forkserver.py"), sock, shims],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        atexit.register(proc.kill)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fork server did not start: {open(log.name).read()[-2000:]}")
+            time.sleep(0.05)
+        _server.update(env={"TARM_FORKSERVER": sock}, shims=shims)
+    return {**_server["env"], "PATH": _server["shims"] + os.pathsep + BIN + os.pathsep + os.environ.get("PATH", "")}
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """For code under test that starts commands itself: the fork server's PATH and socket in
+    os.environ (for this test); returns the directory holding the commands to call."""
+    env = forkserver() or {"PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return _server["shims"] if _server and "TARM_FORKSERVER" in env else BIN
+
+
+def run(cmd, env=None, timeout=600, cwd=ROOT, input=None, fork=True):
+    """Run a command with the venv's bin first on PATH; returns CompletedProcess.
+
+    fairseq's console scripts, torchrun and python scripts, here and in whatever the
+    command starts, go through the fork server (no ~4 s of imports each) unless
+    ``fork=False`` or TARM_TEST_FORK=0."""
     full_env = dict(os.environ)
     full_env["PATH"] = BIN + os.pathsep + full_env.get("PATH", "")
     full_env.setdefault("OMP_NUM_THREADS", "1")
+    served = forkserver() if fork else {}
+    if served:
+        full_env.update(served)
+        if cmd[0] == sys.executable:
+            cmd = [os.path.join(_server["shims"], "python"), *cmd[1:]]
     full_env.update(env or {})
-    if fork is None:
-        fork = os.environ.get("TARM_TEST_FORK", "1") != "0"
-    target = forkable(cmd) if fork else None
-    if target:
-        return run_forked(target, cmd, full_env, cwd, input=input, timeout=timeout)
     return subprocess.run(cmd, cwd=cwd, env=full_env, input=input, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -9,10 +9,16 @@ import sys
 import pytest
 import torch
 
-from conftest import BIN, ROOT
+from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import recall  # noqa: E402
+
+
+@pytest.fixture
+def commands(served, monkeypatch):
+    """recall.py calls fairseq's commands by their path beside its Python: use the test's."""
+    monkeypatch.setattr(recall, "BIN", served)
 
 
 def test_sample_layout():
@@ -49,9 +55,8 @@ def test_score_answers():
 
 
 @pytest.mark.cli
-def test_answer_positions_in_the_task_targets(tmp_path):
+def test_answer_positions_in_the_task_targets(tmp_path, commands):
     """The generated text, through fairseq-preprocess and the task, puts values at answer_positions."""
-    os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]
     args = recall.parse_args(["--out", str(tmp_path), "--segment-length", "8", "--facts", "3", "--keys", "6",
                               "--values", "5", "--filler", "4", "--train-samples", "16", "--test-samples", "6",
                               "--capacity-facts", "2"])
@@ -129,9 +134,8 @@ def test_resume_and_tables(tmp_path):
 
 
 @pytest.mark.cli
-def test_end_to_end_tiny(tmp_path):
+def test_end_to_end_tiny(tmp_path, commands):
     """fairseq-train + evaluation for one tiny run: every test sample's answers are scored."""
-    os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]
     out = str(tmp_path / "out")
     recall.main(["--out", out, "--experiment", "distance", "--distances", "1", "--settings", "no_memory",
                  "--seeds", "1", "--max-update", "3", "--train-samples", "64", "--test-samples", "30",
@@ -159,10 +163,9 @@ def test_score_answers_per_row_positions():
 
 
 @pytest.mark.cli
-def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_path):
+def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_path, commands):
     """A stage's data-bin mixes D = 1..s in equal shares; in a batch of rows of different
     lengths, each row's answer positions come from its own length."""
-    os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]
     L, P = 8, 3
     args = recall.parse_args(["--out", str(tmp_path), "--segment-length", str(L), "--facts", str(P),
                               "--train-samples", "40", "--test-samples", "4", "--curriculum-test", "2,5",
@@ -235,10 +238,9 @@ def test_curriculum_tables(tmp_path):
 
 
 @pytest.mark.cli
-def test_curriculum_end_to_end_tiny(tmp_path):
+def test_curriculum_end_to_end_tiny(tmp_path, commands):
     """Two stages of a tiny model, two chunks each: stage 2 starts from stage 1's weights, a
     chunk continues its stage's run, the per-seed table and the stage records, and resume."""
-    os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]
     out = str(tmp_path / "out")
     argv = ["--out", out, "--experiment", "curriculum", "--curriculum", "1,2", "--curriculum-test", "1,3",
             "--settings", "rmt", "--seeds", "1", "--check-every", "2", "--stage-updates", "4",

@@ -30,6 +30,7 @@ SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha, rate)
     "tarm_a0.5": (8, 0.5, "fixed"),
     "tarm_a0.2": (8, 0.2, "fixed"),
     "tarm_learned": (8, 0.5, "learned"),  # a = sigmoid(b) per slot and channel, from 0.5
+    "tarm_gate": (8, 0.5, "gate"),  # g_t = sigmoid(W [M_t; E_t-1] + b), starting as a = 0.5
 }
 
 # one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core)
@@ -39,7 +40,7 @@ TASK = "--task tarm_language_modeling --segment-length 32".split()
 
 
 def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
-    learned = ["--memory-ema-learned"] if rate == "learned" else []
+    learned = {"learned": ["--memory-ema-learned"], "gate": ["--memory-gate"]}.get(rate, [])
     return [
         "fairseq-train", args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
         "--bptt-segments", str(args.bptt_segments), "--batch-size", str(args.batch_size),
@@ -77,16 +78,17 @@ def parse_valid(log_path, key="valid_loss"):
     return points
 
 
-def parse_rates(log_path):
-    """The last logged learned averaging rate {mean, min, max} (empty for a fixed a)."""
+def parse_rates(log_path, stat="rate"):
+    """The last logged learned averaging rate (``stat="rate"``) or gate (``"gate"``)
+    {mean, min, max}; empty if the log has none (a fixed a)."""
     last = {}
     with open(log_path) as f:
         for line in f:
             m = re.search(r"\| train(?:_inner)? \| (\{.*\})", line)
             if m:
                 rec = json.loads(m.group(1))
-                got = {k: float(rec[f"{p}mem_rate_{k}"]) for k in ("mean", "min", "max")
-                       for p in ("", "train_") if f"{p}mem_rate_{k}" in rec}
+                got = {k: float(rec[f"{p}mem_{stat}_{k}"]) for k in ("mean", "min", "max")
+                       for p in ("", "train_") if f"{p}mem_{stat}_{k}" in rec}
                 last = got or last
     return last
 
@@ -124,6 +126,9 @@ def one_run(args, name, seed):
     rates = parse_rates(os.path.join(run_dir, "train.log"))
     if rates:
         result["learned_rate"] = rates  # the last logged mean/min/max of sigmoid(b)
+    gates = parse_rates(os.path.join(run_dir, "train.log"), "gate")
+    if gates:
+        result["gate"] = gates  # the last logged mean/min/max of g_t
     json.dump(result, open(result_path, "w"), indent=1)
     print(f"{name} seed {seed}: test ppl {test_ppl:.2f}", flush=True)
     return result
@@ -146,7 +151,7 @@ def table(results, settings):
         spread = statistics.mean(statistics.stdev(c[i] for c in curves) for i in range(n)) if len(runs) > 1 else float("nan")
         rises = statistics.mean(sum(b > a for a, b in zip(c, c[1:])) for c in curves)
         m, a, rate = SETTINGS[name]
-        a = f"learned from {a}" if rate == "learned" else a
+        a = f"{rate} from {a}" if rate in ("learned", "gate") else a
         lines.append(f"| {name} | {m} | {a} | {statistics.mean(ppl):.2f} +- {sd:.2f} | {len(runs)} | "
                      f"{best:.2f} | {spread:.4f} | {rises:.1f} |")
     return "\n".join(lines)
@@ -157,7 +162,7 @@ def main():
     p.add_argument("--data", default="data-bin/ptb")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--user-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tarm_plugin"))
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=[s for s in SETTINGS if s != "tarm_gate"], choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--max-update", type=int, default=1200)
     p.add_argument("--valid-every", type=int, default=100)

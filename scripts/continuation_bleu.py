@@ -132,6 +132,13 @@ def continuations(model, inputs, L, batch_size):
     return torch.cat(out)
 
 
+def memory_rate(memory):
+    """The table's "a": a fixed rate, a learned one (its mean now), or a gate (its start)."""
+    if memory.learned_rate:
+        return f"learned ({float(memory.rate().mean()):.3f})"
+    return f"gate from {memory.alpha}" if memory.gated else memory.alpha
+
+
 def markdown(result) -> str:
     lines = [f"Greedy continuations on `{result['data']}` ({result['split']}): {result['docs']} documents, "
              f"{result['context_segments']} context segments of {result['segment_length']} tokens, "
@@ -187,8 +194,7 @@ def main(argv=None):
         result["models"].append({
             "name": name, "path": path,
             "num_memory_tokens": int(model.memory.num_tokens),
-            "memory_ema_alpha": (f"learned ({float(model.memory.rate().mean()):.3f})" if model.memory.learned_rate
-                                 else model.memory.alpha),
+            "memory_ema_alpha": memory_rate(model.memory),
             "trained_segment_length": model.default_segment_length,
             **scores, "token_accuracy": round(float(gen.eq(refs).float().mean()), 4)})
         for ex in result["examples"]:

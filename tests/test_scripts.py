@@ -79,3 +79,24 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"
     assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"
     assert rows[8] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed
+
+
+def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir, tmp_path):
+    from conftest import build
+
+    args = type("A", (), {"data": dict_dir, "user_dir": os.path.join(ROOT, "tarm_plugin"), "bptt_segments": 2,
+                          "batch_size": 4, "checkpoint_segments": False, "write_input": "memory",
+                          "memory_dropout": None, "lr": 1e-3, "max_update": 10, "valid_every": 5})
+    m, alpha, rate = ablate.SETTINGS["tarm_gate"]
+    cmd = ablate.train_cmd(args, str(tmp_path), m, alpha, 1, rate)
+    flags = cmd[cmd.index("--num-memory-tokens"):cmd.index("--criterion")]
+    _, model = build(dict_dir, *flags)
+    assert model.memory.gated and not model.memory.learned_rate and model.memory.alpha == 0.5
+    with open(tmp_path / "train.log", "w") as f:
+        f.write('x | train_inner | {"mem_gate_mean": "0.4", "mem_gate_min": "0.1", "mem_gate_max": "0.9"}\n')
+        f.write('x | train | {"train_mem_gate_mean": "0.3", "train_mem_gate_min": "0.2", "train_mem_gate_max": "0.8"}\n')
+    assert ablate.parse_rates(tmp_path / "train.log", "gate") == {"mean": 0.3, "min": 0.2, "max": 0.8}
+    assert ablate.parse_rates(tmp_path / "train.log") == {}
+    import continuation_bleu
+
+    assert continuation_bleu.memory_rate(model.memory) == "gate from 0.5"

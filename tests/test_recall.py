@@ -274,3 +274,14 @@ def test_curriculum_end_to_end_tiny(tmp_path, commands):
     assert open(os.path.join(run_dir, "stage2", "train.log")).read() == log2
     again = json.load(open(os.path.join(run_dir, "result.json")))
     assert again["stages"] == result["stages"] and again["test"] == result["test"]
+    # the per-segment memory profile of the final model (scripts/recall_profile.py)
+    import recall_profile
+
+    rows = recall_profile.run_profiles(out, [3])
+    prof = rows[0][3]
+    assert rows[0]["setting"] == "rmt" and prof["samples"] == 20 and prof["gate"] is None
+    assert len(prof["change"]) == len(prof["kept"]) == 3 + 2  # facts, 3 filler, the question
+    assert prof["kept"][0] == pytest.approx(1.0) and all(c > 0 for c in prof["change"])
+    recall_profile.main(["--out", out, "--distances", "3", "--md", str(tmp_path / "p.md")])
+    md = (tmp_path / "p.md").read_text()
+    assert md.startswith("Command: `python scripts/recall_profile.py --out") and "| rmt | 1 | " in md

@@ -27,7 +27,8 @@ import recall  # noqa: E402
 
 
 def profile(checkpoint, data_dir, split, batch_size=100):
-    """{'change': [per segment t = 1..], 'kept': [...], 'gate': [...] or None, 'samples': n}."""
+    """{'change': [per segment t = 1..], 'kept': [...], 'gate': [...] or None, 'samples': n};
+    None for a model without memory."""
     import torch
     from fairseq import checkpoint_utils, utils
 
@@ -36,6 +37,8 @@ def profile(checkpoint, data_dir, split, batch_size=100):
     overrides = {"data": data_dir, "batch_size": batch_size, "batch_size_valid": batch_size}
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     model = models[0].eval()
+    if model.memory.num_tokens == 0:
+        return None  # no memory to profile
     task.load_dataset(split)
     sums, n = {}, 0
     with torch.no_grad():
@@ -73,6 +76,8 @@ def run_profiles(out_dir, distances):
         row = {"setting": result["setting"], "seed": result["seed"], "test": result["test"]}
         for d in distances:
             row[d] = profile(checkpoint, data_dir, splits[str(d)])
+        if row[distances[0]] is None:
+            continue
         rows.append(row)
         print(f"{result['setting']} seed {result['seed']}: done", file=sys.stderr, flush=True)
     return rows

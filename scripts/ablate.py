@@ -39,10 +39,16 @@ MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ff
 TASK = "--task tarm_language_modeling --segment-length 32".split()
 
 
+
+def tool(name):
+    """fairseq's command beside this Python (the venv's), so the script runs without activating it."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.exists(path) else name
+
 def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
     learned = {"learned": ["--memory-ema-learned"], "gate": ["--memory-gate"]}.get(rate, [])
     return [
-        "fairseq-train", args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
+        tool("fairseq-train"), args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
         "--bptt-segments", str(args.bptt_segments), "--batch-size", str(args.batch_size),
         *(["--checkpoint-segments"] if args.checkpoint_segments else []),
         "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha), *learned,
@@ -59,7 +65,7 @@ def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
 
 
 def eval_cmd(args, run_dir):
-    return ["fairseq-eval-lm", args.data, "--user-dir", args.user_dir,
+    return [tool("fairseq-eval-lm"), args.data, "--user-dir", args.user_dir,
             "--task", "tarm_language_modeling", "--segment-length", "32", "--batch-size", "16",
             "--path", os.path.join(run_dir, "checkpoint_best.pt"), "--gen-subset", "test",
             "--cpu", "--num-workers", "0"]

@@ -31,6 +31,12 @@ MEASURE = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).
            "sys.exit(rc)")
 
 
+
+def tool(name):
+    """fairseq's command beside this Python (the venv's), so the script runs without activating it."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.exists(path) else name
+
 def run_measured(cmd, log_path):
     """Run cmd in a fresh child; return (seconds, peak RSS in MiB, output)."""
     t0 = time.time()
@@ -88,7 +94,7 @@ def main():
     common = [data, "--user-dir", os.path.join(ROOT, "tarm_plugin"), "--task", "tarm_language_modeling",
               "--segment-length", "160", "--cpu", "--num-workers", "0"]
     save = os.path.join(args.out, "checkpoints")
-    train = ["fairseq-train", *common, "--arch", "tarm_lm_wiki103", "--tokens-per-sample", "160",
+    train = [tool("fairseq-train"), *common, "--arch", "tarm_lm_wiki103", "--tokens-per-sample", "160",
              "--bptt-segments", str(args.bptt_segments), "--batch-size", str(args.batch_size),
              "--num-memory-tokens", "10", "--memory-ema-alpha", "0.2", "--criterion", "tarm_lm_loss",
              "--ddp-backend", "legacy_ddp", "--optimizer", "adam", "--lr", "2.5e-4", "--clip-norm", "0.25",
@@ -98,7 +104,7 @@ def main():
     params, recs = parse_train(out)
     ups = [float(r["ups"]) for r in recs]
     losses = [float(r["loss"]) for r in recs]
-    evaluate = ["fairseq-eval-lm", *common, "--batch-size", "2", "--gen-subset", "test",
+    evaluate = [tool("fairseq-eval-lm"), *common, "--batch-size", "2", "--gen-subset", "test",
                 "--path", os.path.join(save, "checkpoint_last.pt")]
     t_eval, rss_eval, out = run_measured(evaluate, os.path.join(args.out, "eval.log"))
     n_eval = int(re.findall(r"Evaluated ([\d,]+) tokens", out)[-1].replace(",", ""))
@@ -116,7 +122,7 @@ def main():
     }
     # the same vocabulary through fairseq's own transformer_lm_wiki103 (adaptive input,
     # adaptive_loss), same tokens per update, as a reference for loss scale, speed, memory
-    ref_cmd = ["fairseq-train", data, "--task", "language_modeling", "--arch", "transformer_lm_wiki103",
+    ref_cmd = [tool("fairseq-train"), data, "--task", "language_modeling", "--arch", "transformer_lm_wiki103",
                "--decoder-layers", "16", "--decoder-embed-dim", "410", "--decoder-ffn-embed-dim", "2100",
                "--decoder-attention-heads", "10", "--dropout", "0.1", "--tokens-per-sample", "160",
                "--batch-size", str(args.batch_size * args.bptt_segments), "--criterion", "adaptive_loss",

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from commands import tool
+
 SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha, rate)
     "no_memory": (0, 1.0, "fixed"),
     "rmt": (8, 1.0, "fixed"),
@@ -38,12 +40,6 @@ MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ff
          "--decoder-attention-heads 4 --dropout 0.1 --tokens-per-sample 32").split()
 TASK = "--task tarm_language_modeling --segment-length 32".split()
 
-
-
-def tool(name):
-    """fairseq's command beside this Python (the venv's), so the script runs without activating it."""
-    path = os.path.join(os.path.dirname(sys.executable), name)
-    return path if os.path.exists(path) else name
 
 def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
     learned = {"learned": ["--memory-ema-learned"], "gate": ["--memory-gate"]}.get(rate, [])

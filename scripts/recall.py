@@ -52,8 +52,9 @@ import subprocess
 import sys
 import time
 
+from commands import tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 
 MEM = ["--memory-write-input", "memory"]
 SETTINGS = {  # name: model flags (every other flag is shared)
@@ -183,11 +184,6 @@ def hash_seed(*parts):
 
 
 # ------------------------------------------------------------------- training
-def tool(name):
-    path = os.path.join(BIN, name)
-    return path if os.path.exists(path) else name
-
-
 def child_env():
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
@@ -244,17 +240,24 @@ def score_answers(logits, target, positions):
     return right, p_right
 
 
-def evaluate(checkpoint, data_dir, splits, n_facts, args):
-    """{test D (a label of ``splits``): {fact_acc, all_acc, p_right, samples}} for one checkpoint.
-    The answer positions are each row's own (from its length), so a split may mix distances."""
+def load_checkpoint(checkpoint, data_dir, batch_size):
+    """(model in eval mode, task) of a checkpoint, reading ``data_dir`` in batches of ``batch_size``."""
     import torch
     from fairseq import checkpoint_utils, utils
 
     torch.set_num_threads(1)
     utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    overrides = {"data": data_dir, "batch_size": args.eval_batch_size, "batch_size_valid": args.eval_batch_size}
+    overrides = {"data": data_dir, "batch_size": batch_size, "batch_size_valid": batch_size}
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
-    model = models[0].eval()
+    return models[0].eval(), task
+
+
+def evaluate(checkpoint, data_dir, splits, n_facts, args):
+    """{test D (a label of ``splits``): {fact_acc, all_acc, p_right, samples}} for one checkpoint.
+    The answer positions are each row's own (from its length), so a split may mix distances."""
+    import torch
+
+    model, task = load_checkpoint(checkpoint, data_dir, args.eval_batch_size)
     d = task.target_dictionary
     value_ids = {d.index(f"v{i}") for i in range(args.values)}
     out = {}
@@ -373,7 +376,12 @@ def stage_data(args, stage, n_facts):
     """Stage ``stage``'s data-bin: train and valid with D cycling through 1..stage (equal
     shares), test splits at --curriculum-test (every stage's, so any checkpoint can be tested)."""
     return build_data(args, tuple(range(1, stage + 1)), n_facts, tuple(args.curriculum_test),
-                      name=f"curriculum_D1to{stage}_P{n_facts}", valid_samples=args.curriculum_valid_samples)
+                      name=stage_data_name(stage, n_facts), valid_samples=args.curriculum_valid_samples)
+
+
+def stage_data_name(stage, n_facts):
+    """The directory name of stage ``stage``'s data-bin under ``--out``/data."""
+    return f"curriculum_D1to{stage}_P{n_facts}"
 
 
 def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):

@@ -26,37 +26,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recall  # noqa: E402
 
 
-def profile(checkpoint, data_dir, split, batch_size=100):
-    """{'change': [per segment t = 1..], 'kept': [...], 'gate': [...] or None, 'samples': n};
-    None for a model without memory."""
+def profile(checkpoint, data_dir, splits, batch_size=100):
+    """{label: {'change': [per segment t = 1..], 'kept': [...], 'gate': [...] or None,
+    'samples': n}} for each split of ``splits`` ({label: split name}), the checkpoint loaded
+    once; None for a model without memory."""
     import torch
-    from fairseq import checkpoint_utils, utils
 
-    torch.set_num_threads(1)
-    utils.import_user_module(argparse.Namespace(user_dir=os.path.join(recall.ROOT, "tarm_plugin")))
-    overrides = {"data": data_dir, "batch_size": batch_size, "batch_size_valid": batch_size}
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
-    model = models[0].eval()
+    model, task = recall.load_checkpoint(checkpoint, data_dir, batch_size)
     if model.memory.num_tokens == 0:
         return None  # no memory to profile
-    task.load_dataset(split)
-    sums, n = {}, 0
-    with torch.no_grad():
-        for sample in task.get_batch_iterator(task.dataset(split)).next_epoch_itr(shuffle=False):
-            _, extra = model(**sample["net_input"])
-            E = [extra["read_memory"]] + list(extra["ema_memory"])  # E_0 .. E_T, each [B, m, d]
-            change = [((b - a).norm(dim=-1) / a.norm(dim=-1)).mean(dim=1) for a, b in zip(E, E[1:])]
-            kept = [torch.cosine_similarity(e, E[1], dim=-1).mean(dim=1) for e in E[1:]]
-            gates = [g.mean(dim=(1, 2)) for g in extra["memory_gates"]]
-            for name, rows in (("change", change), ("kept", kept), ("gate", gates)):
-                if rows:
-                    got = torch.stack(rows, dim=1).sum(dim=0)  # [T]
-                    sums[name] = got if name not in sums else sums[name] + got
-            n += sample["net_input"]["src_tokens"].size(0)
-    out = {k: (v / n).tolist() for k, v in sums.items()}
-    out.setdefault("gate", None)
-    out["samples"] = n
-    return out
+    profiles = {}
+    for label, split in splits.items():
+        task.load_dataset(split)
+        sums, n = {}, 0
+        with torch.no_grad():
+            for sample in task.get_batch_iterator(task.dataset(split)).next_epoch_itr(shuffle=False):
+                _, extra = model(**sample["net_input"])
+                E = [extra["read_memory"]] + list(extra["ema_memory"])  # E_0 .. E_T, each [B, m, d]
+                change = [((b - a).norm(dim=-1) / a.norm(dim=-1)).mean(dim=1) for a, b in zip(E, E[1:])]
+                kept = [torch.cosine_similarity(e, E[1], dim=-1).mean(dim=1) for e in E[1:]]
+                gates = [g.mean(dim=(1, 2)) for g in extra["memory_gates"]]
+                for name, rows in (("change", change), ("kept", kept), ("gate", gates)):
+                    if rows:
+                        got = torch.stack(rows, dim=1).sum(dim=0)  # [T]
+                        sums[name] = got if name not in sums else sums[name] + got
+                n += sample["net_input"]["src_tokens"].size(0)
+        out = {k: (v / n).tolist() for k, v in sums.items()}
+        out.setdefault("gate", None)
+        out["samples"] = n
+        profiles[label] = out
+    return profiles
 
 
 def run_profiles(out_dir, distances):
@@ -67,18 +66,16 @@ def run_profiles(out_dir, distances):
         last = result["curriculum"]["curriculum"][-1]
         checkpoint = os.path.join(os.path.dirname(result_path), f"stage{last}", "checkpoint_last.pt")
         # the last stage's data-bin as recall.py built it (read, never rebuilt here)
-        data_dir = os.path.join(out_dir, "data", f"curriculum_D1to{last}_P{result['facts']}")
+        data_dir = os.path.join(out_dir, "data", recall.stage_data_name(last, result["facts"]))
         splits = json.load(open(os.path.join(data_dir, "recall.json")))["splits"]
         missing = [d for d in distances if str(d) not in splits]
         if missing:
             sys.exit(f"recall_profile: error: --distances {missing} not among the test distances of "
                      f"{data_dir} ({', '.join(splits)})")
-        row = {"setting": result["setting"], "seed": result["seed"], "test": result["test"]}
-        for d in distances:
-            row[d] = profile(checkpoint, data_dir, splits[str(d)])
-        if row[distances[0]] is None:
+        profiles = profile(checkpoint, data_dir, {d: splits[str(d)] for d in distances})
+        if profiles is None:
             continue
-        rows.append(row)
+        rows.append({"setting": result["setting"], "seed": result["seed"], "test": result["test"], **profiles})
         print(f"{result['setting']} seed {result['seed']}: done", file=sys.stderr, flush=True)
     return rows
 

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from commands import tool
+
 N_TYPES = 267_735
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,12 +32,6 @@ MEASURE = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).
            "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
            "sys.exit(rc)")
 
-
-
-def tool(name):
-    """fairseq's command beside this Python (the venv's), so the script runs without activating it."""
-    path = os.path.join(os.path.dirname(sys.executable), name)
-    return path if os.path.exists(path) else name
 
 def run_measured(cmd, log_path):
     """Run cmd in a fresh child; return (seconds, peak RSS in MiB, output)."""

@@ -83,7 +83,7 @@ def served(monkeypatch):
     env = forkserver() or {"PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    return _server["shims"] if _server and "TARM_FORKSERVER" in env else BIN
+    return _server["shims"] if "TARM_FORKSERVER" in env else BIN
 
 
 def run(cmd, env=None, timeout=600, cwd=ROOT, input=None, fork=True):

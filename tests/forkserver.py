@@ -160,14 +160,13 @@ def run_child(target, argv, env, cwd):
         os._exit(code)
 
 
-def supervise(conn, fds, request):
-    """Fork the child that runs the request; report its status to the shim, or kill it if
-    the shim goes away. Runs in a fork of the server; never returns."""
+def supervise(conn, fds, request, target):
+    """Fork the child that runs the request's ``target`` (a ValueError: not a command the
+    server runs); report its status to the shim, or kill it if the shim goes away. Runs in a
+    fork of the server; never returns."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        target = target_of(request["argv"])
-    except ValueError as e:
-        os.write(fds[2], f"{e}\n".encode())
+    if isinstance(target, ValueError):
+        os.write(fds[2], f"{target}\n".encode())
         conn.sendall(struct.pack("!i", 1))
         os._exit(0)
     pid = os.fork()
@@ -229,18 +228,22 @@ def serve(sock_path):
         conn.settimeout(None)
         try:
             request, fds = recv_request(conn)
-            try:  # import the entry module here, once, so later children inherit it
-                kind, what = target_of(request["argv"])
-                if kind == "entry":
-                    importlib.import_module(what.split(":")[0])
-            except Exception:
-                pass  # the child reports it
         except Exception:
             conn.close()
             continue
+        try:
+            target = target_of(request["argv"])
+        except ValueError as e:
+            target = e
+        else:
+            try:  # import the entry module here, once, so later children inherit it
+                if target[0] == "entry":
+                    importlib.import_module(target[1].split(":")[0])
+            except Exception:
+                pass  # the child imports it again and reports the error as a fresh process would
         if os.fork() == 0:
             server.close()
-            supervise(conn, fds, request)
+            supervise(conn, fds, request, target)
         conn.close()
         for fd in fds:
             os.close(fd)

@@ -17,8 +17,11 @@ import recall  # noqa: E402
 
 @pytest.fixture
 def commands(served, monkeypatch):
-    """recall.py calls fairseq's commands by their path beside its Python: use the test's."""
-    monkeypatch.setattr(recall, "BIN", served)
+    """recall.py calls fairseq's commands by their path beside its Python (scripts/commands.py):
+    use the test's."""
+    import commands as where
+
+    monkeypatch.setattr(where, "BIN", served)
 
 
 def test_sample_layout():

@@ -89,7 +89,7 @@ def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir
                           "memory_dropout": None, "lr": 1e-3, "max_update": 10, "valid_every": 5})
     m, alpha, rate = ablate.SETTINGS["tarm_gate"]
     cmd = ablate.train_cmd(args, str(tmp_path), m, alpha, 1, rate)
-    assert cmd[0] == os.path.join(os.path.dirname(sys.executable), "fairseq-train")  # runs without activating
+    assert cmd[0] == os.path.join(os.path.dirname(sys.executable), "fairseq-train")  # scripts/commands.py
     flags = cmd[cmd.index("--num-memory-tokens"):cmd.index("--criterion")]
     _, model = build(dict_dir, *flags)
     assert model.memory.gated and not model.memory.learned_rate and model.memory.alpha == 0.5

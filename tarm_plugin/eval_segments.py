@@ -1,10 +1,13 @@
-"""``--eval-segment-ppl``: fairseq-eval-lm's loss and perplexity by segment index.
+"""``--eval-segment-ppl``: fairseq-eval-lm's loss and perplexity by depth.
 
 Does memory help later segments? eval-lm prints one number for the split;
-this adds a table of the same scores grouped by the segment each target sits
-in: its index within the sample with ``--sample-break-mode eos``, or the
-number of segments since its stream's start (in buckets 0, 1, 2-3, 4-7, ...)
-for contiguous streams.
+this adds a table of the same scores grouped by how deep each target sits:
+its segment's index within the sample with ``--sample-break-mode eos``, else
+the segments since its document's (``doc``) or stream's (``none``) start, in
+buckets 0, 1, 2-3, 4-7, ... With ``--eval-depth-unit U`` the depth is counted
+in units of U tokens instead (token j of a document is at depth j // U), so
+models with other segment lengths line up. The batches carry each segment's
+depth (``segment_depth``, :mod:`tarm_plugin.datasets`).
 
 fairseq-eval-lm's loop and scorer are fixed, so the task wraps the batch
 iterator it hands to eval-lm (which remembers the batch being scored) and puts
@@ -33,9 +36,9 @@ def bucket(i: int) -> str:
 
 
 class SegmentPerplexity:
-    def __init__(self, pad: int):
-        self.pad = pad
-        self.per_sample, self.k, self.name = False, 1, ""
+    def __init__(self, pad: int, unit: int = 0):
+        self.pad, self.unit = pad, unit
+        self.per_sample, self.name, self.depth_of = False, "", "stream"
         self.sample = None
         self.nll = defaultdict(float)
         self.tokens = defaultdict(int)
@@ -51,22 +54,24 @@ class SegmentPerplexity:
         L = self.sample["net_input"]["segment_length"]
         with torch.no_grad():
             nll = token_nll(model, output, target, self.pad)
-        seg = torch.arange(target.size(1), device=target.device) // L
-        if not self.per_sample:
-            seg = seg + self.sample["net_input"]["batch_id"] * self.k
-        real = target.ne(self.pad)
-        for s in seg.unique().tolist():
-            cols = seg.eq(s)
-            n = int(real[:, cols].sum())
-            if n:
-                key = s if self.per_sample else bucket(s)
-                self.nll[key] += float(nll[:, cols].sum())
-                self.tokens[key] += n
+        # depth of every target: segments (or tokens) since its sample/document/stream began
+        seg_depth = self.sample["segment_depth"].to(target.device).repeat_interleave(L, dim=1)[:, : target.size(1)]
+        if self.per_sample or not self.unit:
+            depth = seg_depth
+        else:
+            within = torch.arange(target.size(1), device=target.device) % L
+            depth = (seg_depth * L + within) // self.unit
+        real = target.ne(self.pad) & depth.ge(0)
+        for d in depth[real].unique().tolist():
+            cells = real & depth.eq(d)
+            key = d if self.per_sample else bucket(d)
+            self.nll[key] += float(nll[cells].sum())
+            self.tokens[key] += int(cells.sum())
         self.sample = None  # one forward per batch: an ensemble's other models are not counted twice
 
     def iterate(self, itr, dataset):
         """Wrap eval-lm's batch iterator over ``dataset`` (a task dataset)."""
-        self.per_sample, self.k, self.name = dataset.every_row_new, dataset.k, dataset.name
+        self.per_sample, self.name, self.depth_of = dataset.every_row_new, dataset.name, dataset.depth_of
         return _Recording(itr, self)
 
     def rows(self):
@@ -79,9 +84,10 @@ class SegmentPerplexity:
         return out
 
     def log(self):
-        what = "segment of the sample" if self.per_sample else "segments since the stream's start"
+        units = f"units of {self.unit} tokens" if self.unit and not self.per_sample else "segments"
+        what = "segment of the sample" if self.per_sample else f"{units} since the {self.depth_of}'s start"
         logger.info(f"{self.name}: loss (bits) by {what}, 0 = the first (--eval-segment-ppl)")
-        logger.info(f"{'segment':>9} {'tokens':>9} {'loss':>8} {'ppl':>10}")
+        logger.info(f"{'depth':>9} {'tokens':>9} {'loss':>8} {'ppl':>10}")
         for label, n, bits, ppl in self.rows():
             logger.info(f"{label:>9} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
 

@@ -33,16 +33,6 @@ def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -
     return torch.multinomial(logits.softmax(dim=-1), 1)
 
 
-def _layers(model, x: torch.Tensor, incremental_state: Dict, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """x [B, T, C] through the layers, appending to the cached keys/values."""
-    h = x.transpose(0, 1)
-    for layer in model.decoder.layers:
-        h, _, _ = layer(h, incremental_state=incremental_state, self_attn_mask=mask)
-    if model.decoder.layer_norm is not None:
-        h = model.decoder.layer_norm(h)
-    return h.transpose(0, 1)
-
-
 def _log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
     return model.get_normalized_probs((model.output(hidden), {}), log_probs=True).float()
 
@@ -58,6 +48,11 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
     ``stop``: a token id (``</s>``); decoding ends early once every row has
     produced it, so N may be below ``max_new_tokens`` (tokens after a row's
     own stop token are not meaningful). Memory starts at E_0.
+
+    The prompt's full segments are one model call (which writes their
+    memory); the rest is decoded token by token inside the current segment
+    (``model.extend``), and a segment that fills up is run once more by a model
+    call that writes its memory.
     """
     model.eval()
     L = segment_length or model.default_segment_length
@@ -66,14 +61,13 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
     read = model.memory.initial_memory(B)
     prompt_lp = []
     if n_full:
-        trace = model.memory.scan(inputs[:, : n_full * L].split(L, dim=1), read, model.segment_step)
-        read = trace.averaged[-1]
+        hidden, extra = model(inputs[:, : n_full * L], memory=read, segment_length=L, features_only=True)
+        read = extra["memory"]
         if prompt_scores:
-            prompt_lp = [_log_probs(model, h) for h in trace.outputs]
+            prompt_lp.append(_target_scores(model, hidden, inputs[:, 1 : n_full * L + 1]))
     seg = inputs[:, n_full * L :]
     out, out_lp = [], []
     stopped = torch.zeros(B, 1, dtype=torch.bool, device=inputs.device)
-
     pad = model.decoder.padding_idx
 
     def emit(hidden):
@@ -89,39 +83,33 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
         return tok, len(out) == max_new_tokens or bool(stopped.all())
 
     while True:
-        # a fresh segment: cache the read memory (read slots see only each other)
-        state: Dict = {}
-        m = read.size(1)
-        if m:
-            _layers(model, read, state, mask=None)
-        # the segment's given tokens, causal among themselves, seeing all read slots
-        x = model.embed(seg)
-        r = seg.size(1)
-        mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
-        mask[:, m:] = model.attention_mask(0, r, x)
-        hidden = _layers(model, x, state, mask)
+        state: Dict = {}  # a fresh segment reading ``read``
+        hidden = model.extend(seg, read, state)
         if prompt_scores and not out:
-            prompt_lp.append(_log_probs(model, hidden[:, :-1]))
+            prompt_lp.append(_target_scores(model, hidden[:, :-1], inputs[:, n_full * L + 1 :]))
         if max_new_tokens <= 0:
             break
         tok, done = emit(hidden)
         while not done and seg.size(1) < L:
             seg = torch.cat([seg, tok], dim=1)
-            hidden = _layers(model, model.embed(seg, last_only=True), state, mask=None)
-            tok, done = emit(hidden)
+            tok, done = emit(model.extend(seg, read, state))
         if done:
             break
-        # segment full: write memory, start the next one with this token
-        _, written = model.segment_step(seg, read)
-        read = model.memory.average(read, written)
+        # segment full: write its memory, start the next one with this token
+        read = model(seg, memory=read, segment_length=L, features_only=True)[1]["memory"]
         seg = tok
     empty = inputs.new_zeros(B, 0)
     new = torch.cat(out, dim=1) if out else empty
     new_lp = torch.cat(out_lp, dim=1) if out else empty.float()
     if not prompt_scores:
         return new, new_lp, None
-    lp = torch.cat(prompt_lp, dim=1)[:, : inputs.size(1) - 1]
-    return new, new_lp, lp.gather(-1, inputs[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return new, new_lp, torch.cat(prompt_lp, dim=1)
+
+
+def _target_scores(model, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``targets`` [B, T] after ``features`` [B, T, C] (project_out_dim applied)."""
+    lp = model.get_normalized_probs((model.decoder.output_layer(features), {}), log_probs=True).float()
+    return lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: Optional[int] = None,
@@ -137,18 +125,19 @@ def generate(model, inputs: torch.Tensor, max_new_tokens: int, segment_length: O
 
 
 @torch.no_grad()
-def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Optional[int] = None) -> torch.Tensor:
-    """Log-probability of each target token [B, T], memory carried over the whole document."""
+def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Optional[int] = None,
+          segments_per_call: int = 64) -> torch.Tensor:
+    """Log-probability of each target token [B, T], memory carried over the whole
+    document (from E_0), ``segments_per_call`` segments per model call."""
     model.eval()
     L = segment_length or model.default_segment_length
-    model.carried.clear("score")
-    scores = []
-    for i, (x, y) in enumerate(zip(inputs.split(L, dim=1), targets.split(L, dim=1))):
-        reset = torch.full((inputs.size(0),), i == 0, device=inputs.device)
-        out, _ = model(x, reset=reset, memory_key="score", segment_length=L)
+    memory, scores = None, []
+    chunk = L * segments_per_call
+    for x, y in zip(inputs.split(chunk, dim=1), targets.split(chunk, dim=1)):
+        out, extra = model(x, memory=memory, segment_length=L)
+        memory = extra["memory"]
         lprobs = model.get_normalized_probs((out, {}), log_probs=True, sample={"target": y})
         scores.append(lprobs.float().gather(-1, y.unsqueeze(-1)).squeeze(-1))
-    model.carried.clear("score")
     return torch.cat(scores, dim=1)
 
 
@@ -191,12 +180,22 @@ class TarmHubInterface(GeneratorHubInterface):
             results.append([{"tokens": torch.cat([inputs[0, 1:], new]).cpu()}])
         return results
 
+    def encode_document(self, text: str) -> torch.Tensor:
+        """Token ids of a text as fairseq-preprocess binarizes it: each line
+        encoded and ended by ``</s>`` (a final newline ends the last line)."""
+        lines = text.split("\n")
+        if len(lines) > 1 and lines[-1] == "":
+            lines = lines[:-1]
+        return torch.cat([self.encode(line) for line in lines])
+
     def score(self, sentences: List[str], **unused):
-        """Per-token log-probabilities of each (long) text, memory carried across its segments."""
+        """Per-token log-probabilities of each (long) text, memory carried across its
+        segments: a document of several lines scores as the same lines of a data-bin
+        (each line's ``</s>`` included)."""
         single = isinstance(sentences, str)
         out = []
         for text in [sentences] if single else sentences:
-            tokens = self.encode(text)
+            tokens = self.encode_document(text)
             inputs = self._inputs(tokens)
             targets = torch.cat([inputs[0, 1:], tokens[-1:].to(self.device)]).unsqueeze(0)
             lp = score(self.models[0], inputs, targets)[0]

@@ -86,6 +86,7 @@ class MemoryTrace:
     written: List[Tensor]  # M_t [B, m, d], the raw written memory
     averaged: List[Tensor]  # E_t [B, m, d], what segment t+1 reads
     gates: List[Tensor] = field(default_factory=list)  # g_t [B, m, d], detached (gate only)
+    read: Optional[Tensor] = None  # E_0 or the carried E: what segment 1 read
 
 
 class RecurrentMemory(nn.Module):
@@ -195,11 +196,25 @@ class RecurrentMemory(nn.Module):
             return carried + 0.0 * init  # keep ``initial`` in the graph
         return torch.where(reset.to(init.device).view(-1, 1, 1), init, carried)
 
-    def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep) -> MemoryTrace:
-        """Run ``step`` over consecutive segments, carrying E between them."""
+    def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep,
+             reset: Optional[Tensor] = None, batch_independent: bool = True) -> MemoryTrace:
+        """Run ``step`` over consecutive segments, carrying E between them.
+
+        This is the one loop over segments. ``read`` is E_{t-1} of the first
+        one; ``reset`` [B, n] (bool): row b reads E_0 at segment t instead of
+        what it carries (a stream or document starts there). Without memory
+        (m = 0) segments do not depend on each other, so with
+        ``batch_independent`` equal-length segments run as one batch."""
+        if (batch_independent and self.num_tokens == 0 and len(inputs) > 1
+                and len({x.size(1) for x in inputs}) == 1):
+            return self._parallel(inputs, read, step)
         trace = MemoryTrace([], [], [])
         ema = read
-        for x in inputs:
+        for t, x in enumerate(inputs):
+            if reset is not None:
+                ema = self.read(ema, reset[:, t], ema.size(0))
+            if t == 0:
+                trace.read = ema
             y, written = step(x, ema)
             rate = self.step_rate(ema, written)
             ema = ema_update(ema, written, rate)
@@ -209,6 +224,13 @@ class RecurrentMemory(nn.Module):
             if self.gated:
                 trace.gates.append(rate.detach())  # for the logs; shares sigmoid's saved output
         return trace
+
+    @staticmethod
+    def _parallel(inputs: Sequence[Tensor], read: Tensor, step: SegmentStep) -> MemoryTrace:
+        """m = 0: the n segments of a [B, n*L] batch as one [B*n, L] batch."""
+        n, (bsz, L) = len(inputs), inputs[0].shape[:2]
+        y, _ = step(torch.stack(list(inputs), dim=1).reshape(bsz * n, L), read.repeat(n, 1, 1))
+        return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n, read=read)
 
     def match_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = "") -> List[str]:
         """Make this module fit a checkpoint made before write inputs / memory norms

@@ -77,7 +77,7 @@ def test_cli_generates_and_scores_each_checkpoint(two_models, tmp_path):
     assert [r["name"] for r in result["models"]] == ["none", "tarm"]
     assert [r["num_memory_tokens"] for r in result["models"]] == [0, 4]
     from fairseq.data import Dictionary, data_utils
-    from tarm_plugin.tasks.tarm_language_modeling import split_tokens
+    from tarm_plugin.datasets import split_tokens
 
     d = Dictionary.load(os.path.join(data, "dict.txt"))
     valid = data_utils.load_indexed_dataset(os.path.join(data, "valid"), d)

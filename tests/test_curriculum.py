@@ -35,7 +35,7 @@ class Lines:
 
 @pytest.mark.parametrize("loss_start,loss_last", [(0, 2), (0, 1), (1, 2), (3, 1)])
 def test_each_row_scored_on_its_own_last_segments(loss_start, loss_last):
-    from tarm_plugin.tasks.tarm_language_modeling import SampleSegmentsDataset, first_target
+    from tarm_plugin.datasets import SampleSegmentsDataset, first_target
 
     lengths = [3, 9, 6, 16, 13]  # 1, 3, 2, 4, 4 segments of 4 in one batch
     data = Lines(lengths)

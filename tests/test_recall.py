@@ -66,7 +66,7 @@ def test_answer_positions_in_the_task_targets(tmp_path, commands):
     data_dir, splits = recall.build_data(args, (1, 2), 3, (1, 4))
     assert splits == {1: "test", 4: "test1"}
     from fairseq.data import Dictionary, data_utils
-    from tarm_plugin.tasks.tarm_language_modeling import SampleSegmentsDataset
+    from tarm_plugin.datasets import SampleSegmentsDataset
 
     d = Dictionary.load(os.path.join(data_dir, "dict.txt"))
     assert len(d) == 4 + 6 + 5 + 4  # fairseq's 4 specials + keys + values + filler
@@ -176,7 +176,7 @@ def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_p
     data_dir, splits = recall.stage_data(args, 4, P)
     assert splits == {2: "test", 5: "test1"}
     from fairseq.data import Dictionary, data_utils
-    from tarm_plugin.tasks.tarm_language_modeling import SampleSegmentsDataset
+    from tarm_plugin.datasets import SampleSegmentsDataset
 
     d = Dictionary.load(os.path.join(data_dir, "dict.txt"))
     length = lambda D: (D + 1) * L + 2 * P + 1  # noqa: E731  tokens with </s>

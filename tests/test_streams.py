@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tarm_plugin.tasks.tarm_language_modeling import SegmentStreamDataset
+from tarm_plugin.datasets import SegmentStreamDataset
 from tarm_plugin.errors import TarmError
 
 PAD, EOS = 1, 2
@@ -30,7 +30,8 @@ def test_every_token_is_a_target_exactly_once(n, bsz, L, k, shards):
             src, tgt = batch["net_input"]["src_tokens"], batch["target"]
             assert src.shape == tgt.shape == (bsz, src.size(1)) and src.size(1) % L == 0
             assert src.size(1) <= k * L
-            assert batch["net_input"]["reset"].tolist() == [i == 0] * bsz
+            reset = batch["net_input"]["reset"]  # [B, n]: a stream starts at segment 0 of batch 0
+            assert reset[:, 0].tolist() == [i == 0] * bsz and not reset[:, 1:].any()
             assert batch["ntokens"] == int(tgt.ne(PAD).sum())
             real = tgt.ne(PAD)
             # padding only at the end of a row

@@ -10,11 +10,13 @@ recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
 ``extra["written_memory"]`` = [M_1..M_n] and ``extra["ema_memory"]`` =
 [E_1..E_n] (each ``[B, m, d]``), ``extra["memory_gates"]`` = the gate values
 [g_1..g_n] (detached; empty without ``--memory-gate``) and
-``extra["read_memory"]`` = what the first segment of the batch read. Memory
-is carried from one call to the next of the same ``memory_key`` (the split
-name, set by the task), and reset to E_0 for rows whose ``reset`` flag is set
-(a stream's first batch); ``batch_id`` (the batch's index in the epoch) makes
-a re-run of a batch read the memory from before it.
+``extra["read_memory"]`` = what the first segment of the batch read, and
+``extra["memory"]`` = E_n, to pass to the next call as ``memory=``. A bare
+call starts from E_0. The task's batches name their streams instead
+(``memory_key``, the split name): the memory is then carried from one call to
+the next of the same key, and reset to E_0 for rows and segments whose
+``reset`` flag is set (a stream or document starts); ``batch_id`` (the batch's
+index in the epoch) makes a re-run of a batch read the memory from before it.
 """
 
 import hashlib
@@ -39,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from ..distributed import data_parallel_shard
 from ..errors import TarmError
 from ..generation import TarmHubInterface, generate, sentencepiece_defaults
-from ..memory import WRITE_INPUTS, CarriedMemory, MemoryTrace, RecurrentMemory, memory_attention_mask
+from ..memory import WRITE_INPUTS, CarriedMemory, RecurrentMemory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +148,21 @@ class TarmLanguageModel(TransformerLanguageModel):
         src_tokens,
         src_lengths=None,
         reset: Optional[torch.Tensor] = None,
+        memory: Optional[torch.Tensor] = None,
         memory_key: Optional[str] = None,
         segment_length: Optional[int] = None,
         batch_id: Optional[int] = None,
         features_only: bool = False,
         **unused,
     ):
+        """``src_tokens`` [B, n*L] (the last segment may be shorter) -> (logits, extra).
+
+        The first segment reads ``memory`` (E from an earlier call's
+        ``extra["memory"]``) if given, else the memory carried under
+        ``memory_key`` (the task's named streams), else E_0: a call with neither
+        is a function of its inputs. ``reset`` [B] (first segment) or [B, n]
+        (per segment), bool: rows that read E_0 there (a stream or document
+        starts). ``extra["memory"]`` is E after the last segment."""
         bsz = src_tokens.size(0)
         L = segment_length or self.default_segment_length or src_tokens.size(1)
         if L > self.max_positions():
@@ -159,16 +170,15 @@ class TarmLanguageModel(TransformerLanguageModel):
                 f"--segment-length {L} exceeds the model's {self.max_positions()} "
                 "positions (set --tokens-per-sample / --max-target-positions at training)"
             )
-        key = memory_key or ("train" if self.training else "eval")
-        read = self.read_memory(key, bsz, reset, batch_id)
-
+        segments = src_tokens.split(L, dim=1)
+        reset = segment_resets(reset, bsz, len(segments), src_tokens.device)
+        read = self.read_memory(bsz, memory, memory_key, reset, batch_id)
+        # --checkpoint-segments: one segment at a time (m = 0 too), to recompute one at a time
         recompute = self.checkpoint_segments and self.training and torch.is_grad_enabled()
-        if self.memory.num_tokens == 0 and src_tokens.size(1) % L == 0 and not recompute:
-            trace = self.independent_segments(src_tokens, L, read)
-        else:  # (m = 0 with --checkpoint-segments: one segment at a time, to recompute one at a time)
-            step = self.checkpointed_segment_step if recompute else self.segment_step
-            trace = self.memory.scan(src_tokens.split(L, dim=1), read, step)
-        self.carried.put(key, trace.averaged[-1], batch_id)
+        step = self.checkpointed_segment_step if recompute else self.segment_step
+        trace = self.memory.scan(segments, read, step, reset=reset, batch_independent=not recompute)
+        if memory_key is not None:
+            self.carried.put(memory_key, trace.averaged[-1], batch_id)
 
         x = torch.cat(trace.outputs, dim=1)
         if features_only:
@@ -177,29 +187,29 @@ class TarmLanguageModel(TransformerLanguageModel):
         else:
             x = self.output(x)
         return x, {
-            "read_memory": read,
+            "memory": trace.averaged[-1],
+            "read_memory": trace.read,
             "written_memory": trace.written,
             "ema_memory": trace.averaged,
             "memory_gates": trace.gates,
         }
 
-    def independent_segments(self, tokens, L, read) -> MemoryTrace:
-        """m = 0: segments do not depend on each other, so run them as one batch."""
-        bsz, n = tokens.size(0), tokens.size(1) // L
-        y, written = self.segment_step(tokens.reshape(bsz * n, L), read.repeat(n, 1, 1))
-        return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n)
-
-    def read_memory(self, key: str, bsz: int, reset: Optional[torch.Tensor],
-                    batch_id: Optional[int] = None) -> torch.Tensor:
-        """E_{t-1} for the first segment of this batch, one row per stream."""
-        carried, invalid = self.carried.get(key, bsz, batch_id)
+    def read_memory(self, bsz: int, memory: Optional[torch.Tensor], key: Optional[str],
+                    reset: Optional[torch.Tensor], batch_id: Optional[int] = None) -> torch.Tensor:
+        """E_{t-1} for the first segment: ``memory``, else what ``key`` carries
+        (E_0 for rows whose carried memory is not finite), else E_0."""
+        if memory is not None:
+            if memory.shape[:2] != (bsz, self.memory.num_tokens):
+                raise TarmError(f"memory of shape {tuple(memory.shape)} given for {bsz} rows of "
+                                f"{self.memory.num_tokens} memory tokens")
+            return self.memory.read(memory, None, bsz)
+        carried, invalid = (None, None) if key is None else self.carried.get(key, bsz, batch_id)
         if carried is None:
-            if self.carried.has(key) and reset is not None and not bool(reset.all()):
+            if key is not None and self.carried.has(key) and reset is not None and not bool(reset[:, 0].all()):
                 logger.warning(f"memory '{key}': batch size changed mid-stream; "
                                "reading the initial memory")
             return self.memory.read(None, None, bsz)
-        fresh = invalid if reset is None else (invalid.to(reset.device) | reset)
-        return self.memory.read(carried, fresh, bsz)
+        return self.memory.read(carried, invalid, bsz)
 
     def checkpointed_segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
         """:meth:`segment_step` keeping only its inputs and outputs for the backward
@@ -209,20 +219,44 @@ class TarmLanguageModel(TransformerLanguageModel):
 
     def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
         """One segment through fairseq's layers: returns (token features, M_t)."""
-        dec = self.decoder
         m, L = read.size(1), tokens.size(1)
         x = self.embed(tokens)
         if m > 0:
             read_in, write_in = self.memory.segment_memory(read, x.dtype)
             x = torch.cat([read_in, x, write_in], dim=1)
-        x = x.transpose(0, 1)  # T x B x C, as fairseq's layers want
-        mask = self.attention_mask(m, L, x)
-        for layer in dec.layers:
-            x, _, _ = layer(x, self_attn_mask=mask)
-        if dec.layer_norm is not None:
-            x = dec.layer_norm(x)
-        x = x.transpose(0, 1)
+        x = self.layers(x, self.attention_mask(m, L, x))
         return x[:, m : m + L], self.memory.written(x[:, m + L :])
+
+    def extend(self, tokens: torch.Tensor, memory: torch.Tensor, state: dict) -> torch.Tensor:
+        """Incremental decoding inside one segment that reads ``memory`` (E_{t-1}).
+
+        ``tokens`` [B, r] are the segment's tokens so far; ``state`` (a dict,
+        empty at the segment's start) caches the keys and values of the read
+        slots and of the tokens already seen. Returns the output features of
+        the tokens not seen before (all of them on the first call, then the
+        last one), as :meth:`segment_step` computes them. The segment's memory
+        is written by a plain call once it is complete: ``model(tokens,
+        memory=memory)``."""
+        if state:
+            return self.layers(self.embed(tokens, last_only=True), None, state)
+        m, r = memory.size(1), tokens.size(1)
+        x = self.embed(tokens)
+        if m:  # the read slots first: they see only each other
+            self.layers(self.memory.segment_memory(memory, x.dtype)[0], None, state)
+        mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
+        mask[:, m:] = self.attention_mask(0, r, x)  # causal, seeing every read slot
+        return self.layers(x, mask, state)
+
+    def layers(self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[dict] = None) -> torch.Tensor:
+        """x [B, T, C] through fairseq's layers (and final norm); with ``state``,
+        appending to its cached keys and values (fairseq's incremental state)."""
+        dec = self.decoder
+        h = x.transpose(0, 1)  # T x B x C, as fairseq's layers want
+        for layer in dec.layers:
+            h, _, _ = layer(h, incremental_state=state, self_attn_mask=mask)
+        if dec.layer_norm is not None:
+            h = dec.layer_norm(h)
+        return h.transpose(0, 1)
 
     def embed(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """fairseq's decoder input pipeline; positions restart at every segment.
@@ -320,6 +354,20 @@ class TarmLanguageModel(TransformerLanguageModel):
         for change in self.memory.match_state_dict(state_dict, prefix="memory."):
             logger.warning(f"checkpoint from before memory write inputs: loading it with {change}")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def segment_resets(reset: Optional[torch.Tensor], bsz: int, n: int, device) -> Optional[torch.Tensor]:
+    """``reset`` as [B, n] (bool): a [B] flag applies to the first segment only."""
+    if reset is None:
+        return None
+    reset = reset.to(device=device, dtype=torch.bool)
+    if reset.dim() == 2:
+        if tuple(reset.shape) != (bsz, n):
+            raise TarmError(f"reset of shape {tuple(reset.shape)} for {bsz} rows of {n} segments")
+        return reset
+    per_segment = torch.zeros(bsz, n, dtype=torch.bool, device=device)
+    per_segment[:, 0] = reset
+    return per_segment
 
 
 def check_task(task) -> None:

@@ -1,41 +1,35 @@
-"""``tarm_language_modeling``: contiguous streams cut into segments.
+"""``tarm_language_modeling``: fairseq glue for segment-level recurrent memory.
 
-Like fairseq's ``examples/truncated_bptt``: a split (the same data-bin that
-``language_modeling`` reads) is concatenated and laid out as
-``batch_size * world_size`` contiguous streams; each rank keeps its own
-``batch_size`` streams and one dataset item is one whole batch, so memory can
-be carried from one batch to the next of the same stream. Unlike it:
-
-- every token of the split is a target exactly once: the input of token j is
-  token j-1 (``</s>`` for the split's first token), streams may differ in length
-  by one token, and the tail is padding, which the loss and eval-lm ignore;
-- each item says where its streams start (``reset``), and which memory it
-  belongs to (``memory_key`` = split name), so validation never clobbers the
-  training streams' memory;
-- training items hold ``--bptt-segments`` segments (gradients flow through
-  the memory across them); evaluation items hold one segment, memory carried
-  through the whole split.
+Like fairseq's ``examples/truncated_bptt``, one dataset item is one whole
+batch of this rank's rows, so memory can be carried from one batch to the next
+of the same rows (the layouts are in :mod:`tarm_plugin.datasets`: contiguous
+streams, one sample per line, documents). Each batch names its memory
+(``memory_key`` = split name), so validation never clobbers the training
+streams' memory. Training items hold ``--bptt-segments`` segments (gradients
+flow through the memory across them); evaluation items hold one segment,
+memory carried through the whole split. With several ranks, every rank's
+carried memory is gathered after each training step, for rank 0's checkpoints.
 """
 
 import logging
-import math
 import os
-import struct
 import sys
 import zipfile
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
+from fairseq.data import iterators
+from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as dist_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from omegaconf import II
 
+from ..datasets import (DocumentStreamDataset, SampleSegmentsDataset, SegmentStreamDataset,
+                        check_same_dictionary, document_spans, load_split, split_tokens)
 from ..distributed import data_parallel_shard
 from ..errors import TarmError
 from ..eval_segments import SegmentPerplexity
@@ -60,8 +54,24 @@ if hasattr(torch.serialization, "add_safe_globals"):
                                           dist_utils._TensorPlaceholder])
 
 
+SAMPLE_BREAK_MODES = ("none", "eos", "doc", "complete_doc")  # complete_doc: fairseq's name for doc
+
+
 @dataclass
 class TarmLanguageModelingConfig(LanguageModelingConfig):
+    sample_break_mode: ChoiceEnum(SAMPLE_BREAK_MODES) = field(
+        default="none",
+        metadata={"help": "none: the split is one text in contiguous streams; eos: one sample per "
+                  "line, memory reset per sample; doc (or complete_doc): documents, each row "
+                  "reading whole documents one after another, memory reset at each document's "
+                  "start (documents separated by empty lines, or by --doc-separator lines)"},
+    )
+    doc_separator: Optional[str] = field(
+        default=None,
+        metadata={"help": "with --sample-break-mode doc: documents are separated by lines holding "
+                  "only this dictionary symbol (e.g. '<doc>'; empty lines are then ordinary text); "
+                  "default: by empty lines (fairseq's complete_doc convention)"},
+    )
     segment_length: int = field(
         default=64, metadata={"help": "tokens per segment (L); memory is read and written once per segment"}
     )
@@ -89,205 +99,24 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
     )
     eval_segment_ppl: bool = field(
         default=False,
-        metadata={"help": "fairseq-eval-lm: also log loss and perplexity by segment index (within the "
-                  "sample with --sample-break-mode eos, else segments since the stream's start, "
-                  "in buckets 0, 1, 2-3, 4-7, ...)"},
+        metadata={"help": "fairseq-eval-lm: also log loss and perplexity by depth: the segment index "
+                  "within the sample (eos), else segments since the document's (doc) or stream's "
+                  "(none) start, in buckets 0, 1, 2-3, 4-7, ..."},
+    )
+    eval_depth_unit: int = field(
+        default=0,
+        metadata={"help": "with --eval-segment-ppl (doc, none): bucket tokens by their depth in units "
+                  "of this many tokens instead of segments, so that models with other segment "
+                  "lengths line up; 0 = --segment-length"},
     )
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
-    # fairseq-train's save schedule: with several ranks, the carried memory is
-    # gathered for rank 0's checkpoints only where one may be written (may_save_after)
-    save_interval: int = II("checkpoint.save_interval")
-    save_interval_updates: int = II("checkpoint.save_interval_updates")
-    max_update: int = II("optimization.max_update")
-    stop_time_hours: float = II("optimization.stop_time_hours")
-    update_freq: List[int] = II("optimization.update_freq")
-    skip_remainder_batch: bool = II("optimization.skip_remainder_batch")
 
 
 # task settings a checkpoint is evaluated with unless the command line says otherwise
-TRAINED_WITH = ("segment_length", "sample_break_mode", "loss_start_segment", "loss_last_segments")
-
-
-def split_tokens(data) -> np.ndarray:
-    """All tokens of an indexed dataset, in order, as one 1-D array (no copy for mmap data)."""
-    sizes = np.asarray(data.sizes, dtype=np.int64)
-    index = getattr(data, "_index", None)
-    if index is not None and getattr(data, "_bin_buffer", None) is not None and len(sizes):
-        pointers = np.asarray(index._pointers)
-        item_bytes = np.dtype(index.dtype).itemsize
-        contiguous = np.array_equal(np.diff(pointers), sizes[:-1] * item_bytes)
-        if contiguous:
-            return np.frombuffer(data._bin_buffer, dtype=index.dtype,
-                                 count=int(sizes.sum()), offset=int(pointers[0]))
-    if len(data) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return torch.cat([data[i] for i in range(len(data))]).numpy()
-
-
-def first_target(target: torch.Tensor, pad: int) -> torch.Tensor:
-    """Index of each row's first non-padding target (the row length if none).
-
-    Padding only ever precedes (context-only segments) or follows (a row's tail)
-    the scored tokens, so the tokens from there on, padding stripped, are the
-    row's targets in order."""
-    return target.eq(pad).long().cumprod(dim=1).sum(dim=1)  # leading padding
-
-
-class WholeBatchDataset(FairseqDataset):
-    """Each item is already a whole batch ``[bsz, <= width]`` of this shard: the
-    collater only adds fairseq's fields and the memory bookkeeping."""
-
-    every_row_new = False  # True: every row of every batch starts a new sample (memory reset)
-
-    def __len__(self):
-        return self._len
-
-    def collater(self, samples):
-        assert len(samples) == 1, "each item is already a whole batch"
-        item = samples[0]
-        source, target = item["source"], item["target"]
-        return {
-            # a row's own id where it has one (its line, with --sample-break-mode eos), so
-            # fairseq-generate's S-/H- lines are numbered by sample; else the batch's index
-            "id": item.get("row_ids", torch.full((source.size(0),), item["id"], dtype=torch.long)),
-            "nsentences": source.size(0),
-            "ntokens": int(target.ne(self.pad).sum()),
-            "net_input": {
-                "src_tokens": source,
-                "src_lengths": source.ne(self.pad).sum(dim=1),
-                "reset": torch.full((source.size(0),), self.every_row_new or item["id"] == 0, dtype=torch.bool),
-                "memory_key": self.name,
-                "segment_length": self.L,
-                "batch_id": int(item["id"]),
-            },
-            "target": target,
-            # fairseq's SequenceScorer (fairseq-eval-lm) strips the padding from a row's
-            # target and reads the scores from ``start_indices`` on: point it at the first
-            # scored token, past the context-only segments of --loss-start-segment
-            "start_indices": first_target(target, self.pad),
-        }
-
-    def num_tokens(self, index):
-        return self.bsz * self.width
-
-    def size(self, index):
-        return self.width
-
-    @property
-    def sizes(self):
-        return np.full(len(self), self.width, dtype=np.int64)
-
-    def ordered_indices(self):
-        return np.arange(len(self))
-
-
-class SegmentStreamDataset(WholeBatchDataset):
-    """One item = one batch ``[bsz, n * segment_length]`` of this shard's streams.
-
-    The split's N tokens are cut into ``S = bsz * num_shards`` contiguous
-    streams of ``N // S`` or ``N // S + 1`` tokens (the first ``N % S`` get the
-    extra token); stream ``shard_id * bsz + b`` is row ``b`` here. Item i covers
-    segments ``[i*k, (i+1)*k)`` of every stream. All shards have the same
-    number of items, so no rank waits on another at the end of an epoch.
-    """
-
-    def __init__(self, tokens: np.ndarray, bsz: int, segment_length: int, segments_per_item: int,
-                 pad: int, eos: int, name: str, shard_id: int = 0, num_shards: int = 1):
-        super().__init__()
-        self.tokens = tokens
-        self.bsz, self.L, self.k = bsz, segment_length, segments_per_item
-        self.pad, self.eos, self.name = pad, eos, name
-        n_streams = bsz * num_shards
-        n = len(tokens)
-        if n < n_streams:
-            raise TarmError(
-                f"split '{name}' has {n} tokens, fewer than the {n_streams} streams asked for "
-                f"(--batch-size x world size); lower the batch size"
-            )
-        base, extra = divmod(n, n_streams)
-        lengths = np.full(n_streams, base, dtype=np.int64)
-        lengths[:extra] += 1
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        rows = slice(shard_id * bsz, (shard_id + 1) * bsz)
-        self.starts, self.lengths = starts[rows], lengths[rows]
-        self.width = segment_length * segments_per_item
-        self._len = math.ceil(int(lengths.max()) / self.width)  # the same on every shard
-
-    def __getitem__(self, i):
-        begin = i * self.width
-        n_seg = min(self.k, math.ceil((int(self.lengths.max()) - begin) / self.L))
-        width = n_seg * self.L
-        source = torch.full((self.bsz, width), self.pad, dtype=torch.long)
-        target = torch.full((self.bsz, width), self.pad, dtype=torch.long)
-        for b, (start, length) in enumerate(zip(self.starts, self.lengths)):
-            lo, hi = start + begin, start + min(begin + width, length)
-            if hi <= lo:
-                continue
-            target[b, : hi - lo] = torch.from_numpy(self.tokens[lo:hi].astype(np.int64))
-            # the input of token j is token j-1: the token crossing a segment or
-            # batch boundary is still predicted, and scored exactly once
-            prev = self.tokens[lo - 1 : hi - 1] if lo > 0 else np.concatenate([[self.eos], self.tokens[: hi - 1]])
-            source[b, : hi - lo] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
-        return {"id": i, "source": source, "target": target}
-
-
-class SampleSegmentsDataset(WholeBatchDataset):
-    """``--sample-break-mode eos``: one sample per line, memory reset for every sample.
-
-    Item i is a batch of ``bsz`` lines (this shard's share of global batch i),
-    each cut into segments of ``segment_length`` and padded to whole segments.
-    The input of a sample's first token is ``</s>``. Targets in the first
-    ``loss_start_segment`` segments are padding (context only), and with
-    ``loss_last_segments`` N > 0 so are those before each sample's own last N
-    segments: either way the scored targets of a row are contiguous, padding
-    only before and after them (what eval-lm's ``start_indices`` relies on).
-    Training order is reshuffled every epoch; evaluation keeps the file order.
-    """
-
-    every_row_new = True
-
-    def __init__(self, data, bsz, segment_length, pad, eos, name, loss_start_segment=0,
-                 shuffle=False, seed=1, shard_id=0, num_shards=1, loss_last_segments=0):
-        super().__init__()
-        self.data, self.bsz, self.L = data, bsz, segment_length
-        self.pad, self.eos, self.name = pad, eos, name
-        self.loss_start = loss_start_segment * segment_length
-        self.loss_last = loss_last_segments
-        self.shuffle, self.seed = shuffle, seed
-        self.shard_id, self.num_shards = shard_id, num_shards
-        self.order = np.arange(len(data))
-        self.k = int(math.ceil(int(np.max(data.sizes)) / segment_length)) if len(data) else 1
-        self.width = self.k * segment_length
-        self._len = math.ceil(len(data) / (bsz * num_shards))
-
-    def set_epoch(self, epoch):
-        if self.shuffle:
-            self.order = np.random.RandomState(self.seed + epoch).permutation(len(self.data))
-
-    def __getitem__(self, i):
-        glob = i * self.bsz * self.num_shards + self.shard_id * self.bsz
-        rows = self.order[glob : min(glob + self.bsz, len(self.data))]
-        lines = [self.data[int(r)].long() for r in rows]
-        width = max([math.ceil(len(x) / self.L) * self.L for x in lines] + [self.L])
-        n_rows = max(len(lines), 1)  # a shard past the end gets one all-padding row
-        source = torch.full((n_rows, width), self.pad, dtype=torch.long)
-        target = torch.full((n_rows, width), self.pad, dtype=torch.long)
-        for b, line in enumerate(lines):
-            target[b, : len(line)] = line
-            source[b, 0] = self.eos
-            source[b, 1 : len(line)] = line[:-1]
-            target[b, : self.context_tokens(len(line))] = self.pad
-        row_ids = torch.as_tensor(rows if len(rows) else [len(self.data)], dtype=torch.long)
-        return {"id": i, "row_ids": row_ids, "source": source, "target": target}
-
-    def context_tokens(self, length: int) -> int:
-        """How many leading targets of a sample of ``length`` tokens are context only."""
-        if not self.loss_last:
-            return self.loss_start
-        n_segments = math.ceil(length / self.L)
-        return max(self.loss_start, (n_segments - self.loss_last) * self.L)
+TRAINED_WITH = ("segment_length", "sample_break_mode", "doc_separator", "loss_start_segment",
+                "loss_last_segments")
 
 
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)
@@ -300,11 +129,11 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"--segment-length must be >= 1, got {args.segment_length}")
         if args.bptt_segments is None or args.bptt_segments < 1:
             raise TarmError(f"--bptt-segments must be >= 1, got {args.bptt_segments}")
-        if args.sample_break_mode not in ("none", "eos"):
+        if str(args.sample_break_mode) not in SAMPLE_BREAK_MODES:
             raise TarmError(f"--sample-break-mode {args.sample_break_mode} is not supported: use none "
-                            "(contiguous streams) or eos (one sample per line, memory reset per sample)")
-        if args.loss_start_segment < 0 or args.eval_exact_match_segments < 0:
-            raise TarmError("--loss-start-segment and --eval-exact-match-segments must be >= 0")
+                            "(contiguous streams), eos (one sample per line) or doc (documents)")
+        if (_cfg_get(args, "eval_depth_unit") or 0) < 0:
+            raise TarmError(f"--eval-depth-unit must be >= 0 (0 = the segment length), got {args.eval_depth_unit}")
         if getattr(args, "add_bos_token", False):
             raise TarmError("--add-bos-token is not supported: streams already start after </s>")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
@@ -348,8 +177,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             if name not in trained:
                 continue
             saved, mine = trained[name], _plain(getattr(self.args, name))
-            if name in ("loss_start_segment", "loss_last_segments") and self.args.sample_break_mode != "eos":
+            if name in ("loss_start_segment", "loss_last_segments") and self.break_mode() != "eos":
                 continue  # only meaningful per sample; the mode given overrides the checkpoint's
+            if name == "doc_separator" and self.break_mode() != "doc":
+                continue
             if saved == mine:
                 continue
             flag = "--" + name.replace("_", "-")
@@ -384,49 +215,75 @@ class TarmLanguageModelingTask(LanguageModelingTask):
 
         shard_id, num_shards = data_parallel_shard()
         train = self.is_train(split)
-        # checked here, not in setup_task: eval-lm may take the mode from the checkpoint
-        if self.args.sample_break_mode != "eos" and (self.args.loss_start_segment or
-                                                     self.args.eval_exact_match_segments):
-            raise TarmError("--loss-start-segment / --eval-exact-match-segments need --sample-break-mode eos")
-        loss_last = _cfg_get(self.args, "loss_last_segments") or 0
-        if loss_last < 0:
-            raise TarmError(f"--loss-last-segments must be >= 0 (0 = score every segment), got {loss_last}")
-        if loss_last and self.args.sample_break_mode != "eos":
-            raise TarmError("--loss-last-segments needs --sample-break-mode eos (the last segments of "
-                            "each sample; contiguous streams have no samples)")
-        if self.args.sample_break_mode == "eos":
-            self.datasets[split] = SampleSegmentsDataset(
-                data, bsz=self.batch_size_for(split), segment_length=self.args.segment_length,
-                pad=self.dictionary.pad(), eos=self.dictionary.eos(), name=split,
-                loss_start_segment=self.args.loss_start_segment, shuffle=train,
-                seed=self.args.seed, shard_id=shard_id, num_shards=num_shards, loss_last_segments=loss_last)
-            ds = self.datasets[split]
+        mode = self.check_settings()  # here, not in setup_task: eval-lm may take them from the checkpoint
+        common = dict(bsz=self.batch_size_for(split), segment_length=self.args.segment_length,
+                      pad=self.dictionary.pad(), eos=self.dictionary.eos(), name=split,
+                      shard_id=shard_id, num_shards=num_shards)
+        source = f", from {data_path}" if train else ""
+        if mode == "eos":
+            ds = SampleSegmentsDataset(data, loss_start_segment=self.args.loss_start_segment, shuffle=train,
+                                       seed=self.args.seed, loss_last_segments=self.args.loss_last_segments,
+                                       **common)
             if self.args.loss_start_segment >= ds.k:
                 raise TarmError(
                     f"--loss-start-segment {self.args.loss_start_segment} leaves nothing to score: the "
                     f"longest sample of split '{split}' has {ds.k} segments of --segment-length {ds.L}")
             logger.info(f"{split}: {len(data):,} samples of up to {ds.k}x{ds.L} tokens, "
-                        f"{len(ds)} batches of {ds.bsz}x{num_shards}" + (f", from {data_path}" if train else ""))
-            return
-        self.datasets[split] = SegmentStreamDataset(
-            split_tokens(data),  # may be a view of data's mmap: the dataset keeps ``data`` alive
-            bsz=self.batch_size_for(split),
-            segment_length=self.args.segment_length,
-            segments_per_item=self.args.bptt_segments if train else 1,
-            pad=self.dictionary.pad(),
-            eos=self.dictionary.eos(),
-            name=split,
-            shard_id=shard_id,
-            num_shards=num_shards,
-        )
-        ds = self.datasets[split]
+                        f"{len(ds)} batches of {ds.bsz}x{num_shards}{source}")
+        elif mode == "doc":
+            spans = document_spans(data, self.dictionary.eos(), self.separator_index())
+            if len(spans) == 0:
+                raise TarmError(f"split '{split}' has no documents: only separator lines"
+                                + (f" ('{self.args.doc_separator}')" if self.args.doc_separator else ""))
+            ds = DocumentStreamDataset(split_tokens(data), spans, segments_per_item=self.args.bptt_segments
+                                       if train else 1, shuffle=train, seed=self.args.seed, **common)
+            logger.info(f"{split}: {len(spans):,} documents, {int((spans[:, 1] - spans[:, 0]).sum()):,} tokens "
+                        f"in {ds.bsz}x{num_shards} rows, {len(ds)} batches of {ds.k}x{ds.L} tokens, "
+                        f"padding {100 * ds.padding_share:.1f}%{source}")
+        else:
+            # split_tokens may be a view of data's mmap: the dataset keeps ``data`` alive
+            ds = SegmentStreamDataset(split_tokens(data), segments_per_item=self.args.bptt_segments
+                                      if train else 1, **common)
+            logger.info(f"{split}: {len(ds.tokens):,} tokens in {ds.bsz}x{num_shards} streams, "
+                        f"{len(ds)} batches of {ds.k}x{ds.L} tokens{source}")
         ds.backing = data  # MMapIndexedDataset unmaps its buffer when collected
-        logger.info(f"{split}: {len(ds.tokens):,} tokens in {ds.bsz}x{num_shards} streams, "
-                    f"{len(ds)} batches of {ds.k}x{ds.L} tokens" + (f", from {data_path}" if train else ""))
+        self.datasets[split] = ds
+
+    def break_mode(self) -> str:
+        """'none', 'eos' or 'doc' (fairseq's name complete_doc means doc)."""
+        mode = str(_plain(self.args.sample_break_mode))
+        return "doc" if mode == "complete_doc" else mode
+
+    def check_settings(self) -> str:
+        """The settings that depend on --sample-break-mode, checked once they are final
+        (eval-lm and the hub take them from the checkpoint); returns the mode."""
+        a, mode = self.args, self.break_mode()
+        if a.loss_start_segment < 0 or a.eval_exact_match_segments < 0 or a.loss_last_segments < 0:
+            raise TarmError("--loss-start-segment, --loss-last-segments and --eval-exact-match-segments "
+                            "must be >= 0")
+        if mode != "eos" and (a.loss_start_segment or a.eval_exact_match_segments or a.loss_last_segments):
+            raise TarmError("--loss-start-segment / --loss-last-segments / --eval-exact-match-segments need "
+                            "--sample-break-mode eos (they name segments of each sample)")
+        if _cfg_get(a, "doc_separator") and mode != "doc":
+            raise TarmError(f"--doc-separator needs --sample-break-mode doc (got {mode})")
+        return mode
+
+    def separator_index(self) -> Optional[int]:
+        """The --doc-separator symbol's id (None: documents are separated by empty lines)."""
+        sep = _cfg_get(self.args, "doc_separator")
+        if not sep:
+            return None
+        if sep not in self.dictionary.indices:
+            raise TarmError(f"--doc-separator '{sep}' is not in the dictionary (dict.txt): "
+                            "prepare the data with it (scripts/prepare_text.py --doc-separator)")
+        return self.dictionary.index(sep)
 
     def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, **kwargs):
         # every item is already a whole batch of this rank's streams, in stream order:
-        # no shuffling, no re-batching, no sharding, no dropped remainder
+        # no shuffling, no re-batching, no sharding, no dropped remainder; the epoch's
+        # layout (documents are shuffled per epoch) decides how many items there are
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         return iterators.EpochBatchIterator(
             dataset=dataset,
             collate_fn=dataset.collater,
@@ -438,18 +295,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         )
 
     # ------------------------------------ carried memory for rank 0's checkpoints
-    _epoch = None  # the training epoch, from begin_epoch
-
-    def begin_epoch(self, epoch, model):
-        super().begin_epoch(epoch, model)
-        self._epoch = epoch
-
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
-        net_input = sample["net_input"]
-        key = net_input["memory_key"]
-        if self.may_save_after(update_num, net_input.get("batch_id"), len(self.datasets[key])):
-            self.share_carried_memory(model, key, sample["target"].size(0))
+        # a checkpoint may follow any step: gathering costs ~0.02% of a step (docs/performance.md)
+        self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))
         return out
 
     def begin_valid_epoch(self, epoch, model):
@@ -462,50 +311,13 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         """Several ranks: gather every rank's carried memory of ``key`` for rank 0's
         next checkpoint (per-sample batches reset it every batch: nothing to carry).
         A collective: every rank calls it at the same step."""
-        if self.args.sample_break_mode == "eos" or data_parallel_shard()[1] == 1:
+        if self.break_mode() == "eos" or data_parallel_shard()[1] == 1:
             return
         inner = model
         while hasattr(inner, "module"):  # fairseq's DDP wrappers
             inner = inner.module
         if hasattr(inner, "share_carried_memory"):
             inner.share_carried_memory(key, bsz)
-
-    def may_save_after(self, update_num: int, batch_id: Optional[int], num_batches: int) -> bool:
-        """May fairseq-train write a checkpoint right after this training step?
-
-        The step is part of update ``update_num + 1`` and of batch ``batch_id`` of
-        the epoch's ``num_batches``; the rules are validate_and_save's in
-        fairseq_cli/train.py. This decides a collective (the memory all-gather),
-        so it reads only what every rank shares: flags, update count, epoch and
-        batch index. When unsure it says yes (an extra gather costs little, a
-        missed one makes a resumed run wrong): it ignores --validate-after-updates
-        and --no-save, and gathers on every micro-batch of such an update.
-        """
-        a = self.args
-        if _cfg_get(a, "stop_time_hours") is None or a.stop_time_hours > 0:
-            return True  # stopping on time happens at an update no rank can predict identically
-        done = update_num + 1
-        if a.max_update and done >= a.max_update:
-            return True
-        # fairseq checks the update count again after a skipped (fp16 overflow) update
-        every = a.save_interval_updates or 0
-        if every > 0 and any(n > 0 and n % every == 0 for n in (update_num, done)):
-            return True
-        epoch = self._epoch
-        if epoch is not None and epoch % a.save_interval != 0:
-            return False
-        return batch_id is None or batch_id >= num_batches - self.last_update_batches(epoch, num_batches)
-
-    def last_update_batches(self, epoch: Optional[int], num_batches: int) -> int:
-        """How many of the epoch's last batches may belong to its last update.
-
-        fairseq-train groups --update-freq batches per update (the epoch's
-        last group may be shorter, or dropped with --skip-remainder-batch).
-        An upper bound: it also holds when a run resumed mid-epoch with
-        another --update-freq, so the groups do not start at batch 0."""
-        freqs = list(self.args.update_freq)
-        freq = max(freqs) if epoch is None else freqs[min(epoch, len(freqs)) - 1]
-        return freq + (num_batches % freq if self.args.skip_remainder_batch else 0)
 
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10,
@@ -525,7 +337,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         memory segment by segment (fairseq's SequenceGenerator would drop the memory)."""
         if seq_gen_cls is None and TarmSequenceGenerator.supports(models):
             return TarmSequenceGenerator.build(models, self.target_dictionary, args,
-                                               sample_break_mode=self.args.sample_break_mode)
+                                               sample_break_mode=self.break_mode())
         return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def build_model(self, args, from_checkpoint=False):
@@ -535,7 +347,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             raise TarmError(f"--segment-length {self.args.segment_length} exceeds the model's "
                             f"{max_pos} positions (--tokens-per-sample / --max-target-positions)")
         if _cfg_get(self.args, "eval_segment_ppl") and getattr(self, "segment_ppl", None) is None:
-            self.segment_ppl = SegmentPerplexity(self.dictionary.pad())
+            self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), _cfg_get(self.args, "eval_depth_unit") or 0)
             self.segment_ppl.watch(model)  # the first model of an ensemble
         return model
 
@@ -579,39 +391,3 @@ def check_checkpoint_files(paths: Optional[str]) -> None:
             raise TarmError(f"checkpoint not found: {path} (--path)")
         if not zipfile.is_zipfile(path):
             raise TarmError(f"checkpoint {path} is truncated or not a checkpoint (--path)")
-
-
-def check_same_dictionary(data_path, dictionary, first_path):
-    """One line for a data path whose dict.txt differs from the first path's (the one the
-    task and the model use): its token ids would silently mean other words."""
-    dict_path = os.path.join(data_path, "dict.txt")
-    if os.path.isfile(dict_path) and Dictionary.load(dict_path).symbols != dictionary.symbols:
-        raise TarmError(f"{dict_path} differs from {os.path.join(first_path, 'dict.txt')}: every data "
-                        "path of DATA1:DATA2:... needs the same dictionary (fairseq-preprocess --srcdict)")
-
-
-def load_split(split_path, dictionary, dataset_impl, combine):
-    """fairseq's load_indexed_dataset, with one-line errors for an empty split or a
-    .bin/.idx pair that fairseq cannot read or that do not match."""
-    bin_path, idx_path = split_path + ".bin", split_path + ".idx"
-    if os.path.isfile(bin_path) and os.path.isfile(idx_path) and os.path.getsize(bin_path) == 0:
-        raise TarmError(f"split '{os.path.basename(split_path)}' is empty: {bin_path} has no tokens")
-    try:
-        data = data_utils.load_indexed_dataset(split_path, dictionary, dataset_impl, combine=combine)
-    except (AssertionError, ValueError, OSError, IndexError, struct.error) as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise TarmError(f"{split_path}.bin/.idx cannot be read ({reason}): re-run fairseq-preprocess")
-    if data is None:
-        return None
-    sizes = np.asarray(data.sizes, dtype=np.int64)
-    if len(sizes) == 0 or sizes.sum() == 0:
-        raise TarmError(f"split '{os.path.basename(split_path)}' is empty: {bin_path} has no tokens")
-    index = getattr(data, "_index", None)
-    buffer = getattr(data, "_bin_buffer", None)
-    if index is not None and buffer is not None:
-        end = int(np.asarray(index._pointers)[-1]) + int(sizes[-1]) * np.dtype(index.dtype).itemsize
-        if end > len(buffer):
-            raise TarmError(f"{bin_path} is truncated ({len(buffer)} bytes, its .idx needs {end}): "
-                            "re-run fairseq-preprocess")
-    return data
-

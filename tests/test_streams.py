@@ -31,7 +31,8 @@ def test_every_token_is_a_target_exactly_once(n, bsz, L, k, shards):
             assert src.shape == tgt.shape == (bsz, src.size(1)) and src.size(1) % L == 0
             assert src.size(1) <= k * L
             reset = batch["net_input"]["reset"]  # [B, n]: a stream starts at segment 0 of batch 0
-            assert reset[:, 0].tolist() == [i == 0] * bsz and not reset[:, 1:].any()
+            assert reset.shape == (bsz, src.size(1) // L) and not reset[:, 1:].any()
+            assert reset[:, :1].tolist() == [[i == 0]] * bsz if src.size(1) else True
             assert batch["ntokens"] == int(tgt.ne(PAD).sum())
             real = tgt.ne(PAD)
             # padding only at the end of a row

@@ -34,6 +34,7 @@ from ..distributed import data_parallel_shard
 from ..errors import TarmError
 from ..eval_segments import SegmentPerplexity
 from ..generation import TarmSequenceGenerator
+from ..savedir import hold_save_dir
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
+    save_dir: str = II("checkpoint.save_dir")  # fairseq-train's rank 0 locks it (tarm_plugin/savedir.py)
 
 
 # task settings a checkpoint is evaluated with unless the command line says otherwise
@@ -296,6 +298,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
 
     # ------------------------------------ carried memory for rank 0's checkpoints
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        hold_save_dir(self.args.save_dir)  # only fairseq-train steps: one run per save dir
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
         # a checkpoint may follow any step: gathering costs ~0.02% of a step (docs/performance.md)
         self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))

@@ -208,3 +208,23 @@ def test_a_retried_batch_sees_the_same_memory(dict_dir):
 def test_train_subset_flag_decides_which_split_trains(dict_dir):
     task, _ = build(dict_dir, "--train-subset", "wiki_train")
     assert task.is_train("wiki_train") and not task.is_train("train") and not task.is_train("valid")
+
+
+def test_a_bare_call_is_a_function_of_its_inputs(dict_dir):
+    """model(src) without memory or memory_key starts from E_0 every time; memory
+    passed in and returned gives what the carried (task) path gives."""
+    _, model = build(dict_dir, "--num-memory-tokens", "3", "--segment-length", "4")
+    model.eval()
+    src = torch.randint(4, 60, (2, 12))
+    with torch.no_grad():
+        first, extra = model(src)
+        second, _ = model(src)
+        assert torch.equal(first, second)
+        # the same two halves: memory handed over explicitly == carried under a key
+        a, ea = model(src[:, :8])
+        b, _ = model(src[:, 8:], memory=ea["memory"])
+        assert torch.allclose(torch.cat([a, b], dim=1), first, atol=1e-6)
+        model(src[:, :8], memory_key="k", reset=torch.ones(2, dtype=torch.bool))
+        carried, _ = model(src[:, 8:], memory_key="k")
+        assert torch.allclose(carried, b, atol=1e-6)
+        assert not torch.allclose(model(src[:, 8:])[0], b, atol=1e-3), "E_0 is not the carried memory"

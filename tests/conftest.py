@@ -1,5 +1,6 @@
 import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,13 +61,24 @@ def forkserver():
     if os.environ.get("TARM_TEST_FORK", "1") == "0":
         return {}
     if not _server:
+        from forkserver import APPLIED
+
         tmp = tempfile.mkdtemp(prefix="tarm-forkserver-")
         sock, shims = os.path.join(tmp, "sock"), os.path.join(tmp, "bin")
         log = open(os.path.join(tmp, "server.log"), "w")
+        # without the variables the server applies per request (each request brings its own)
+        env = {k: v for k, v in os.environ.items() if k not in APPLIED}
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "forkserver.py"), sock, shims],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-        atexit.register(proc.kill)
+                                env=dict(env, OMP_NUM_THREADS="1"))
+
+        def stop():
+            proc.kill()
+            proc.wait()
+            log.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        atexit.register(stop)
         deadline = time.monotonic() + 120
         while not os.path.exists(sock):
             if proc.poll() is not None or time.monotonic() > deadline:

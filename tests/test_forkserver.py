@@ -1,7 +1,9 @@
 """The tests' fork server (tests/forkserver.py) behaves as a fresh process would: argv,
 stdin/stdout/stderr, working directory, environment, exit status, an uncaught exception,
-and a child that dies with its shim."""
+PYTHON* variables and --user-dir (applied, or the real program runs), and a child that
+dies with its shim together with every process it started."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import forkserver, run
+from conftest import PLUGIN, forkserver, run
 
 SCRIPT = """
 import os, sys, time
@@ -23,6 +25,22 @@ if sys.argv[1] == "raise":
 if sys.argv[1] == "sleep":
     open(sys.argv[2], "w").write(str(os.getpid()))
     time.sleep(60)
+if sys.argv[1] == "spawn":  # a grandchild in this process group and one in a new session (as torchrun's ranks)
+    import subprocess
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    kids = [subprocess.Popen(sleep), subprocess.Popen(sleep, start_new_session=True)]
+    open(sys.argv[2], "w").write(" ".join(str(p) for p in [os.getpid()] + [k.pid for k in kids]))
+    time.sleep(60)
+if sys.argv[1] == "flags":  # served: the server's imports are here already
+    import json, tempfile
+    import mine  # from PYTHONPATH
+    print(json.dumps({"served": "torch" in sys.modules, "optimize": sys.flags.optimize, "hash": hash("tarm"),
+                      "mine": mine.__file__, "path1": sys.path[1], "bytecode": not sys.dont_write_bytecode,
+                      "tmp": tempfile.gettempdir(), "encoding": sys.stdout.encoding,
+                      "filters": [(f[0], f[2].__name__) for f in __import__("warnings").filters[:1]]}))
+if sys.argv[1] == "which-json":
+    import json
+    print(json.__file__, "torch" in sys.modules)
 """
 
 served = pytest.mark.skipif(os.environ.get("TARM_TEST_FORK", "1") == "0", reason="TARM_TEST_FORK=0")
@@ -63,6 +81,74 @@ def test_a_timeout_kills_the_served_child(script, tmp_path):
             return
         time.sleep(0.05)
     pytest.fail(f"served child {pid} outlived its shim")
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+@served
+def test_a_dying_shim_takes_the_grandchildren_along(script, tmp_path):
+    pid_file = tmp_path / "pids"
+    with pytest.raises(subprocess.TimeoutExpired):
+        run([sys.executable, script, "spawn", str(pid_file)], timeout=4)
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 3
+    for _ in range(100):
+        if not any(map(alive, pids)):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"still running after the shim died: {[p for p in pids if alive(p)]}")
+
+
+def flags(script, tmp_path, *args, **env):
+    """What the probe sees, run in ``tmp_path`` with PYTHONPATH=lib (holding ``mine.py``)."""
+    (tmp_path / "lib").mkdir(exist_ok=True)
+    (tmp_path / "lib" / "mine.py").write_text("")
+    p = run([sys.executable, script, "flags", *args], cwd=str(tmp_path), env={"PYTHONPATH": "lib", **env})
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+@served
+def test_python_variables_apply_in_the_served_child(script, tmp_path):
+    (tmp_path / "t").mkdir()
+    got = flags(script, tmp_path, PYTHONDONTWRITEBYTECODE="1", TMPDIR=str(tmp_path / "t"),
+                PYTHONIOENCODING="latin-1", PYTHONWARNINGS="error::UserWarning")
+    assert got["served"]
+    assert got["mine"] == str(tmp_path / "lib" / "mine.py") and got["path1"] == str(tmp_path / "lib")
+    assert not got["bytecode"] and got["tmp"] == str(tmp_path / "t")
+    assert got["encoding"] == "latin-1" and got["filters"] == [["error", "UserWarning"]]
+    got = flags(script, tmp_path, PYTHONDONTWRITEBYTECODE="")  # and gone again in the next request
+    fresh = run([sys.executable, "-c", "import sys; print(sys.stdout.encoding)"]).stdout.strip()
+    assert got["served"] and got["bytecode"] and got["tmp"] != str(tmp_path / "t")
+    assert got["encoding"] == fresh != "latin-1" and got["filters"] != [["error", "UserWarning"]]
+
+
+@served
+def test_python_variables_of_the_start_up_run_the_real_interpreter(script, tmp_path):
+    got = flags(script, tmp_path, PYTHONOPTIMIZE="1")
+    assert not got["served"] and got["optimize"] == 1
+    got = flags(script, tmp_path, PYTHONHASHSEED="123")
+    fresh = subprocess.run([sys.executable, "-c", "print(hash('tarm'))"], capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONHASHSEED="123"))
+    assert not got["served"] and got["hash"] == int(fresh.stdout)
+    # PYTHONPATH holding its own copy of a module the server has imported (json)
+    (tmp_path / "lib" / "json.py").write_text("")
+    p = run([sys.executable, script, "which-json"], cwd=str(tmp_path), env={"PYTHONPATH": "lib"})
+    assert p.stdout.split() == [str(tmp_path / "lib" / "json.py"), "False"]
+
+
+@served
+def test_another_user_dir_runs_the_real_program(script, tmp_path):
+    plugin = os.path.relpath(PLUGIN, tmp_path)
+    for args, served in [(["--user-dir", PLUGIN], True), ([f"--user-dir={plugin}"], True),
+                         (["--user-dir", "lib"], False), ([f"common.user_dir={tmp_path}/lib"], False)]:
+        assert flags(script, tmp_path, *args)["served"] == served, args
 
 
 @served

@@ -278,6 +278,41 @@ def split_stats(destdir, split, separator):
     return out
 
 
+def round_trip(destdir, split, separator):
+    """--keep-whitespace corpora: every line of the data-bin decoded back, against raw/SPLIT.txt.
+    spm.model's decode must give each line exactly; fairseq's ``--bpe sentencepiece`` decode
+    (no denormaliser, each line stripped) is counted as it is: lines it gives back unchanged,
+    lines it gives back stripped of leading/trailing whitespace, and the rest (lines with a
+    tab, form feed, no-break space, ... shown as stand-ins, or byte pieces shown as <0x..>)."""
+    import sentencepiece as spm
+    from fairseq.data import Dictionary, data_utils
+    from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
+
+    d = Dictionary.load(os.path.join(destdir, "dict.txt"))
+    ds = data_utils.load_indexed_dataset(os.path.join(destdir, split), d)
+    model = os.path.join(destdir, "spm.model")
+    sp = spm.SentencePieceProcessor(model_file=model)
+    bpe = SentencepieceBPE(SentencepieceConfig(sentencepiece_model=model))
+    with open(os.path.join(destdir, "raw", f"{split}.txt"), encoding="utf-8", newline="\n") as f:
+        lines = [line[:-1] if line.endswith("\n") else line for line in f]
+    if len(lines) != len(ds):
+        raise LongdocError(f"{destdir}/{split}: {len(ds)} items for {len(lines)} raw lines")
+    out = {"lines": 0, "spm_decode_differs": 0, "fairseq_decode_same": 0, "fairseq_decode_stripped": 0,
+           "fairseq_decode_other": 0}
+    for i, line in enumerate(lines):
+        if line == separator:
+            continue
+        pieces = d.string(ds[i][:-1])
+        out["lines"] += 1
+        out["spm_decode_differs"] += sp.decode_pieces(pieces.split()) != line
+        back = bpe.decode(pieces)
+        key = "same" if back == line else "stripped" if back == line.strip() else "other"
+        out[f"fairseq_decode_{key}"] += 1
+    if out["spm_decode_differs"]:
+        raise LongdocError(f"{destdir}/{split}: {out['spm_decode_differs']} lines do not decode back exactly")
+    return out
+
+
 def table(stats):
     rows = ["split  docs   tokens     median tok  p90 tok   "
             + "  ".join(f"seg@{L} med/p90" for L in SEGMENT_LENGTHS) + "  prose share"]
@@ -388,6 +423,8 @@ def main(argv=None):
     splits = {split: split_stats(args.destdir, split, args.separator) for split in ("train", "valid", "test")}
     for split in splits:
         splits[split]["prose_line_share"] = prose_share(os.path.join(raw, f"{split}.txt"), args.separator)
+        if corpus["keep_whitespace"]:
+            splits[split]["decoded"] = round_trip(args.destdir, split, args.separator)
     for split in ("valid", "test"):
         if splits[split]["tokens"] < args.min_eval_tokens:
             raise LongdocError(f"{split} has {splits[split]['tokens']} tokens, fewer than --min-eval-tokens "

@@ -110,6 +110,11 @@ def test_code_corpus_from_a_directory(fake_tree, tmp_path):
         s = stats["splits"][split]
         assert s["documents"] == len(want) and s["separator_lines"] == len(want) - 1
         assert s["lines"] == sum(files[rel].count("\n") for rel in want)
+        # the build checked the same: spm decodes every line exactly; fairseq's decode strips
+        # the indented lines and shows the tab lines' tab as a stand-in
+        n_lines = sum(files[rel].count("\n") for rel in want)
+        assert s["decoded"]["lines"] == n_lines and s["decoded"]["spm_decode_differs"] == 0
+        assert s["decoded"]["fairseq_decode_other"] == sum(files[rel].count("\t") for rel in want) > 0
         if split != "train":
             assert stats["split_documents"][split] == want
             assert s["unk_tokens"] == 0

@@ -21,6 +21,7 @@ index in the epoch) makes a re-run of a batch read the memory from before it.
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -106,22 +107,21 @@ class TarmLanguageModel(TransformerLanguageModel):
 
     def __init__(self, decoder):
         super().__init__(decoder)
-        args = decoder.args
-        m = safe_getattr(args, "num_memory_tokens", 0)
-        alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
-        check_memory_args(m, alpha)
+        args = decoder.args  # with the defaults of tarm_lm_architecture filled in
         # same scale as the token embeddings that the memory sits beside
         init_std = decoder.embed_scale * decoder.embed_dim ** -0.5
-        self.memory = RecurrentMemory(
-            m, decoder.embed_dim, alpha, init_std=init_std,
-            write_input=str(safe_getattr(args, "memory_write_input", "memory")),
-            learn_alpha=bool(safe_getattr(args, "memory_ema_learned", False)),
-            gate=bool(safe_getattr(args, "memory_gate", False)),
-            # the memory fed back segment after segment must not grow: normalise it
-            # unless the layers already end in a norm (post-LN, or pre-LN + final norm)
-            write_norm=not _output_is_normalised(decoder),
-            dropout=_memory_dropout(args),
-        )
+        try:
+            self.memory = RecurrentMemory(
+                args.num_memory_tokens, decoder.embed_dim, args.memory_ema_alpha, init_std=init_std,
+                write_input=str(args.memory_write_input), learn_alpha=bool(args.memory_ema_learned),
+                gate=bool(args.memory_gate),
+                # the memory fed back segment after segment must not grow: normalise it
+                # unless the layers already end in a norm (post-LN, or pre-LN + final norm)
+                write_norm=not _output_is_normalised(decoder),
+                dropout=_memory_dropout(args),
+            )
+        except ValueError as e:  # RecurrentMemory checks its arguments: name them as flags
+            raise TarmError(flag_names(str(e))) from None
         self.default_segment_length = safe_getattr(args, "segment_length", None)
         self.checkpoint_segments = bool(safe_getattr(args, "checkpoint_segments", False))
         self.carried = CarriedMemory()
@@ -131,8 +131,6 @@ class TarmLanguageModel(TransformerLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         tarm_lm_architecture(args)
-        check_memory_args(args.num_memory_tokens, args.memory_ema_alpha, args.memory_dropout,
-                          learned=args.memory_ema_learned, gate=args.memory_gate)
         if args.decoder_embed_dim % args.decoder_attention_heads:
             raise TarmError(f"--decoder-embed-dim {args.decoder_embed_dim} is not divisible by "
                             f"--decoder-attention-heads {args.decoder_attention_heads}")
@@ -164,12 +162,7 @@ class TarmLanguageModel(TransformerLanguageModel):
         (per segment), bool: rows that read E_0 there (a stream or document
         starts). ``extra["memory"]`` is E after the last segment."""
         bsz = src_tokens.size(0)
-        L = segment_length or self.default_segment_length or src_tokens.size(1)
-        if L > self.max_positions():
-            raise TarmError(
-                f"--segment-length {L} exceeds the model's {self.max_positions()} "
-                "positions (set --tokens-per-sample / --max-target-positions at training)"
-            )
+        L = self.check_segment_length(segment_length or self.default_segment_length or src_tokens.size(1))
         segments = src_tokens.split(L, dim=1)
         reset = segment_resets(reset, bsz, len(segments), src_tokens.device)
         read = self.read_memory(bsz, memory, memory_key, reset, batch_id)
@@ -193,6 +186,12 @@ class TarmLanguageModel(TransformerLanguageModel):
             "ema_memory": trace.averaged,
             "memory_gates": trace.gates,
         }
+
+    def check_segment_length(self, L: int) -> int:
+        if L > self.max_positions():
+            raise TarmError(f"--segment-length {L} exceeds the model's {self.max_positions()} positions "
+                            "(set --tokens-per-sample / --max-target-positions at training)")
+        return L
 
     def read_memory(self, bsz: int, memory: Optional[torch.Tensor], key: Optional[str],
                     reset: Optional[torch.Tensor], batch_id: Optional[int] = None) -> torch.Tensor:
@@ -379,16 +378,14 @@ def check_task(task) -> None:
                         f"{type(task).__name__}, which cannot carry its memory)")
 
 
-def check_memory_args(num_memory_tokens, alpha, dropout=0.0, learned=False, gate=False):
-    if num_memory_tokens is None or num_memory_tokens < 0:
-        raise TarmError(f"--num-memory-tokens must be >= 0, got {num_memory_tokens}")
-    if alpha is None or not 0.0 < alpha <= 1.0:
-        raise TarmError(f"--memory-ema-alpha must be in (0, 1], got {alpha}")
-    if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise TarmError(f"--memory-dropout must be in [0, 1), got {dropout}")
-    if learned and gate:
-        raise TarmError("--memory-gate and --memory-ema-learned exclude each other: the gate's "
-                        "bias b is already a learned rate (the gate with W = 0 is sigmoid(b))")
+MEMORY_FLAGS = {"num_tokens": "--num-memory-tokens", "alpha": "--memory-ema-alpha",
+                "dropout": "--memory-dropout", "learn_alpha": "--memory-ema-learned",
+                "gate": "--memory-gate", "write_input": "--memory-write-input"}
+
+
+def flag_names(message: str) -> str:
+    """RecurrentMemory's argument names in ``message`` as the command-line flags that set them."""
+    return re.sub(r"\b(" + "|".join(MEMORY_FLAGS) + r")\b", lambda m: MEMORY_FLAGS[m.group(1)], message)
 
 
 def _output_is_normalised(decoder) -> bool:

@@ -260,12 +260,13 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         """The settings that depend on --sample-break-mode, checked once they are final
         (eval-lm and the hub take them from the checkpoint); returns the mode."""
         a, mode = self.args, self.break_mode()
-        if a.loss_start_segment < 0 or a.eval_exact_match_segments < 0 or a.loss_last_segments < 0:
-            raise TarmError("--loss-start-segment, --loss-last-segments and --eval-exact-match-segments "
-                            "must be >= 0")
-        if mode != "eos" and (a.loss_start_segment or a.eval_exact_match_segments or a.loss_last_segments):
-            raise TarmError("--loss-start-segment / --loss-last-segments / --eval-exact-match-segments need "
-                            "--sample-break-mode eos (they name segments of each sample)")
+        for name in ("loss_start_segment", "loss_last_segments", "eval_exact_match_segments"):
+            flag, value = "--" + name.replace("_", "-"), getattr(a, name)
+            if value < 0:
+                raise TarmError(f"{flag} must be >= 0 (0 = off), got {value}")
+            if value and mode != "eos":
+                raise TarmError(f"{flag} needs --sample-break-mode eos (it names segments of each sample; "
+                                f"--sample-break-mode {mode} has no samples)")
         if _cfg_get(a, "doc_separator") and mode != "doc":
             raise TarmError(f"--doc-separator needs --sample-break-mode doc (got {mode})")
         return mode
@@ -345,10 +346,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
 
     def build_model(self, args, from_checkpoint=False):
         model = super().build_model(args, from_checkpoint)
-        max_pos = model.max_positions() if hasattr(model, "max_positions") else None
-        if isinstance(max_pos, int) and self.args.segment_length > max_pos:
-            raise TarmError(f"--segment-length {self.args.segment_length} exceeds the model's "
-                            f"{max_pos} positions (--tokens-per-sample / --max-target-positions)")
+        if hasattr(model, "check_segment_length"):
+            model.check_segment_length(self.args.segment_length)
         if _cfg_get(self.args, "eval_segment_ppl") and getattr(self, "segment_ppl", None) is None:
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), _cfg_get(self.args, "eval_depth_unit") or 0)
             self.segment_ppl.watch(model)  # the first model of an ensemble

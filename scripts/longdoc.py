@@ -1,0 +1,310 @@
+"""Long documents: does the memory help where a document refers far back?
+
+Each run trains one setting with one seed on a document corpus
+(``scripts/prepare_longdoc.py``) with ``--sample-break-mode doc``: every batch
+row reads whole documents, segment after segment, memory reset at each
+document's start. Then ``fairseq-eval-lm --eval-segment-ppl`` scores the test
+split and reports loss by depth into the document, in units of
+``--segment-length`` tokens (``--eval-depth-unit``, so the 4x-context
+reference, whose segments are 4 times longer, lines up): buckets 0, 1, 2-3,
+4-7, ... segments since the document's start.
+
+Settings (same model, data, tokens per update and updates for all):
+  no_memory   m = 0, segments of L
+  rmt         m memory tokens, a = 1 (RMT)
+  tarm_a0.5   a = 0.5;  tarm_a0.2: a = 0.2
+  tarm_gate   the content-dependent gate, starting at a = 0.5
+  context4x   m = 0, segments of 4L (attention over 4x the context), 1 segment per sample
+
+Each run also evaluates the validation split and records fairseq-train's own
+last validation loss beside it (they must agree). Runs resume: fairseq-train
+continues from the run's checkpoint_last.pt, and a run whose result.json
+exists is skipped. Writes under --out:
+  runs/<setting>_s<seed>/train.log, eval_test.log, eval_valid.log, result.json
+  results.json, results.md (tables, mean +- std over seeds), longdoc.png
+
+Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --out runs/longdoc_code
+           [--settings no_memory rmt ...] [--seeds 1 2 3] [--max-update 1500]
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+from commands import tool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = {  # name: (model flags, segment length multiple, segments per sample multiple)
+    "no_memory": (["--num-memory-tokens", "0"], 1, 1),
+    "rmt": (["--memory-ema-alpha", "1"], 1, 1),
+    "tarm_a0.5": (["--memory-ema-alpha", "0.5"], 1, 1),
+    "tarm_a0.2": (["--memory-ema-alpha", "0.2"], 1, 1),
+    "tarm_gate": (["--memory-gate", "--memory-ema-alpha", "0.5"], 1, 1),
+    "context4x": (["--num-memory-tokens", "0"], 4, 0),
+}
+DEEP = 8  # "deep" tokens: 8 or more segments into their document
+RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_size", "layers", "dim",
+             "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")
+
+
+def settings_flags(args, setting):
+    """(model/task flags, segment length) of a setting; tokens per sample are k*L for all
+    (context4x: one segment of 4L, with k = 4)."""
+    flags, times_l, per_k = SETTINGS[setting]
+    L = args.segment_length * times_l
+    out = ["--segment-length", str(L), "--bptt-segments", str(args.bptt_segments if per_k else 1)]
+    if "--num-memory-tokens" not in flags:  # a memory setting
+        out += ["--num-memory-tokens", str(args.memory_tokens)]
+        if args.checkpoint_segments:
+            out += ["--checkpoint-segments"]
+    return out + flags, L
+
+
+def train_cmd(args, run_dir, setting, seed):
+    flags, _ = settings_flags(args, setting)
+    sep = ["--doc-separator", args.doc_separator] if args.doc_separator else []
+    return [tool("fairseq-train"), args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
+            "--task", "tarm_language_modeling", "--sample-break-mode", "doc", *sep, *flags,
+            "--arch", "tarm_lm", "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
+            "--decoder-ffn-embed-dim", str(args.ffn), "--decoder-attention-heads", str(args.heads),
+            "--share-decoder-input-output-embed", "--tokens-per-sample", str(4 * args.segment_length),
+            "--dropout", str(args.dropout), "--batch-size", str(args.batch_size),
+            "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+            "--lr", str(args.lr), "--lr-scheduler", "cosine", "--warmup-updates", str(args.warmup),
+            "--warmup-init-lr", "1e-7", "--max-update", str(args.max_update), "--clip-norm", "0.25",
+            "--seed", str(seed), "--cpu", "--num-workers", "0", "--validate-interval-updates",
+            str(args.save_every), "--save-interval-updates", str(args.save_every), "--keep-interval-updates", "1",
+            "--no-epoch-checkpoints", "--save-dir", run_dir, "--log-format", "json", "--log-interval", "50",
+            "--no-progress-bar"]
+
+
+def eval_cmd(args, run_dir, split):
+    return [tool("fairseq-eval-lm"), args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
+            "--task", "tarm_language_modeling", "--path", os.path.join(run_dir, "checkpoint_last.pt"),
+            "--gen-subset", split, "--batch-size", str(args.batch_size), "--cpu", "--num-workers", "0",
+            "--eval-segment-ppl", "--eval-depth-unit", str(args.segment_length)]
+
+
+def run_logged(cmd, log_path, mode="a"):
+    env = dict(os.environ, OMP_NUM_THREADS=str(os.environ.get("OMP_NUM_THREADS", "2")))
+    with open(log_path, mode) as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if p.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"longdoc: command failed ({log_path}):\n{tail}")
+
+
+def parse_eval(text):
+    """eval-lm's totals and its by-depth table from its log."""
+    rows = re.findall(r"eval_segments(?: \| |:)\s+(\d+(?:-\d+)?)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
+    count = int(re.findall(r"Evaluated ([\d,]+) tokens", text)[-1].replace(",", ""))
+    bits = float(re.findall(r"Loss \(base 2\): ([\d.]+)", text)[-1])
+    return {"tokens": count, "loss_bits": bits, "ppl": 2 ** bits,
+            "by_depth": [{"depth": d, "tokens": int(n.replace(",", "")), "loss_bits": float(b)} for d, n, b in rows]}
+
+
+def last_valid_loss(log_text):
+    recs = [json.loads(m) for m in re.findall(r"\| valid \| (\{.*\})", log_text)]
+    return float(recs[-1]["valid_loss"]) if recs else None
+
+
+def deep_loss(by_depth, deep=DEEP):
+    """(tokens, loss in bits) over the buckets that start at depth >= deep."""
+    rows = [r for r in by_depth if int(r["depth"].split("-")[0]) >= deep]
+    n = sum(r["tokens"] for r in rows)
+    return n, (sum(r["tokens"] * r["loss_bits"] for r in rows) / n if n else float("nan"))
+
+
+def one_run(args, setting, seed):
+    run_dir = os.path.join(args.out, "runs", f"{setting}_s{seed}")
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            result = json.load(f)
+        if result.get("config") == config(args):
+            return result
+        raise SystemExit(f"longdoc: {result_path} was made with other settings; use another --out")
+    os.makedirs(run_dir, exist_ok=True)
+    start = time.time()
+    log_path = os.path.join(run_dir, "train.log")
+    run_logged(train_cmd(args, run_dir, setting, seed), log_path)
+    minutes = (time.time() - start) / 60
+    evals = {}
+    for split in ("test", "valid"):
+        path = os.path.join(run_dir, f"eval_{split}.log")
+        run_logged(eval_cmd(args, run_dir, split), path, mode="w")
+        with open(path) as f:
+            evals[split] = parse_eval(f.read())
+    with open(log_path) as f:
+        valid_train = last_valid_loss(f.read())
+    n, bits = deep_loss(evals["test"]["by_depth"])
+    result = {"setting": setting, "seed": seed, "config": config(args), "test": evals["test"],
+              "valid_eval_lm_bits": evals["valid"]["loss_bits"], "valid_fairseq_train_bits": valid_train,
+              "deep_tokens": n, "deep_loss_bits": bits, "deep_ppl": 2 ** bits,
+              "train_minutes_this_invocation": round(minutes, 1)}
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def config(args):
+    return {k: getattr(args, k) for k in RUN_FLAGS}
+
+
+def mean_std(values):
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values, digits=2):
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f}" + (f" +- {s:.{digits}f}" if len(values) > 1 else "")
+
+
+def markdown(results, args):
+    by = {}
+    for r in results:
+        by.setdefault(r["setting"], []).append(r)
+    settings = [s for s in args.settings if s in by]
+    depths = []
+    for r in results:
+        for row in r["test"]["by_depth"]:
+            if row["depth"] not in depths:
+                depths.append(row["depth"])
+    depths.sort(key=lambda d: int(d.split("-")[0]))
+    seeds = sorted({r["seed"] for r in results})
+    out = [f"Test perplexity by depth into the document (units of {args.segment_length} tokens = one "
+           f"segment of L); mean +- std over seeds {', '.join(map(str, seeds))} where more than one ran.", ""]
+    out.append("| setting | seeds | all tokens | depth >= 8 | " + " | ".join(depths) + " |")
+    out.append("|---" * (4 + len(depths)) + "|")
+    for s in settings:
+        rs = by[s]
+        row = [s, ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
+               cell([r["test"]["ppl"] for r in rs]), cell([r["deep_ppl"] for r in rs])]
+        for d in depths:
+            vals = [2 ** x["loss_bits"] for r in rs for x in r["test"]["by_depth"] if x["depth"] == d]
+            row.append(cell(vals, 1))
+        out.append("| " + " | ".join(row) + " |")
+    base = {r["seed"]: r for r in by.get("no_memory", [])}
+    ref = {r["seed"]: r for r in by.get("context4x", [])}
+    if base:
+        out += ["", "Gain at depth >= 8 segments against no memory, per seed (perplexity, % lower), and the "
+                "share of the 4x-context reference's gain there that the setting recovers:", "",
+                "| setting | " + " | ".join(f"seed {s}: gain" for s in seeds) + " | share of 4x gain (per seed) |",
+                "|---" * (2 + len(seeds)) + "|"]
+        for s in settings:
+            if s == "no_memory":
+                continue
+            gains, shares = [], []
+            for seed in seeds:
+                r = next((x for x in by[s] if x["seed"] == seed), None)
+                if r is None or seed not in base:
+                    gains.append("-")
+                    continue
+                b = base[seed]["deep_ppl"]
+                gains.append(f"{100 * (b - r['deep_ppl']) / b:.1f}%")
+                if seed in ref and s != "context4x":
+                    full = b - ref[seed]["deep_ppl"]
+                    shares.append(f"{(b - r['deep_ppl']) / full:.2f}" if full > 0 else "n/a")
+            out.append(f"| {s} | " + " | ".join(gains) + f" | {', '.join(shares) or '-'} |")
+    out += ["", "Checks: eval-lm's validation loss against fairseq-train's last validation (bits):", "",
+            "| run | eval-lm valid | fairseq-train valid | test tokens scored |", "|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (args.settings.index(r["setting"]), r["seed"])):
+        out.append(f"| {r['setting']}_s{r['seed']} | {r['valid_eval_lm_bits']:.4f} | "
+                   f"{r['valid_fairseq_train_bits']} | {r['test']['tokens']:,} |")
+    return "\n".join(out) + "\n"
+
+
+def figure(results, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in args.settings:
+        rs = [r for r in results if r["setting"] == s]
+        if not rs:
+            continue
+        depths = [x["depth"] for x in rs[0]["test"]["by_depth"]]
+        xs = list(range(len(depths)))
+        mean = [statistics.mean(x["loss_bits"] for r in rs for x in r["test"]["by_depth"] if x["depth"] == d)
+                for d in depths]
+        ax.plot(xs, mean, marker="o", label=f"{s} (n={len(rs)})")
+        ax.set_xticks(xs, depths)
+    ax.set_xlabel(f"depth into the document (segments of {args.segment_length} tokens)")
+    ax.set_ylabel("test loss (bits/token)")
+    ax.set_title(os.path.basename(os.path.normpath(args.data)))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="a document data-bin (scripts/prepare_longdoc.py)")
+    p.add_argument("--doc-separator", default=None, help="the data-bin's document separator symbol, e.g. '<doc>'")
+    p.add_argument("--out", required=True)
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--segment-length", type=int, default=64)
+    p.add_argument("--bptt-segments", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="rows (documents read side by side)")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--ffn", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--memory-tokens", type=int, default=10)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--max-update", type=int, default=1500)
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint (and validate) every N updates")
+    p.add_argument("--checkpoint-segments", action="store_true",
+                   help="recompute each segment in the backward pass (memory settings)")
+    p.add_argument("--report-only", action="store_true", help="rebuild the tables from finished runs")
+    args = p.parse_args(argv)
+    if "context4x" in args.settings and args.bptt_segments != 4:
+        p.error("context4x reads one 4L segment per sample: it needs --bptt-segments 4 (equal tokens)")
+    if not os.path.isfile(os.path.join(args.data, "dict.txt")):
+        p.error(f"--data {args.data}: no dict.txt (build it with scripts/prepare_longdoc.py)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        for setting in args.settings:
+            done = os.path.join(args.out, "runs", f"{setting}_s{seed}", "result.json")
+            if args.report_only and not os.path.exists(done):
+                continue
+            print(f"longdoc: {setting} seed {seed}", flush=True)
+            results.append(one_run(args, setting, seed))
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown(results, args)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:] if argv is None else argv)}\n\n")
+        f.write(table)
+    if results:
+        figure(results, args, os.path.join(args.out, "longdoc.png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

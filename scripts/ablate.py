@@ -35,7 +35,9 @@ SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha, rate)
     "tarm_gate": (8, 0.5, "gate"),  # g_t = sigmoid(W [M_t; E_t-1] + b), starting as a = 0.5
 }
 
-# one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core)
+# one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core);
+# scripts/main.sh and examples/ptb/tarm_ptb.yaml train the tarm_a0.2 setting of it
+# (tests/test_scripts.py checks that the three agree)
 MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 "
          "--decoder-attention-heads 4 --dropout 0.1 --tokens-per-sample 32").split()
 TASK = "--task tarm_language_modeling --segment-length 32".split()
@@ -159,7 +161,7 @@ def table(results, settings):
     return "\n".join(lines)
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data-bin/ptb")
     p.add_argument("--out", default="runs/ablation")
@@ -181,7 +183,11 @@ def main():
                    help="--memory-write-input of every memory run")
     p.add_argument("--memory-dropout", type=float, default=None,
                    help="--memory-dropout of every run (default: the model's, = --dropout)")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
         sys.exit(f"ablate: error: --data {args.data} has no dict.txt (run scripts/prepare_ptb.sh)")
     os.makedirs(args.out, exist_ok=True)

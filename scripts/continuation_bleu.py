@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 logging.basicConfig(level=logging.WARNING)  # before fairseq's import-time INFO lines
 
+from commands import load_checkpoint  # noqa: E402
 from tarm_plugin.errors import TarmError  # noqa: E402
 
 
@@ -112,17 +113,6 @@ def score_texts(hyps, refs):
     return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2)}
 
 
-def load(path: str, data: str):
-    import tarm_plugin  # noqa: F401  (registers the task and model)
-    from fairseq import checkpoint_utils
-
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
-    model = models[0]
-    if not hasattr(model, "memory"):
-        raise TarmError(f"--path {path}: not a tarm_lm checkpoint")
-    return model.eval(), task
-
-
 @torch.no_grad()
 def continuations(model, inputs, L, batch_size):
     from tarm_plugin.generation import generate
@@ -169,7 +159,7 @@ def main(argv=None):
 
     result, docs = None, None
     for name, path in paths:
-        model, task = load(path, args.data)
+        model, task = load_checkpoint(path, args.data)
         d = task.source_dictionary
         if docs is None:
             L = args.segment_length or model.default_segment_length

@@ -17,7 +17,9 @@ import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from commands import load_checkpoint
+from quadratic_answers import (accuracy_by, answer_accuracy, answer_kind, count_misses, normalize_answer,
+                               split_by_kind, value_segments)
 
 
 def main():
@@ -32,16 +34,9 @@ def main():
         if not os.path.isfile(f):
             sys.exit(f"eval_quadratic: error: {what}: {f} not found")
 
-    from fairseq import checkpoint_utils, utils
+    model, task = load_checkpoint(args.path, args.data, args.batch_size)
+    from tarm_plugin.answer import greedy_last_segments  # importable once the plugin is loaded
 
-    utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    from tarm_plugin.answer import (accuracy_by, answer_accuracy, answer_kind, count_misses,
-                                    greedy_last_segments, normalize_answer, split_by_kind,
-                                    value_segments)
-
-    overrides = {"data": args.data, "batch_size": args.batch_size, "batch_size_valid": args.batch_size}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
-    model = models[0].eval()
     n_answer = task.args.eval_exact_match_segments or 1
     L = task.args.segment_length
     task.load_dataset(args.split)

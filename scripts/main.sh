@@ -9,7 +9,8 @@ source "${VENV:-.venv}/bin/activate"
 bash scripts/prepare_ptb.sh data-bin/ptb
 SAVE=checkpoints/ptb_tarm_a${ALPHA:-0.2}
 MAX_UPDATE=${MAX_UPDATE:-1200}
-# the same model and schedule as scripts/ablate.py (docs/results.md)
+# the same model and schedule as scripts/ablate.py (docs/results.md) and examples/ptb/tarm_ptb.yaml
+# (tests/test_scripts.py checks that the three agree)
 fairseq-train data-bin/ptb --user-dir tarm_plugin \
     --task tarm_language_modeling --segment-length 32 --bptt-segments 4 --batch-size 16 \
     --arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 \

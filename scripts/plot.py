@@ -30,9 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ablate import parse_valid  # noqa: E402  (the same JSON-log reader as the ablation table)
+from commands import load_checkpoint  # noqa: E402
 
 
 def valid_curve(log_path):
@@ -81,12 +81,8 @@ def plot_curves(args):
 def memory_trace(path, data, segments, split="test"):
     """(M, E): [segments, m, d] arrays for the first stream of ``split``, in order."""
     import torch
-    from fairseq import checkpoint_utils, utils
 
-    utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    overrides = {"data": data, "batch_size": 1, "batch_size_valid": 1}
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides)
-    model = models[0].eval()
+    model, task = load_checkpoint(path, data, batch_size=1)
     task.load_dataset(split)
     written, averaged = [], []
     with torch.no_grad():

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 
-from commands import tool
+from commands import load_checkpoint, tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -240,23 +240,12 @@ def score_answers(logits, target, positions):
     return right, p_right
 
 
-def load_checkpoint(checkpoint, data_dir, batch_size):
-    """(model in eval mode, task) of a checkpoint, reading ``data_dir`` in batches of ``batch_size``."""
-    import torch
-    from fairseq import checkpoint_utils, utils
-
-    torch.set_num_threads(1)
-    utils.import_user_module(argparse.Namespace(user_dir=os.path.join(ROOT, "tarm_plugin")))
-    overrides = {"data": data_dir, "batch_size": batch_size, "batch_size_valid": batch_size}
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
-    return models[0].eval(), task
-
-
 def evaluate(checkpoint, data_dir, splits, n_facts, args):
     """{test D (a label of ``splits``): {fact_acc, all_acc, p_right, samples}} for one checkpoint.
     The answer positions are each row's own (from its length), so a split may mix distances."""
     import torch
 
+    torch.set_num_threads(1)
     model, task = load_checkpoint(checkpoint, data_dir, args.eval_batch_size)
     d = task.target_dictionary
     value_ids = {d.index(f"v{i}") for i in range(args.values)}

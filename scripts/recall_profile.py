@@ -24,6 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recall  # noqa: E402
+from commands import load_checkpoint  # noqa: E402
 
 
 def profile(checkpoint, data_dir, splits, batch_size=100):
@@ -32,7 +33,8 @@ def profile(checkpoint, data_dir, splits, batch_size=100):
     once; None for a model without memory."""
     import torch
 
-    model, task = recall.load_checkpoint(checkpoint, data_dir, batch_size)
+    torch.set_num_threads(1)
+    model, task = load_checkpoint(checkpoint, data_dir, batch_size)
     if model.memory.num_tokens == 0:
         return None  # no memory to profile
     profiles = {}

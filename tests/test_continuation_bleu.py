@@ -12,6 +12,7 @@ from conftest import PLUGIN, ROOT, run
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import continuation_bleu as cb  # noqa: E402
+from commands import load_checkpoint  # noqa: E402
 
 TEXT = os.path.join(ROOT, "examples", "text")
 SCRIPT = os.path.join(ROOT, "scripts", "continuation_bleu.py")
@@ -98,7 +99,7 @@ def test_cli_generates_and_scores_each_checkpoint(two_models, tmp_path):
 
     inputs = torch.from_numpy(np.concatenate([[d.eos()], tokens[: 2 * L]]).astype(np.int64)).unsqueeze(0)
     for name, path in ckpts.items():
-        model, _ = cb.load(path, data)
+        model, _ = load_checkpoint(path, data)
         assert ex["generated"][name] == text(generate(model, inputs, L, segment_length=L)[0])
 
 

@@ -1,11 +1,15 @@
-"""The experiment scripts' bookkeeping: log parsing, the ablation table, the figure."""
+"""The experiment scripts' bookkeeping: log parsing, the ablation table, the figure, and
+the PTB recipe that scripts/main.sh, examples/ptb/tarm_ptb.yaml and scripts/ablate.py share."""
 
+import ast
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import PLUGIN, ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import ablate  # noqa: E402
@@ -101,3 +105,84 @@ def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir
     import continuation_bleu
 
     assert continuation_bleu.memory_rate(model.memory) == "gate from 0.5"
+
+
+MAIN_SH = os.path.join(ROOT, "scripts", "main.sh")
+SECTIONS = ("common", "dataset", "optimization", "checkpoint", "task", "model", "criterion", "optimizer",
+            "lr_scheduler")
+# where a run reads and writes and how it logs: not part of the recipe
+WHERE = {"task.data", "task.save_dir", "checkpoint.save_dir", "common.user_dir", "common.log_format"}
+# how often: ablate.py validates and saves every 100 updates (--valid-every) and logs every 50
+SCHEDULE = {"common.log_interval", "dataset.validate_interval_updates", "checkpoint.save_interval_updates"}
+
+
+def recipe(cfg):
+    """{section.key: value} of a fairseq config, resolved; a tuple written as a string
+    (``--adam-betas '(0.9, 0.98)'``) as the list a yaml holds."""
+    from omegaconf import OmegaConf
+
+    flat = {}
+    for section in SECTIONS:
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            if isinstance(value, str) and value.startswith("("):
+                value = list(ast.literal_eval(value))
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def train_recipe(argv):
+    """The config fairseq-train builds from ``argv``."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = list(argv)
+    argv[argv.index("--user-dir") + 1] = PLUGIN  # main.sh's is relative to the repository
+    return recipe(convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv)))
+
+
+def yaml_recipe():
+    """The config fairseq-hydra-train builds from examples/ptb/tarm_ptb.yaml."""
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from hydra import compose, initialize_config_dir
+
+    hydra_init("tarm_ptb")  # as fairseq-hydra-train --config-name tarm_ptb does
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "examples", "ptb"), version_base="1.1"):
+        cfg = compose("tarm_ptb", overrides=[f"common.user_dir={PLUGIN}", "task.data=data-bin/ptb"])
+    add_defaults(cfg)
+    return recipe(cfg)
+
+
+def bash_argv(script, command):
+    """The arguments of the first ``command`` line of ``script`` as bash expands them, with
+    the script's variables at their defaults; only the variable assignments run."""
+    lines = open(script).read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(command + " "))
+    end = start
+    while lines[end].endswith("\\"):
+        end += 1
+    words = " ".join(line.rstrip("\\") for line in lines[start:end + 1])[len(command):]
+    words = re.split(r" 2>&1| \| ", words)[0]  # the command, not its redirections and pipes
+    assignments = [line for line in lines[:start] if re.match(r"[A-Z_]+=", line)]
+    out = subprocess.run(["bash", "-c", "\n".join(assignments + ["printf '%s\\0'" + words])],
+                         env={"PATH": os.environ["PATH"]}, capture_output=True, check=True).stdout
+    return out.decode().split("\0")[:-1]
+
+
+def test_ptb_recipe_is_the_same_in_main_sh_the_hydra_config_and_the_ablation():
+    main = train_recipe(bash_argv(MAIN_SH, "fairseq-train"))
+    assert (main["model.num_memory_tokens"], main["model.memory_ema_alpha"], main["optimization.max_update"]) \
+        == (8, 0.2, 1200)  # main.sh's defaults were read
+    args = ablate.parse_args([])
+    m, alpha, rate = ablate.SETTINGS["tarm_a0.2"]
+    ablation = train_recipe(ablate.train_cmd(args, "checkpoints/x", m, alpha, 1, rate)[1:])
+
+    def differ(a, b, ignore):
+        return {k: (a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - ignore) if a.get(k) != b.get(k)}
+
+    assert differ(main, ablation, WHERE | SCHEDULE) == {}
+    assert differ(main, yaml_recipe(), WHERE) == {}
+    # and both score the test split the same way
+    evals = [bash_argv(MAIN_SH, "fairseq-eval-lm"), ablate.eval_cmd(args, "checkpoints/x")[1:]]
+    for argv in evals:
+        argv[0] = argv[argv.index("--user-dir") + 1] = argv[argv.index("--path") + 1] = "?"
+    assert evals[0] == evals[1]

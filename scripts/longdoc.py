@@ -24,7 +24,7 @@ exists is skipped. Writes under --out:
   results.json, results.md (tables, mean +- std over seeds), longdoc.png
 
 Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --out runs/longdoc_code
-           [--settings no_memory rmt ...] [--seeds 1 2 3] [--max-update 1500]
+           [--settings no_memory rmt ...] [--seeds 1 2 3] [--max-update 1200]
 """
 
 import argparse
@@ -78,8 +78,10 @@ def train_cmd(args, run_dir, setting, seed):
             "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
             "--lr", str(args.lr), "--lr-scheduler", "cosine", "--warmup-updates", str(args.warmup),
             "--warmup-init-lr", "1e-7", "--max-update", str(args.max_update), "--clip-norm", "0.25",
-            "--seed", str(seed), "--cpu", "--num-workers", "0", "--validate-interval-updates",
-            str(args.save_every), "--save-interval-updates", str(args.save_every), "--keep-interval-updates", "1",
+            "--seed", str(seed), "--cpu", "--num-workers", "0",
+            # one validation, at the end (the runs are compared on the test split; each costs minutes)
+            "--validate-interval-updates", str(args.max_update), "--validate-interval", "1000000",
+            "--save-interval-updates", str(args.save_every), "--keep-interval-updates", "1",
             "--no-epoch-checkpoints", "--save-dir", run_dir, "--log-format", "json", "--log-interval", "50",
             "--no-progress-bar"]
 
@@ -271,8 +273,8 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--max-update", type=int, default=1500)
-    p.add_argument("--save-every", type=int, default=250, help="checkpoint (and validate) every N updates")
+    p.add_argument("--max-update", type=int, default=1200)
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N updates (resume point)")
     p.add_argument("--checkpoint-segments", action="store_true",
                    help="recompute each segment in the backward pass (memory settings)")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from finished runs")

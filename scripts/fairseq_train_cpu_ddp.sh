@@ -14,11 +14,20 @@
 # what fairseq's SLURM inference reads (fairseq/distributed/utils.py _infer_slurm_init):
 # the first host of `scontrol show hostnames` on the step's (else the job's) node list,
 # --distributed-port, SLURM_PROCID, SLURM_NTASKS.
+# Restarts (torchrun --max-restarts) need a rendezvous store that is not shared (below).
 # fairseq's pytorch_ddp passes CUDA device ids; legacy_ddp works on CPU.
 set -euo pipefail
 die() { echo "fairseq_train_cpu_ddp.sh: error: $*" >&2; exit 2; }
 
 if [[ -n "${RANK:-}" && -n "${WORLD_SIZE:-}" ]]; then  # torchrun
+    # torchrun's static rendezvous (and c10d's by default) keeps one store for all attempts
+    # and lends it to the ranks: restarted ranks can read the killed ones' addresses there
+    # and fail to connect (pytorch/pytorch#135712). Stop before training, not at the restart.
+    if (( ${TORCHELASTIC_MAX_RESTARTS:-0} > 0 )) && [[ ${TORCHELASTIC_USE_AGENT_STORE:-} == True ]]; then
+        [[ ${LOCAL_RANK:-0} != 0 ]] && exit 2
+        die "torchrun --max-restarts needs a fresh rendezvous store per attempt: launch with" \
+            "--rdzv-backend c10d --rdzv-endpoint HOST:PORT and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/several_machines.md)"
+    fi
     init=env:// rank=$RANK world=$WORLD_SIZE
 elif [[ -n "${SLURM_PROCID:-}" ]]; then  # srun
     port=

@@ -19,6 +19,13 @@ Tokens are detokenised with the data-bin's ``spm.model`` when it has one
 (scripts/prepare_text.py), else joined by spaces; ``</s>`` is dropped.
 A model without memory (``--num-memory-tokens 0``) sees only the last context
 token: the context reaches the continuation through memory alone.
+
+``--documents`` (for a data-bin of documents, as ``--sample-break-mode doc``
+reads them; ``--doc-separator`` as there): each held-out window is the start
+of one document: its first N segments are read into memory (the input of its
+first token is ``</s>``), then the model writes segment N + 1. Documents shorter
+than N + 1 segments are skipped. The outputs also give the token accuracy by
+position within the generated segment (``position_accuracy``, in 8 buckets).
 """
 
 import argparse
@@ -50,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="documents generated at once (default 32)")
     p.add_argument("--examples", type=int, default=2, help="example continuations in the outputs (default 2)")
     p.add_argument("--out", nargs="*", default=[], help="result files: *.json and/or *.md")
+    p.add_argument("--documents", action="store_true",
+                   help="windows at the start of each document (a document data-bin) instead of the stream")
+    p.add_argument("--doc-separator", default=None,
+                   help="with --documents: the separator symbol between documents (default: empty lines)")
     return p.parse_args(argv)
 
 
@@ -87,6 +98,38 @@ def documents(tokens: np.ndarray, eos: int, L: int, n_context: int, max_docs: in
     inputs = np.stack([padded[s : s + n_context * L + 1] for s in starts])
     refs = np.stack([tokens[s + n_context * L : s + width] for s in starts]).astype(np.int64)
     return torch.from_numpy(inputs), torch.from_numpy(refs), starts
+
+
+def document_windows(split, dictionary, separator, L: int, n_context: int, max_docs: int):
+    """Windows at the start of each document of ``n_context + 1`` segments or more:
+    ``(inputs [D, n_context*L + 1], references [D, L], starts [D])`` as :func:`documents`."""
+    from tarm_plugin.datasets import document_spans, split_tokens
+
+    if L < 1 or n_context < 1:
+        raise TarmError(f"--segment-length ({L}) and --context-segments ({n_context}) must be >= 1")
+    sep = None
+    if separator:
+        if separator not in dictionary.indices:
+            raise TarmError(f"--doc-separator '{separator}' is not in the dictionary")
+        sep = dictionary.index(separator)
+    tokens = split_tokens(split)
+    width = (n_context + 1) * L
+    spans = [(a, b) for a, b in document_spans(split, dictionary.eos(), sep) if b - a >= width]
+    if not spans:
+        raise TarmError(f"no document of the split has {n_context + 1} segments of {L} tokens: "
+                        "lower --context-segments or --segment-length")
+    if len(spans) > max_docs:
+        spans = [spans[i] for i in np.unique(np.linspace(0, len(spans) - 1, max_docs).round().astype(int))]
+    starts = np.array([a for a, _ in spans])
+    inputs = np.stack([np.concatenate([[dictionary.eos()], tokens[a : a + n_context * L]]) for a in starts])
+    refs = np.stack([tokens[a + n_context * L : a + width] for a in starts])
+    return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(refs.astype(np.int64)), starts
+
+
+def position_accuracy(generated: torch.Tensor, refs: torch.Tensor, buckets: int = 8):
+    """Token accuracy by position within the generated segment, in ``buckets`` equal spans."""
+    hits = generated.eq(refs).float().mean(dim=0)
+    return [round(float(chunk.mean()), 4) for chunk in hits.chunk(min(buckets, hits.numel()))]
 
 
 def detokenizer(data: str, dictionary):
@@ -133,10 +176,14 @@ def markdown(result) -> str:
     lines = [f"Greedy continuations on `{result['data']}` ({result['split']}): {result['docs']} documents, "
              f"{result['context_segments']} context segments of {result['segment_length']} tokens, "
              f"then {result['segment_length']} generated tokens scored against the true next segment.",
-             "", "| model | memory slots | a | BLEU | chrF | token acc. |", "|---|---|---|---|---|---|"]
+             f"Windows: {result.get('windows', 'the stream')}. Token accuracy by position: the generated "
+             "segment in 8 equal spans, first to last.",
+             "", "| model | memory slots | a | BLEU | chrF | token acc. | token acc. by position |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["models"]:
+        by_pos = " / ".join(f"{x:.2f}" for x in r.get("position_accuracy", []))
         lines.append(f"| {r['name']} | {r['num_memory_tokens']} | {r['memory_ema_alpha']} | {r['bleu']:.2f} | "
-                     f"{r['chrf']:.2f} | {r['token_accuracy']:.3f} |")
+                     f"{r['chrf']:.2f} | {r['token_accuracy']:.3f} | {by_pos} |")
     for k, ex in enumerate(result["examples"]):
         lines += ["", f"Example {k + 1} (document at token {ex['start']}):", "",
                   f"- context (last 200 characters): ...{ex['context'][-200:]}",
@@ -154,7 +201,7 @@ def main(argv=None):
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
         raise TarmError(f"--data {args.data}: no dict.txt (is it a fairseq-preprocess output?)")
 
-    from tarm_plugin.tasks.tarm_language_modeling import split_tokens
+    from tarm_plugin.datasets import split_tokens
     from fairseq.data import data_utils
 
     result, docs = None, None
@@ -166,10 +213,16 @@ def main(argv=None):
             split = data_utils.load_indexed_dataset(os.path.join(args.data, args.split), d)
             if split is None:
                 raise TarmError(f"--split {args.split}: no {args.split}.bin/.idx in {args.data}")
-            inputs, refs, starts = documents(split_tokens(split), d.eos(), L, args.context_segments, args.max_docs)
+            if args.documents:
+                inputs, refs, starts = document_windows(split, d, args.doc_separator, L, args.context_segments,
+                                                        args.max_docs)
+            else:
+                inputs, refs, starts = documents(split_tokens(split), d.eos(), L, args.context_segments,
+                                                 args.max_docs)
             text = detokenizer(args.data, d)
             ref_texts = [text(r) for r in refs]
             result = {"data": args.data, "split": args.split, "segment_length": L,
+                      "windows": "document starts" if args.documents else "the stream",
                       "context_segments": args.context_segments, "docs": len(inputs),
                       "command": " ".join(["python", "scripts/continuation_bleu.py"] + (argv or sys.argv[1:])),
                       "models": [],
@@ -186,7 +239,8 @@ def main(argv=None):
             "num_memory_tokens": int(model.memory.num_tokens),
             "memory_ema_alpha": memory_rate(model.memory),
             "trained_segment_length": model.default_segment_length,
-            **scores, "token_accuracy": round(float(gen.eq(refs).float().mean()), 4)})
+            **scores, "token_accuracy": round(float(gen.eq(refs).float().mean()), 4),
+            "position_accuracy": position_accuracy(gen, refs)})
         for ex in result["examples"]:
             k = [int(s) for s in starts].index(ex["start"])
             ex["generated"][name] = hyps[k]

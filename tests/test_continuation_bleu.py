@@ -36,6 +36,38 @@ def test_documents_are_consecutive_slices_of_the_stream():
         cb.documents(tokens[:11], eos, L, N, max_docs=3)
 
 
+def test_document_windows_start_at_each_long_enough_document():
+    from fairseq.data import Dictionary
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from test_documents import Lines, as_lines, make_docs
+
+    d = Dictionary()
+    for i in range(5000):
+        d.add_symbol(str(i))
+    docs = make_docs(9, lo=5, hi=40)
+    sep = d.add_symbol("<doc>")
+    lines = as_lines(docs, separator=sep)
+    L, N = 4, 3
+    inputs, refs, starts = cb.document_windows(Lines(lines), d, "<doc>", L, N, max_docs=100)
+    long_enough = [doc for doc in docs if len(doc) >= (N + 1) * L]
+    assert len(inputs) == len(long_enough) > 0
+    for doc, x, r in zip(long_enough, inputs, refs):
+        assert x.tolist() == [d.eos()] + doc[: N * L], "the document's own start, after </s>"
+        assert r.tolist() == doc[N * L : (N + 1) * L]
+    with pytest.raises(cb.TarmError, match="not in the dictionary"):
+        cb.document_windows(Lines(lines), d, "<nope>", L, N, max_docs=100)
+    with pytest.raises(cb.TarmError, match="no document"):
+        cb.document_windows(Lines(lines), d, "<doc>", L, 50, max_docs=100)
+
+
+def test_position_accuracy_buckets():
+    refs = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4]])
+    gen = torch.tensor([[1, 2, 0, 0], [1, 0, 0, 4]])
+    assert cb.position_accuracy(gen, refs, buckets=2) == [0.75, 0.25]
+    assert cb.position_accuracy(gen, refs, buckets=8) == [1.0, 0.5, 0.0, 0.5]
+
+
 def test_scores_are_sacrebleu_corpus_scores():
     refs = ["the keeper lit the lamp before the sun went down", "the river rose higher than ever"]
     perfect = cb.score_texts(refs, refs)

@@ -21,7 +21,8 @@ last validation loss beside it (they must agree). Runs resume: fairseq-train
 continues from the run's checkpoint_last.pt, and a run whose result.json
 exists is skipped. Writes under --out:
   runs/<setting>_s<seed>/train.log, eval_test.log, eval_valid.log, result.json
-  results.json, results.md (tables, mean +- std over seeds), longdoc.png
+  results.json, results.md (tables of every finished run under --out, mean +- std over
+                            seeds), longdoc.png
 
 Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --out runs/longdoc_code
            [--settings no_memory rmt ...] [--seeds 1 2 3] [--max-update 1200]
@@ -277,7 +278,7 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N updates (resume point)")
     p.add_argument("--checkpoint-segments", action="store_true",
                    help="recompute each segment in the backward pass (memory settings)")
-    p.add_argument("--report-only", action="store_true", help="rebuild the tables from finished runs")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the tables from the finished runs")
     args = p.parse_args(argv)
     if "context4x" in args.settings and args.bptt_segments != 4:
         p.error("context4x reads one 4L segment per sample: it needs --bptt-segments 4 (equal tokens)")
@@ -286,17 +287,31 @@ def parse_args(argv=None):
     return args
 
 
+def finished_runs(args):
+    """Every finished run under --out made with these flags (other invocations' settings
+    and seeds too: several may run side by side, e.g. one thread each)."""
+    results = []
+    runs = os.path.join(args.out, "runs")
+    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        path = os.path.join(runs, name, "result.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                r = json.load(f)
+            if r.get("config") == config(args):
+                results.append(r)
+    return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    results = []
-    for seed in args.seeds:
-        for setting in args.settings:
-            done = os.path.join(args.out, "runs", f"{setting}_s{seed}", "result.json")
-            if args.report_only and not os.path.exists(done):
-                continue
-            print(f"longdoc: {setting} seed {seed}", flush=True)
-            results.append(one_run(args, setting, seed))
+    if not args.report_only:
+        for seed in args.seeds:
+            for setting in args.settings:
+                print(f"longdoc: {setting} seed {seed}", flush=True)
+                one_run(args, setting, seed)
+    results = finished_runs(args)
+    args.settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = markdown(results, args)

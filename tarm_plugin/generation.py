@@ -132,7 +132,7 @@ def score(model, inputs: torch.Tensor, targets: torch.Tensor, segment_length: Op
     model.eval()
     L = segment_length or model.default_segment_length
     memory, scores = None, []
-    chunk = L * segments_per_call
+    chunk = L * segments_per_call  # the model walks the segments; chunks bound the logits' size
     for x, y in zip(inputs.split(chunk, dim=1), targets.split(chunk, dim=1)):
         out, extra = model(x, memory=memory, segment_length=L)
         memory = extra["memory"]

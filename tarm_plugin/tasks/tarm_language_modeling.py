@@ -23,37 +23,20 @@ import torch
 from fairseq import utils
 from fairseq.data import iterators
 from fairseq.dataclass import ChoiceEnum
-from fairseq.distributed import utils as dist_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from omegaconf import II
 
 from ..datasets import (DocumentStreamDataset, SampleSegmentsDataset, SegmentStreamDataset,
                         check_same_dictionary, document_spans, load_split, split_tokens)
-from ..distributed import data_parallel_shard
+from ..distributed import allow_checkpoint_broadcast, data_parallel_shard
 from ..errors import TarmError
 from ..eval_segments import SegmentPerplexity
 from ..generation import TarmSequenceGenerator
 from ..savedir import hold_save_dir
 
 logger = logging.getLogger(__name__)
-
-# fairseq hands the checkpoint that rank 0 loaded to the other ranks through
-# torch.save/torch.load (distributed_utils.broadcast_object). torch >= 2.6 loads
-# with weights_only=True, which refuses the omegaconf config inside, so a
-# multi-process run could not resume at all. These are plain data containers.
-if hasattr(torch.serialization, "add_safe_globals"):
-    import collections
-    import typing
-
-    from omegaconf import DictConfig, ListConfig
-    from omegaconf.base import ContainerMetadata, Metadata
-    from omegaconf.nodes import AnyNode
-
-    torch.serialization.add_safe_globals([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
-                                          collections.defaultdict, dict, list, int, typing.Any,
-                                          dist_utils._TensorPlaceholder])
-
+allow_checkpoint_broadcast()
 
 SAMPLE_BREAK_MODES = ("none", "eos", "doc", "complete_doc")  # complete_doc: fairseq's name for doc
 

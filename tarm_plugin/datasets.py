@@ -146,8 +146,9 @@ class SegmentStreamDataset(WholeBatchDataset):
 
     def __getitem__(self, i):
         begin = i * self.width
-        # (>= 0: with several shards, this one's streams may all end a token earlier)
-        n_seg = max(0, min(self.k, math.ceil((int(self.lengths.max()) - begin) / self.L)))
+        # (>= 1: with several shards, this one's streams may all end a token earlier;
+        # it still gets a batch, of padding, so every rank steps together)
+        n_seg = max(1, min(self.k, math.ceil((int(self.lengths.max()) - begin) / self.L)))
         width = n_seg * self.L
         source = torch.full((self.bsz, width), self.pad, dtype=torch.long)
         target = torch.full((self.bsz, width), self.pad, dtype=torch.long)
@@ -161,7 +162,7 @@ class SegmentStreamDataset(WholeBatchDataset):
             prev = self.tokens[lo - 1 : hi - 1] if lo > 0 else np.concatenate([[self.eos], self.tokens[: hi - 1]])
             source[b, : hi - lo] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
         reset = torch.zeros(self.bsz, n_seg, dtype=torch.bool)
-        reset[:, :1] = i == 0
+        reset[:, 0] = i == 0
         depth = (i * self.k + torch.arange(n_seg)).expand(self.bsz, n_seg).clone()
         return {"id": i, "source": source, "target": target, "reset": reset, "depth": depth}
 

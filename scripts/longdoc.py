@@ -287,6 +287,28 @@ def parse_args(argv=None):
     return args
 
 
+def unigram_bits(args, split="test"):
+    """Cross-entropy (bits/token) of the split's document tokens under the training
+    split's unigram distribution (counts + 1): the loss a model stuck at its
+    unigram stage would have."""
+    import numpy as np
+    from fairseq.data import Dictionary, data_utils
+
+    sys.path.insert(0, ROOT)
+    from tarm_plugin.datasets import document_spans, split_tokens
+
+    d = Dictionary.load(os.path.join(args.data, "dict.txt"))
+    sep = d.index(args.doc_separator) if args.doc_separator else None
+
+    def tokens(name):
+        data = data_utils.load_indexed_dataset(os.path.join(args.data, name), d)
+        t = split_tokens(data)
+        return np.concatenate([t[a:b] for a, b in document_spans(data, d.eos(), sep)])
+
+    counts = np.bincount(tokens("train"), minlength=len(d)).astype(np.float64) + 1
+    return float(-np.log2(counts[tokens(split)] / counts.sum()).mean())
+
+
 def finished_runs(args):
     """Every finished run under --out made with these flags (other invocations' settings
     and seeds too: several may run side by side, e.g. one thread each)."""
@@ -315,6 +337,9 @@ def main(argv=None):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = markdown(results, args)
+    unigram = unigram_bits(args)
+    table += (f"\nA unigram model of the training split scores the test split at {unigram:.3f} bits/token "
+              f"(perplexity {2 ** unigram:.1f}).\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:] if argv is None else argv)}\n\n")
         f.write(table)

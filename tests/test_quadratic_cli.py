@@ -3,6 +3,7 @@ validation accuracy, and the standalone exact-match evaluation."""
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -64,3 +65,92 @@ def test_cpu_runs_stable_then_decay(tmp_path):
     p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "fresh"), "rmt"],
             env={**env, "PHASES": "decay"})
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "PHASES=stable" in p.stderr
+
+
+# a tiny model for the resume test: flags after `--` come last and override the script's
+TINY = ["--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+        "--decoder-attention-heads", "4", "--num-memory-tokens", "4", "--dropout", "0",
+        "--batch-size", "16", "--log-interval", "1"]
+
+
+def per_update(log):
+    """{update: (loss, lr)} from the train_inner lines, the last one of a redone update."""
+    inner = [json.loads(m) for m in re.findall(r"\| train_inner \| (\{.*\})", log)]
+    return {int(d["num_updates"]): (float(d["loss"]), float(d["lr"])) for d in inner}
+
+
+def float_params(path):
+    import torch
+    state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+
+
+def test_cpu_runs_resumes_where_it_stopped(tmp_path):
+    # 80 equations in batches of 16: epochs end at updates 5 and 10; the stable phase is
+    # updates 1-6 (the plateau scheduler), the decay 7-12 (polynomial_decay, LR 0 at 12)
+    dest = tmp_path / "bin"
+    assert run(["bash", "examples/quadratic/prepare.sh", str(dest), "--train", "80", "--valid", "8",
+                "--test", "8", "--seed", "3"]).returncode == 0
+    env = {"DATA": str(dest), "MAX_UPDATE": "6", "DECAY_UPDATES": "6", "VALID_EVERY": "2"}
+
+    def cpu_runs(out, **more):
+        p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / out), "tarm_gate", "--", *TINY],
+                env={**env, **more})
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        return p
+
+    cpu_runs("straight")
+    # stopped inside the stable phase
+    p = cpu_runs("resumed", STOP_AT="4")
+    assert "tarm_gate stopped at update 4 of the stable phase" in p.stdout
+    run_dir = tmp_path / "resumed" / "tarm_gate"
+    assert not (run_dir / "test_stable.json").exists()
+    # stopped at the end of the stable phase: its test result is written, its updates are
+    # not trained again (fairseq would do one more when started at its --max-update)
+    p = cpu_runs("resumed", STOP_AT="6")
+    assert "stopped at update 6 of the decay phase" in p.stdout and (run_dir / "test_stable.json").exists()
+    # killed while fairseq copied its update-6 checkpoint to checkpoint_last.pt: the newest
+    # complete checkpoint (the first file of that save) takes its place
+    last, best = run_dir / "checkpoint_last.pt", run_dir / "checkpoint_best.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    p = cpu_runs("resumed", STOP_AT="10")
+    assert re.search(r"checkpoint_last\.pt was missing or truncated; replaced by \S+ \(6 updates\)", p.stderr)
+    assert "stopped at update 10 of the decay phase" in p.stdout
+    # killed at update 10 while fairseq copied that save to checkpoint_best.pt (an epoch's
+    # end: no interval checkpoint; checkpoint_last.pt still the update-8 one): updates 9-10
+    # are trained again and checkpoint_best.pt written again
+    shutil.copyfile(run_dir / "checkpoint_2_8.pt", last)
+    best.write_bytes(best.read_bytes()[:1000])
+    cpu_runs("resumed")
+    log = (run_dir / "train.log").read_text()
+    assert log.startswith("cpu_runs.sh: ") and "stable phase: updates 0 -> 4 of 6" in log, "appended, never truncated"
+    loaded = [int(u) for u in re.findall(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log)]
+    assert loaded == [4, 6, 8], loaded
+    assert len(re.findall(r'\| train_inner \| \{.*"num_updates": "9"', log)) == 2, "update 9 trained again"
+    # the stable phase's scheduler state is dropped once, when the decay starts
+    assert log.count("'reset_lr_scheduler': True") == 1
+
+    straight_dir = tmp_path / "straight" / "tarm_gate"
+    straight = per_update((straight_dir / "train.log").read_text())
+    resumed = per_update(log)
+    assert sorted(straight) == sorted(resumed) == list(range(1, 13))
+    for u in straight:
+        assert resumed[u][0] == pytest.approx(straight[u][0], abs=2e-3), f"loss at update {u}"
+        assert resumed[u][1] == pytest.approx(straight[u][1], rel=1e-4), f"LR at update {u}"
+    # the logged LR is the one set after the update: the warm-up's, then the linear decay's
+    assert [straight[u][1] for u in range(6, 13)] == pytest.approx([1e-7 + 6 * (1e-3 - 1e-7) / 200]
+                                                                   + [1e-3 * (12 - u) / 6 for u in range(7, 13)], rel=1e-4)
+    a, b = float_params(straight_dir / "checkpoint_last.pt"), float_params(last)
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    for name in ("test_stable.json", "test.json"):
+        assert json.loads((run_dir / name).read_text()) == json.loads((straight_dir / name).read_text())
+
+    # a finished run started again trains nothing and prints its results
+    p = cpu_runs("resumed")
+    assert (run_dir / "train.log").read_text() == log
+    assert "tarm_gate after 12 updates:" in p.stdout
+    # another schedule in the same directory is refused
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "resumed"), "tarm_gate", "--", *TINY],
+            env={**env, "MAX_UPDATE": "5"})
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "was started with 'MAX_UPDATE=6 " in p.stderr and "not 'MAX_UPDATE=5 " in p.stderr

@@ -71,15 +71,16 @@ def eval_cmd(args, run_dir):
 
 def parse_valid(log_path, key="valid_loss"):
     """[(num_updates, value of ``key``)] from a fairseq JSON log's validation lines
-    (default: the validation loss, base 2)."""
-    points = []
+    (default: the validation loss, base 2). A run killed and resumed validates some
+    updates again: the later line is the run's, as its later training went on from it."""
+    points = {}
     with open(log_path) as f:
         for line in f:
             m = re.search(r"\| valid \| (\{.*\})", line)
             if m:
                 rec = json.loads(m.group(1))
-                points.append((int(rec["valid_num_updates"]), float(rec[key])))
-    return points
+                points[int(rec["valid_num_updates"])] = float(rec[key])
+    return sorted(points.items())
 
 
 def parse_rates(log_path, stat="rate"):

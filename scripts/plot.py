@@ -133,15 +133,21 @@ def valid_accuracy(log_path):
     return parse_valid(log_path, key="valid_accuracy")
 
 
-def resumed_at(log_path):
-    """Updates at which a (later) fairseq-train call resumed the log's run: the
-    decay phase of cpu_runs.sh appends to the stable phase's log."""
-    with open(log_path) as f:
-        return [int(m.group(1)) for m in re.finditer(r"Loaded checkpoint .* @ (\d+) updates\)", f.read())
-                if int(m.group(1)) > 0]
+def stable_end(run_dir):
+    """The update at which cpu_runs.sh's decay phase starts: MAX_UPDATE of the run's
+    run.conf; without one (runs before it existed), the log's first resume."""
+    conf = os.path.join(run_dir, "run.conf")
+    if os.path.isfile(conf):
+        with open(conf) as f:
+            m = re.search(r"MAX_UPDATE=(\d+)", f.read())
+        if m:
+            return int(m.group(1))
+    with open(os.path.join(run_dir, "train.log")) as f:
+        resumes = [int(u) for u in re.findall(r"Loaded checkpoint .* @ (\d+) updates\)", f.read()) if int(u) > 0]
+    return resumes[0] if resumes else None
 
 
-QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_learned"]
+QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_learned", "tarm_gate"]
 KINDS = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots", "no real roots")]
 
 
@@ -155,12 +161,13 @@ def read_test(path):
 
 def run_phases(run):
     """[(phase, updates at its end, test result)] of one cpu_runs.sh run directory: the
-    stable phase ends at the log's first resume, the decay phase at its last validation."""
-    curve, resume = run["curve"], run["resumed_at"]
+    stable phase ends at ``stable_end``, the decay phase at the last validation."""
+    curve, stable = run["curve"], run["stable_end"]
     end = curve[-1][0] if curve else 0
-    phases = [("stable", resume[0] if resume else end, run["test_stable"])]
-    if resume or run["test"] is not None:
-        phases.append(("decay" if resume else "-", end, run["test"]))
+    decaying = stable is not None and end > stable
+    phases = [("stable", min(stable, end) if stable is not None else end, run["test_stable"])]
+    if decaying or run["test"] is not None:
+        phases.append(("decay" if decaying else "-", end, run["test"]))
     return phases
 
 
@@ -203,7 +210,7 @@ def plot_quadratic(args):
         log = os.path.join(args.runs, name, "train.log")
         if not os.path.isfile(log):
             continue
-        runs[name] = {"curve": valid_accuracy(log), "resumed_at": resumed_at(log),
+        runs[name] = {"curve": valid_accuracy(log), "stable_end": stable_end(os.path.join(args.runs, name)),
                       "test_stable": read_test(os.path.join(args.runs, name, "test_stable.json")),
                       "test": read_test(os.path.join(args.runs, name, "test.json"))}
     if not runs:
@@ -212,8 +219,8 @@ def plot_quadratic(args):
     for name, run in runs.items():
         if run["curve"]:
             ax.plot(*zip(*run["curve"]), marker="o", ms=3, label=name)
-    # the decay phase starts at the first resume (a later one is an interrupted run resumed)
-    for u in sorted({run["resumed_at"][0] for run in runs.values() if run["resumed_at"]}):
+    ends = {run["stable_end"] for run in runs.values() if run["curve"] and run["stable_end"] is not None}
+    for u in sorted(u for u in ends if any(c[0] > u for r in runs.values() for c in r["curve"])):
         ax.axvline(u, color="black", ls=":", lw=0.8, label=f"LR decay from {u}")
     ax.axhline(95, color="gray", ls="--", lw=0.8, label="target 95%")
     ax.set_xlabel("updates")

@@ -66,15 +66,22 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     (tmp_path / "rmt" / "train.log").write_text(
         loaded.format("x/checkpoint_last.pt", 0) + valid_line(250, 10.0) + valid_line(500, 60.0)
         + loaded.format("x/checkpoint_last.pt", 500) + valid_line(750, 97.5)
-        + loaded.format("x/checkpoint_last.pt", 750) + valid_line(1000, 97.0))  # interrupted, resumed
+        + loaded.format("x/checkpoint_last.pt", 750) + valid_line(1000, 98.0)  # killed after validating,
+        + loaded.format("x/checkpoint_last.pt", 750) + valid_line(1000, 97.0))  # resumed: 1000 once more
+    (tmp_path / "rmt" / "run.conf").write_text("MAX_UPDATE=500 DECAY_UPDATES=500 VALID_EVERY=250 SEED=1\n")
     (tmp_path / "no_memory" / "train.log").write_text(valid_line(250, 0.0) + valid_line(500, 0.0))
+    # tarm_gate: killed in its stable phase and resumed (no decay yet: run.conf says where it starts)
+    os.makedirs(tmp_path / "tarm_gate")
+    (tmp_path / "tarm_gate" / "train.log").write_text(
+        valid_line(250, 5.0) + loaded.format("x/checkpoint_last.pt", 250) + valid_line(500, 20.0))
+    (tmp_path / "tarm_gate" / "run.conf").write_text("MAX_UPDATE=8000 DECAY_UPDATES=4000 VALID_EVERY=250 SEED=1\n")
     (tmp_path / "rmt" / "test_stable.json").write_text(result(0.6, 0.5, 1.0))
     final = json.loads(result(0.9, 0.875, 1.0, {"x2 only": 1}))
     final["two_roots_by_x1_segment"] = {"segment 4": {"accuracy": 1.0, "samples": 6},
                                         "segment 3": {"accuracy": 0.5, "samples": 2}}
     (tmp_path / "rmt" / "test.json").write_text(json.dumps(final) + "\n")
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
-    assert plot.resumed_at(tmp_path / "rmt" / "train.log") == [500, 750]
+    assert [plot.stable_end(tmp_path / n) for n in ("rmt", "no_memory", "tarm_gate")] == [500, None, 8000]
     out = tmp_path / "fig.png"
     plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
     assert out.stat().st_size > 1000
@@ -82,7 +89,8 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
     assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"
     assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"
-    assert rows[8] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed
+    assert rows[5].startswith("| tarm_gate | stable | 500 | 20.0% | (running) |")
+    assert rows[10].startswith("wrote") and rows[9] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed
 
 
 def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir, tmp_path):

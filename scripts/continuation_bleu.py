@@ -21,10 +21,12 @@ A model without memory (``--num-memory-tokens 0``) sees only the last context
 token: the context reaches the continuation through memory alone.
 
 ``--documents`` (for a data-bin of documents, as ``--sample-break-mode doc``
-reads them; ``--doc-separator`` as there): each held-out window is the start
-of one document: its first N segments are read into memory (the input of its
-first token is ``</s>``), then the model writes segment N + 1. Documents shorter
-than N + 1 segments are skipped. The outputs also give the token accuracy by
+reads them; ``--doc-separator`` as there): the windows lie inside documents,
+each document tiled from its start by windows of N + 1 segments (a window
+never crosses into the next document; documents shorter than one window are
+skipped): N segments of the document are read into memory (the input of a
+window's first token is ``</s>`` at the document's start, else the document's
+token before it), then the model writes the next segment. The outputs also give the token accuracy by
 position within the generated segment (``position_accuracy``, in 8 buckets).
 """
 
@@ -58,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--examples", type=int, default=2, help="example continuations in the outputs (default 2)")
     p.add_argument("--out", nargs="*", default=[], help="result files: *.json and/or *.md")
     p.add_argument("--documents", action="store_true",
-                   help="windows at the start of each document (a document data-bin) instead of the stream")
+                   help="windows inside each document (a document data-bin) instead of the stream")
     p.add_argument("--doc-separator", default=None,
                    help="with --documents: the separator symbol between documents (default: empty lines)")
     return p.parse_args(argv)
@@ -101,8 +103,11 @@ def documents(tokens: np.ndarray, eos: int, L: int, n_context: int, max_docs: in
 
 
 def document_windows(split, dictionary, separator, L: int, n_context: int, max_docs: int):
-    """Windows at the start of each document of ``n_context + 1`` segments or more:
-    ``(inputs [D, n_context*L + 1], references [D, L], starts [D])`` as :func:`documents`."""
+    """Windows inside documents: each document of ``n_context + 1`` segments or more is
+    tiled from its start by windows of ``n_context + 1`` segments (a window never crosses
+    into the next document). Returns ``(inputs [D, n_context*L + 1], references [D, L],
+    starts [D])`` as :func:`documents`: the input of a window's first token is ``</s>`` at a
+    document's start, else the document's token before the window."""
     from tarm_plugin.datasets import document_spans, split_tokens
 
     if L < 1 or n_context < 1:
@@ -114,15 +119,17 @@ def document_windows(split, dictionary, separator, L: int, n_context: int, max_d
         sep = dictionary.index(separator)
     tokens = split_tokens(split)
     width = (n_context + 1) * L
-    spans = [(a, b) for a, b in document_spans(split, dictionary.eos(), sep) if b - a >= width]
-    if not spans:
+    starts = [(a + j * width, j == 0) for a, b in document_spans(split, dictionary.eos(), sep)
+              for j in range((b - a) // width)]
+    if not starts:
         raise TarmError(f"no document of the split has {n_context + 1} segments of {L} tokens: "
                         "lower --context-segments or --segment-length")
-    if len(spans) > max_docs:
-        spans = [spans[i] for i in np.unique(np.linspace(0, len(spans) - 1, max_docs).round().astype(int))]
-    starts = np.array([a for a, _ in spans])
-    inputs = np.stack([np.concatenate([[dictionary.eos()], tokens[a : a + n_context * L]]) for a in starts])
-    refs = np.stack([tokens[a + n_context * L : a + width] for a in starts])
+    if len(starts) > max_docs:
+        starts = [starts[i] for i in np.unique(np.linspace(0, len(starts) - 1, max_docs).round().astype(int))]
+    inputs = np.stack([np.concatenate([[dictionary.eos() if first else tokens[s - 1]], tokens[s : s + n_context * L]])
+                       for s, first in starts])
+    refs = np.stack([tokens[s + n_context * L : s + width] for s, _ in starts])
+    starts = np.array([s for s, _ in starts])
     return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(refs.astype(np.int64)), starts
 
 
@@ -222,7 +229,7 @@ def main(argv=None):
             text = detokenizer(args.data, d)
             ref_texts = [text(r) for r in refs]
             result = {"data": args.data, "split": args.split, "segment_length": L,
-                      "windows": "document starts" if args.documents else "the stream",
+                      "windows": "inside documents" if args.documents else "the stream",
                       "context_segments": args.context_segments, "docs": len(inputs),
                       "command": " ".join(["python", "scripts/continuation_bleu.py"] + (argv or sys.argv[1:])),
                       "models": [],

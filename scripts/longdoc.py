@@ -20,7 +20,9 @@ Each run also evaluates the validation split and records fairseq-train's own
 last validation loss beside it (they must agree). Runs resume: fairseq-train
 continues from the run's checkpoint_last.pt, and a run whose result.json
 exists is skipped. Writes under --out:
-  runs/<setting>_s<seed>/train.log, eval_test.log, eval_valid.log, result.json
+  runs/<setting>_s<seed>/train.log, eval_test.log, eval_valid.log, result.json,
+      eval_test_reset_memory.log (memory settings: the test split with E_0 read at every
+      segment, --eval-reset-memory: what the carried memory adds)
   results.json, results.md (tables of every finished run under --out, mean +- std over
                             seeds), longdoc.png
 
@@ -87,11 +89,30 @@ def train_cmd(args, run_dir, setting, seed):
             "--no-progress-bar"]
 
 
-def eval_cmd(args, run_dir, split):
+def eval_cmd(args, run_dir, split, *flags):
     return [tool("fairseq-eval-lm"), args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
             "--task", "tarm_language_modeling", "--path", os.path.join(run_dir, "checkpoint_last.pt"),
             "--gen-subset", split, "--batch-size", str(args.batch_size), "--cpu", "--num-workers", "0",
-            "--eval-segment-ppl", "--eval-depth-unit", str(args.segment_length)]
+            "--eval-segment-ppl", "--eval-depth-unit", str(args.segment_length), *flags]
+
+
+def memory_ablation(args, run_dir, result):
+    """A memory setting's test split once more with E_0 read at every segment
+    (--eval-reset-memory): what the carried memory adds beyond the learned E_0.
+    Added to ``result`` (and its result.json) once; runs finished before it get it too."""
+    if SETTINGS[result["setting"]][0][0] == "--num-memory-tokens" or "test_reset_memory" in result:
+        return result
+    path = os.path.join(run_dir, "eval_test_reset_memory.log")
+    run_logged(eval_cmd(args, run_dir, "test", "--eval-reset-memory"), path, mode="w")
+    with open(path) as f:
+        ev = parse_eval(f.read())
+    if ev["tokens"] != result["test"]["tokens"]:
+        raise SystemExit(f"longdoc: {path} scored {ev['tokens']} tokens, not {result['test']['tokens']}")
+    n, bits = deep_loss(ev["by_depth"])
+    result["test_reset_memory"] = dict(ev, deep_loss_bits=bits, deep_ppl=2 ** bits)
+    with open(os.path.join(run_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
 
 
 def run_logged(cmd, log_path, mode="a"):
@@ -134,7 +155,7 @@ def one_run(args, setting, seed):
         with open(result_path) as f:
             result = json.load(f)
         if result.get("config") == config(args):
-            return result
+            return memory_ablation(args, run_dir, result)
         raise SystemExit(f"longdoc: {result_path} was made with other settings; use another --out")
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
@@ -156,7 +177,7 @@ def one_run(args, setting, seed):
               "train_minutes_this_invocation": round(minutes, 1)}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
-    return result
+    return memory_ablation(args, run_dir, result)
 
 
 def config(args):
@@ -222,6 +243,20 @@ def markdown(results, args):
                     full = b - ref[seed]["deep_ppl"]
                     shares.append(f"{(b - r['deep_ppl']) / full:.2f}" if full > 0 else "n/a")
             out.append(f"| {s} | " + " | ".join(gains) + f" | {', '.join(shares) or '-'} |")
+    ablated = [s for s in settings if any("test_reset_memory" in r for r in by[s])]
+    if ablated:
+        out += ["", "What the carried memory adds: test perplexity with the memory carried from segment to "
+                "segment (as trained) and with E_0 read at every segment (`--eval-reset-memory`), the same "
+                "checkpoints; mean over seeds:", "",
+                "| setting | seeds | all: carried | all: E_0 each segment | depth >= 8: carried | "
+                "depth >= 8: E_0 each segment | depth >= 8: % lower carried |", "|---|---|---|---|---|---|---|"]
+        for s in ablated:
+            rs = [r for r in by[s] if "test_reset_memory" in r]
+            carried, reset = [r["deep_ppl"] for r in rs], [r["test_reset_memory"]["deep_ppl"] for r in rs]
+            gain = [100 * (b - a) / b for a, b in zip(carried, reset)]
+            out.append(f"| {s} | {','.join(str(r['seed']) for r in rs)} | {cell([r['test']['ppl'] for r in rs])} | "
+                       f"{cell([r['test_reset_memory']['ppl'] for r in rs])} | {cell(carried)} | {cell(reset)} | "
+                       f"{cell(gain, 1)}% |")
     out += ["", "Checks: eval-lm's validation loss against fairseq-train's last validation (bits):", "",
             "| run | eval-lm valid | fairseq-train valid | test tokens scored |", "|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (args.settings.index(r["setting"]), r["seed"])):

@@ -36,7 +36,7 @@ def test_documents_are_consecutive_slices_of_the_stream():
         cb.documents(tokens[:11], eos, L, N, max_docs=3)
 
 
-def test_document_windows_start_at_each_long_enough_document():
+def test_document_windows_tile_each_long_enough_document():
     from fairseq.data import Dictionary
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -49,12 +49,17 @@ def test_document_windows_start_at_each_long_enough_document():
     sep = d.add_symbol("<doc>")
     lines = as_lines(docs, separator=sep)
     L, N = 4, 3
+    width = (N + 1) * L
     inputs, refs, starts = cb.document_windows(Lines(lines), d, "<doc>", L, N, max_docs=100)
-    long_enough = [doc for doc in docs if len(doc) >= (N + 1) * L]
-    assert len(inputs) == len(long_enough) > 0
-    for doc, x, r in zip(long_enough, inputs, refs):
-        assert x.tolist() == [d.eos()] + doc[: N * L], "the document's own start, after </s>"
-        assert r.tolist() == doc[N * L : (N + 1) * L]
+    expected = [(doc, j) for doc in docs for j in range(len(doc) // width)]
+    assert len(inputs) == len(expected) > len([doc for doc in docs if len(doc) >= width]) > 0
+    for (doc, j), x, r in zip(expected, inputs, refs):
+        s = j * width
+        before = d.eos() if j == 0 else doc[s - 1]  # </s> at the document's start, else its own token
+        assert x.tolist() == [before] + doc[s : s + N * L]
+        assert r.tolist() == doc[s + N * L : s + width], "the reference stays inside the document"
+    few = cb.document_windows(Lines(lines), d, "<doc>", L, N, max_docs=3)
+    assert len(few[0]) == 3 and few[2][0] == starts[0] and few[2][-1] == starts[-1]
     with pytest.raises(cb.TarmError, match="not in the dictionary"):
         cb.document_windows(Lines(lines), d, "<nope>", L, N, max_docs=100)
     with pytest.raises(cb.TarmError, match="no document"):

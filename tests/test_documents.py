@@ -247,6 +247,12 @@ def test_eval_lm_scores_every_document_token_once_and_equals_validation(doc_bin,
     assert rows8[0][1] == 12 * 8 and sum(n for _, n, _ in rows8) == count
     assert "units of 8 tokens" in p8.stdout + p8.stderr
     assert eval_loss(p8) == eval_loss(p)
+    # the ablation: E_0 at every segment. A document's first segment reads E_0 anyway
+    off = eval_lm(data, ckpt, "--gen-subset", "valid", "--eval-segment-ppl", "--eval-reset-memory")
+    rows_off = segment_table(off)
+    assert eval_numbers(off)[0] == count and [r[:2] for r in rows_off] == [r[:2] for r in rows]
+    assert rows_off[0][2] == rows[0][2], "depth 0 is read from E_0 either way"
+    assert all(a[2] != b[2] for a, b in zip(rows_off[1:], rows[1:])), "deeper, the carried memory is gone"
 
 
 @pytest.mark.cli

@@ -194,3 +194,28 @@ def test_ptb_recipe_is_the_same_in_main_sh_the_hydra_config_and_the_ablation():
     for argv in evals:
         argv[0] = argv[argv.index("--user-dir") + 1] = argv[argv.index("--path") + 1] = "?"
     assert evals[0] == evals[1]
+
+
+def test_every_plugin_flag_is_in_the_readme_table():
+    """The README's flag table lists each flag the plugin adds to fairseq's (task, model, criterion)."""
+    import dataclasses
+
+    from fairseq.dataclass import FairseqDataclass
+    from fairseq.models.transformer_lm import TransformerLanguageModelConfig
+    from fairseq.tasks.language_modeling import LanguageModelingConfig
+
+    from tarm_plugin.criterions.tarm_lm_loss import TarmLmLossConfig
+    from tarm_plugin.models.tarm_lm import TarmLanguageModelConfig
+    from tarm_plugin.tasks.tarm_language_modeling import TarmLanguageModelingConfig
+
+    def own(cls, base):  # the fields cls adds, less fairseq's settings it only refers to (II)
+        inherited = {f.name for f in dataclasses.fields(base)}
+        return {f.name for f in dataclasses.fields(cls) if f.name not in inherited
+                and not str(f.default).startswith("${")}
+
+    names = (own(TarmLanguageModelingConfig, LanguageModelingConfig) | own(TarmLanguageModelConfig, TransformerLanguageModelConfig)
+             | own(TarmLmLossConfig, FairseqDataclass))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        table = {m for m in re.findall(r"^\| `(--[a-z0-9-]+)", f.read(), re.M)}
+    missing = {"--" + n.replace("_", "-") for n in names} - table
+    assert not missing, f"flags missing from README's table: {sorted(missing)}"

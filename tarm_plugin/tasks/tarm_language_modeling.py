@@ -11,6 +11,7 @@ memory carried through the whole split. With several ranks, every rank's
 carried memory is gathered after each training step, for rank 0's checkpoints.
 """
 
+import functools
 import logging
 import os
 import sys
@@ -92,6 +93,12 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
         metadata={"help": "with --eval-segment-ppl (doc, none): bucket tokens by their depth in units "
                   "of this many tokens instead of segments, so that models with other segment "
                   "lengths line up; 0 = --segment-length"},
+    )
+    eval_reset_memory: bool = field(
+        default=False,
+        metadata={"help": "fairseq-eval-lm: read the initial memory E_0 at every segment, so that "
+                  "nothing is carried from one segment to the next: an ablation that shows what the "
+                  "carried memory adds beyond the learned E_0"},
     )
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
@@ -264,7 +271,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
                             "prepare the data with it (scripts/prepare_text.py --doc-separator)")
         return self.dictionary.index(sep)
 
-    def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, **kwargs):
+    def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, collate_fn=None, **kwargs):
         # every item is already a whole batch of this rank's streams, in stream order:
         # no shuffling, no re-batching, no sharding, no dropped remainder; the epoch's
         # layout (documents are shuffled per epoch) decides how many items there are
@@ -272,7 +279,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             dataset.set_epoch(epoch)
         return iterators.EpochBatchIterator(
             dataset=dataset,
-            collate_fn=dataset.collater,
+            collate_fn=collate_fn or dataset.collater,
             batch_sampler=[[i] for i in range(len(dataset))],
             num_workers=num_workers,
             epoch=epoch,
@@ -312,8 +319,11 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if context_window > 0:
             raise TarmError("--context-window is not used by tarm: the memory carries the context "
                             "across segments; drop the flag")
+        collate = dataset.collater
+        if _cfg_get(self.args, "eval_reset_memory"):
+            collate = functools.partial(reset_every_segment, dataset.collater)
         itr = self.get_batch_iterator(
-            dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
+            dataset, num_workers=num_workers, data_buffer_size=data_buffer_size, collate_fn=collate
         ).next_epoch_itr(shuffle=False)
         if getattr(self, "segment_ppl", None) is not None:
             itr = self.segment_ppl.iterate(itr, dataset)
@@ -335,6 +345,14 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), _cfg_get(self.args, "eval_depth_unit") or 0)
             self.segment_ppl.watch(model)  # the first model of an ensemble
         return model
+
+
+def reset_every_segment(collater, items):
+    """--eval-reset-memory: a batch in which every row's memory starts from E_0 at every segment."""
+    sample = collater(items)
+    net_input = sample["net_input"]
+    net_input["reset"] = torch.ones_like(net_input["reset"], dtype=torch.bool)
+    return sample
 
 
 def _cfg_get(cfg, name):

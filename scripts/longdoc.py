@@ -24,7 +24,8 @@ exists is skipped. Writes under --out:
       eval_test_reset_memory.log (memory settings: the test split with E_0 read at every
       segment, --eval-reset-memory: what the carried memory adds)
   results.json, results.md (tables of every finished run under --out, mean +- std over
-                            seeds), longdoc.png
+                            seeds: by depth, gains, by position within the segment, the
+                            memory ablation, the checks), longdoc.png
 
 Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --out runs/longdoc_code
            [--settings no_memory rmt ...] [--seeds 1 2 3] [--max-update 1200]
@@ -96,6 +97,23 @@ def eval_cmd(args, run_dir, split, *flags):
             "--eval-segment-ppl", "--eval-depth-unit", str(args.segment_length), *flags]
 
 
+def position_table(args, run_dir, result):
+    """A run evaluated before eval-lm logged the loss by position within the segment:
+    its test evaluation once more (the same numbers, and that table)."""
+    if result["test"].get("by_position"):
+        return result
+    path = os.path.join(run_dir, "eval_test.log")
+    run_logged(eval_cmd(args, run_dir, "test"), path, mode="w")
+    with open(path) as f:
+        ev = parse_eval(f.read())
+    if (ev["tokens"], round(ev["loss_bits"], 4)) != (result["test"]["tokens"], round(result["test"]["loss_bits"], 4)):
+        raise SystemExit(f"longdoc: {path} differs from the run's first test evaluation")
+    result["test"] = ev
+    with open(os.path.join(run_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
 def memory_ablation(args, run_dir, result):
     """A memory setting's test split once more with E_0 read at every segment
     (--eval-reset-memory): what the carried memory adds beyond the learned E_0.
@@ -132,8 +150,11 @@ def parse_eval(text):
     rows = re.findall(r"eval_segments(?: \| |:)\s+(\d+(?:-\d+)?)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
     count = int(re.findall(r"Evaluated ([\d,]+) tokens", text)[-1].replace(",", ""))
     bits = float(re.findall(r"Loss \(base 2\): ([\d.]+)", text)[-1])
+    spans = re.findall(r"eval_segments(?: \| |:)\s+pos (\d+-\d+)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
     return {"tokens": count, "loss_bits": bits, "ppl": 2 ** bits,
-            "by_depth": [{"depth": d, "tokens": int(n.replace(",", "")), "loss_bits": float(b)} for d, n, b in rows]}
+            "by_depth": [{"depth": d, "tokens": int(n.replace(",", "")), "loss_bits": float(b)} for d, n, b in rows],
+            "by_position": [{"positions": p, "tokens": int(n.replace(",", "")), "loss_bits": float(b)}
+                            for p, n, b in spans]}
 
 
 def last_valid_loss(log_text):
@@ -155,7 +176,7 @@ def one_run(args, setting, seed):
         with open(result_path) as f:
             result = json.load(f)
         if result.get("config") == config(args):
-            return memory_ablation(args, run_dir, result)
+            return memory_ablation(args, run_dir, position_table(args, run_dir, result))
         raise SystemExit(f"longdoc: {result_path} was made with other settings; use another --out")
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
@@ -243,6 +264,16 @@ def markdown(results, args):
                     full = b - ref[seed]["deep_ppl"]
                     shares.append(f"{(b - r['deep_ppl']) / full:.2f}" if full > 0 else "n/a")
             out.append(f"| {s} | " + " | ".join(gains) + f" | {', '.join(shares) or '-'} |")
+    with_spans = [s for s in settings if s != "context4x" and all(r["test"].get("by_position") for r in by[s])]
+    if "no_memory" in with_spans and len(with_spans) > 1:
+        labels = [x["positions"] for x in by["no_memory"][0]["test"]["by_position"]]
+        out += ["", f"Test loss (bits) by position within the segment of {args.segment_length} tokens, "
+                "all depths; mean over seeds (the first positions have the least context inside the "
+                "segment):", "", "| setting | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
+        for s in with_spans:
+            cells = [cell([x["loss_bits"] for r in by[s] for x in r["test"]["by_position"] if x["positions"] == p], 3)
+                     for p in labels]
+            out.append(f"| {s} | " + " | ".join(cells) + " |")
     ablated = [s for s in settings if any("test_reset_memory" in r for r in by[s])]
     if ablated:
         out += ["", "What the carried memory adds: test perplexity with the memory carried from segment to "

@@ -7,7 +7,10 @@ the segments since its document's (``doc``) or stream's (``none``) start, in
 buckets 0, 1, 2-3, 4-7, ... With ``--eval-depth-unit U`` the depth is counted
 in units of U tokens instead (token j of a document is at depth j // U), so
 models with other segment lengths line up. The batches carry each segment's
-depth (``segment_depth``, :mod:`tarm_plugin.datasets`).
+depth (``segment_depth``, :mod:`tarm_plugin.datasets`). A second table groups
+the same scores by position within the segment, in 8 equal spans of it: the
+first tokens of a segment have the least context inside it, so that is where
+what the memory carries from the previous segments shows first.
 
 fairseq-eval-lm's loop and scorer are fixed, so the task wraps the batch
 iterator it hands to eval-lm (which remembers the batch being scored) and puts
@@ -27,6 +30,9 @@ from .scoring import token_nll
 logger = logging.getLogger(__name__)
 
 
+SPANS = 8  # the position table's spans of a segment
+
+
 def bucket(i: int) -> str:
     """0, 1, 2-3, 4-7, 8-15, ... (segments since a stream's start)."""
     if i < 2:
@@ -42,6 +48,9 @@ class SegmentPerplexity:
         self.sample = None
         self.nll = defaultdict(float)
         self.tokens = defaultdict(int)
+        self.span_nll = defaultdict(float)  # by position within the segment: span -> nll, tokens
+        self.span_tokens = defaultdict(int)
+        self.L = None
 
     def watch(self, model):
         """Score every forward of ``model`` (eval-lm's scorer calls it once per batch)."""
@@ -67,6 +76,12 @@ class SegmentPerplexity:
             key = d if self.per_sample else bucket(d)
             self.nll[key] += float(nll[cells].sum())
             self.tokens[key] += int(cells.sum())
+        self.L = L
+        span = (torch.arange(target.size(1), device=target.device) % L) * SPANS // L
+        for j in range(SPANS):
+            cells = real & span.eq(j)
+            self.span_nll[j] += float(nll[cells].sum())
+            self.span_tokens[j] += int(cells.sum())
         self.sample = None  # one forward per batch: an ensemble's other models are not counted twice
 
     def iterate(self, itr, dataset):
@@ -83,6 +98,15 @@ class SegmentPerplexity:
             out.append((str(k), self.tokens[k], bits, 2 ** bits))
         return out
 
+    def span_rows(self):
+        """[(label 'pos a-b', tokens, loss in bits, perplexity)] by position within the segment."""
+        out = []
+        for j in sorted(k for k in self.span_tokens if self.span_tokens[k]):
+            lo, hi = -(-j * self.L // SPANS), -(-(j + 1) * self.L // SPANS) - 1  # positions p with p*SPANS//L == j
+            bits = self.span_nll[j] / self.span_tokens[j] / math.log(2)
+            out.append((f"pos {lo}-{hi}", self.span_tokens[j], bits, 2 ** bits))
+        return out
+
     def log(self):
         units = f"units of {self.unit} tokens" if self.unit and not self.per_sample else "segments"
         what = "segment of the sample" if self.per_sample else f"{units} since the {self.depth_of}'s start"
@@ -90,6 +114,9 @@ class SegmentPerplexity:
         logger.info(f"{'depth':>9} {'tokens':>9} {'loss':>8} {'ppl':>10}")
         for label, n, bits, ppl in self.rows():
             logger.info(f"{label:>9} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
+        logger.info(f"{self.name}: loss (bits) by position within the segment of {self.L} tokens")
+        for label, n, bits, ppl in self.span_rows():
+            logger.info(f"{label:>11} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
 
 
 class _Recording:

@@ -49,13 +49,22 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands, capsys):  
     assert ablated["tokens"] == n_test
     assert ablated["by_depth"][0] == results["rmt"]["test"]["by_depth"][0], "depth 0 reads E_0 either way"
     assert ablated["loss_bits"] != results["rmt"]["test"]["loss_bits"]
+    assert [x["positions"] for x in results["rmt"]["test"]["by_position"]] == [f"{j}-{j}" for j in range(8)]
     report = (out / "results.md").read_text()
+    assert "by position within the segment" in report
     assert "What the carried memory adds" in report and "| rmt | 1 |" in report and "unigram" in report
     assert (out / "longdoc.png").stat().st_size > 1000
     # a second call trains and evaluates nothing again
     sizes = {p: p.stat().st_size for p in out.glob("runs/*/*.log")}
     longdoc.main(argv)
     assert {p: p.stat().st_size for p in out.glob("runs/*/*.log")} == sizes
+    # a run evaluated before the position table existed: its test split is scored again
+    path = out / "runs" / "no_memory_s1" / "result.json"
+    r = json.loads(path.read_text())
+    spans = r["test"].pop("by_position")
+    path.write_text(json.dumps(r))
+    longdoc.main(argv)
+    assert json.loads(path.read_text())["test"]["by_position"] == spans
     # other flags with the same --out: refused, naming the file
     with pytest.raises(SystemExit, match="made with other settings"):
         longdoc.main([*argv, "--lr", "5e-4"])

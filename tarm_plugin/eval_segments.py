@@ -116,7 +116,7 @@ class SegmentPerplexity:
             logger.info(f"{label:>9} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
         logger.info(f"{self.name}: loss (bits) by position within the segment of {self.L} tokens")
         for label, n, bits, ppl in self.span_rows():
-            logger.info(f"{label:>11} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
+            logger.info(f"{label:>13} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
 
 
 class _Recording:

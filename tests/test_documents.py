@@ -243,7 +243,7 @@ def test_eval_lm_scores_every_document_token_once_and_equals_validation(doc_bin,
     assert sum(n for _, n, _ in rows) == count
     assert rows[0][1] == 12 * 16, "depth 0: the first segment of each of the 12 documents"
     # by position within the 16-token segments: 8 spans of 2 positions, the same tokens and loss
-    spans = re.findall(r"eval_segments(?: \| |:)\s+pos (\d+)-(\d+)\s+([\d,]+)\s+([\d.]+)\s", p.stdout + p.stderr)
+    spans = re.findall(r"eval_segments(?: \| |:)\s*pos (\d+)-(\d+)\s+([\d,]+)\s+([\d.]+)\s", p.stdout + p.stderr)
     assert [(int(a), int(b)) for a, b, _, _ in spans] == [(2 * j, 2 * j + 1) for j in range(8)]
     n = [int(c.replace(",", "")) for _, _, c, _ in spans]
     assert sum(n) == count and n[0] == max(n), "every segment has a first position, not every one a last"

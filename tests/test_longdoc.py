@@ -58,13 +58,18 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands, capsys):  
     sizes = {p: p.stat().st_size for p in out.glob("runs/*/*.log")}
     longdoc.main(argv)
     assert {p: p.stat().st_size for p in out.glob("runs/*/*.log")} == sizes
-    # a run evaluated before the position table existed: its test split is scored again
-    path = out / "runs" / "no_memory_s1" / "result.json"
+    # a run evaluated before the position table existed: read from its log, or (not there
+    # either) its test split scored again
+    path, log = out / "runs" / "no_memory_s1" / "result.json", out / "runs" / "no_memory_s1" / "eval_test.log"
     r = json.loads(path.read_text())
     spans = r["test"].pop("by_position")
-    path.write_text(json.dumps(r))
-    longdoc.main(argv)
-    assert json.loads(path.read_text())["test"]["by_position"] == spans
+    for strip_log in (False, True):
+        path.write_text(json.dumps(r))
+        if strip_log:
+            log.write_text("".join(x for x in log.read_text().splitlines(True) if " pos " not in x))
+        longdoc.main(argv)
+        assert json.loads(path.read_text())["test"]["by_position"] == spans
+        assert " pos " in log.read_text(), "a stripped log is scored again"
     # other flags with the same --out: refused, naming the file
     with pytest.raises(SystemExit, match="made with other settings"):
         longdoc.main([*argv, "--lr", "5e-4"])

@@ -300,6 +300,9 @@ def markdown(results, args):
 
 
 def figure(results, args, path):
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's import logs at DEBUG
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,6 +392,9 @@ def finished_runs(args):
             with open(path) as f:
                 r = json.load(f)
             if r.get("config") == config(args):
+                if not r["test"].get("by_position"):  # finished by an older longdoc.py: in the log?
+                    with open(os.path.join(runs, name, "eval_test.log")) as f:
+                        r["test"]["by_position"] = parse_eval(f.read())["by_position"]
                 results.append(r)
     return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
 

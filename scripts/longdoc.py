@@ -300,6 +300,8 @@ def markdown(results, args):
 
 
 def figure(results, args, path):
+    """Loss by depth per setting (mean over seeds), the same against no memory, and the
+    loss against no memory by position within the segment."""
     import logging
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's import logs at DEBUG
@@ -308,22 +310,40 @@ def figure(results, args, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in args.settings:
-        rs = [r for r in results if r["setting"] == s]
-        if not rs:
-            continue
-        depths = [x["depth"] for x in rs[0]["test"]["by_depth"]]
+    def mean_by(rs, table, key):
+        labels = [x[key] for x in rs[0]["test"][table]]
+        return labels, [statistics.mean(x["loss_bits"] for r in rs for x in r["test"][table] if x[key] == k)
+                        for k in labels]
+
+    by = {s: [r for r in results if r["setting"] == s] for s in args.settings}
+    by = {s: rs for s, rs in by.items() if rs}
+    fig, (ax, diff, pos) = plt.subplots(3, 1, figsize=(7, 10), gridspec_kw={"height_ratios": [3, 2, 2]})
+    base = mean_by(by["no_memory"], "by_depth", "depth")[1] if "no_memory" in by else None
+    base_pos = (mean_by(by["no_memory"], "by_position", "positions")[1]
+                if "no_memory" in by and all(r["test"].get("by_position") for r in by["no_memory"]) else None)
+    for s, rs in by.items():
+        depths, mean = mean_by(rs, "by_depth", "depth")
         xs = list(range(len(depths)))
-        mean = [statistics.mean(x["loss_bits"] for r in rs for x in r["test"]["by_depth"] if x["depth"] == d)
-                for d in depths]
         ax.plot(xs, mean, marker="o", label=f"{s} (n={len(rs)})")
-        ax.set_xticks(xs, depths)
-    ax.set_xlabel(f"depth into the document (segments of {args.segment_length} tokens)")
+        if base is not None and len(base) == len(mean):
+            diff.plot(xs, [m - b for m, b in zip(mean, base)], marker="o", label=s)
+        if base_pos is not None and s != "context4x" and all(r["test"].get("by_position") for r in rs):
+            spans, mean_pos = mean_by(rs, "by_position", "positions")
+            pos.plot(range(len(spans)), [m - b for m, b in zip(mean_pos, base_pos)], marker="o", label=s)
+            pos.set_xticks(range(len(spans)), spans)
+    for a in (ax, diff):
+        a.set_xticks(xs, depths, rotation=45)
+        a.grid(alpha=0.3)
     ax.set_ylabel("test loss (bits/token)")
-    ax.set_title(os.path.basename(os.path.normpath(args.data)))
-    ax.legend()
-    ax.grid(alpha=0.3)
+    ax.set_title(f"{os.path.basename(os.path.normpath(args.data))}: loss by depth into the document")
+    ax.legend(fontsize=8)
+    diff.axhline(0, color="gray", lw=0.8)
+    diff.set_ylabel("minus no memory (bits)")
+    diff.set_xlabel(f"depth into the document (segments of {args.segment_length} tokens)")
+    pos.axhline(0, color="gray", lw=0.8)
+    pos.set_ylabel("minus no memory (bits)")
+    pos.set_xlabel(f"position within the segment of {args.segment_length} tokens (all depths)")
+    pos.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -258,8 +258,9 @@ class DocumentStreamDataset(WholeBatchDataset):
     """``--sample-break-mode doc``: each row reads whole documents, one after another.
 
     The ``S = bsz * num_shards`` rows are filled with documents, each going to
-    the row with the fewest segments so far (longest-processing-time
-    balancing, so all rows end at about the same segment). A document starts
+    the row with the fewest segments so far (greedy balancing, so all rows end
+    at about the same segment unless one document is longer than a row's
+    share: then the other rows end in padding). A document starts
     on a fresh segment, its last segment is padded; its first segment resets
     the row's memory to E_0, and the memory is carried while the document
     lasts, across items. Item i holds segments ``[i*k, (i+1)*k)`` of every

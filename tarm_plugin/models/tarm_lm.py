@@ -318,9 +318,9 @@ class TarmLanguageModel(TransformerLanguageModel):
     def share_carried_memory(self, key: str, bsz: int) -> None:
         """All ranks together: gather every rank's carried memory of ``key`` (a
         [world, B, m, d] tensor), ready for rank 0's next checkpoint. Nothing
-        tells the other ranks when rank 0 saves: the task calls this after each
-        training step that fairseq-train may follow with a checkpoint, and when
-        a validation starts (``may_save_after``, ``begin_valid_epoch``)."""
+        tells the other ranks when rank 0 saves: the task calls this after every
+        training step (a checkpoint may follow any) and when a validation starts
+        (``begin_valid_epoch``)."""
         memory, _ = self.carried.get(key, bsz)
         if memory is None or data_parallel_shard()[1] == 1:
             return

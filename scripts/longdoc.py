@@ -57,13 +57,18 @@ RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_
              "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")
 
 
+def has_memory(setting):
+    """A setting with memory tokens (no_memory and context4x set none)."""
+    return "--num-memory-tokens" not in SETTINGS[setting][0]
+
+
 def settings_flags(args, setting):
     """(model/task flags, segment length) of a setting; tokens per sample are k*L for all
     (context4x: one segment of 4L, with k = 4)."""
     flags, times_l, per_k = SETTINGS[setting]
     L = args.segment_length * times_l
     out = ["--segment-length", str(L), "--bptt-segments", str(args.bptt_segments if per_k else 1)]
-    if "--num-memory-tokens" not in flags:  # a memory setting
+    if has_memory(setting):
         out += ["--num-memory-tokens", str(args.memory_tokens)]
         if args.checkpoint_segments:
             out += ["--checkpoint-segments"]
@@ -103,17 +108,14 @@ def position_table(args, run_dir, result):
     if result["test"].get("by_position"):
         return result
     path = os.path.join(run_dir, "eval_test.log")
-    with open(path) as f:
-        ev = parse_eval(f.read())
+    ev = read_eval(path)
     if not ev["by_position"]:  # not in the log: score the test split again
         run_logged(eval_cmd(args, run_dir, "test"), path, mode="w")
-        with open(path) as f:
-            ev = parse_eval(f.read())
+        ev = read_eval(path)
     if (ev["tokens"], round(ev["loss_bits"], 4)) != (result["test"]["tokens"], round(result["test"]["loss_bits"], 4)):
         raise SystemExit(f"longdoc: {path} differs from the run's first test evaluation")
     result["test"] = ev
-    with open(os.path.join(run_dir, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    save_result(run_dir, result)
     return result
 
 
@@ -121,18 +123,16 @@ def memory_ablation(args, run_dir, result):
     """A memory setting's test split once more with E_0 read at every segment
     (--eval-reset-memory): what the carried memory adds beyond the learned E_0.
     Added to ``result`` (and its result.json) once; runs finished before it get it too."""
-    if SETTINGS[result["setting"]][0][0] == "--num-memory-tokens" or "test_reset_memory" in result:
+    if not has_memory(result["setting"]) or "test_reset_memory" in result:
         return result
     path = os.path.join(run_dir, "eval_test_reset_memory.log")
     run_logged(eval_cmd(args, run_dir, "test", "--eval-reset-memory"), path, mode="w")
-    with open(path) as f:
-        ev = parse_eval(f.read())
+    ev = read_eval(path)
     if ev["tokens"] != result["test"]["tokens"]:
         raise SystemExit(f"longdoc: {path} scored {ev['tokens']} tokens, not {result['test']['tokens']}")
     n, bits = deep_loss(ev["by_depth"])
     result["test_reset_memory"] = dict(ev, deep_loss_bits=bits, deep_ppl=2 ** bits)
-    with open(os.path.join(run_dir, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    save_result(run_dir, result)
     return result
 
 
@@ -146,6 +146,16 @@ def run_logged(cmd, log_path, mode="a"):
         with open(log_path) as f:
             tail = f.read()[-3000:]
         raise SystemExit(f"longdoc: command failed ({log_path}):\n{tail}")
+
+
+def read_eval(path):
+    with open(path) as f:
+        return parse_eval(f.read())
+
+
+def save_result(run_dir, result):
+    with open(os.path.join(run_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def parse_eval(text):
@@ -190,8 +200,7 @@ def one_run(args, setting, seed):
     for split in ("test", "valid"):
         path = os.path.join(run_dir, f"eval_{split}.log")
         run_logged(eval_cmd(args, run_dir, split), path, mode="w")
-        with open(path) as f:
-            evals[split] = parse_eval(f.read())
+        evals[split] = read_eval(path)
     with open(log_path) as f:
         valid_train = last_valid_loss(f.read())
     n, bits = deep_loss(evals["test"]["by_depth"])
@@ -199,8 +208,7 @@ def one_run(args, setting, seed):
               "valid_eval_lm_bits": evals["valid"]["loss_bits"], "valid_fairseq_train_bits": valid_train,
               "deep_tokens": n, "deep_loss_bits": bits, "deep_ppl": 2 ** bits,
               "train_minutes_this_invocation": round(minutes, 1)}
-    with open(result_path, "w") as f:
-        json.dump(result, f, indent=1)
+    save_result(run_dir, result)
     return memory_ablation(args, run_dir, result)
 
 
@@ -413,8 +421,7 @@ def finished_runs(args):
                 r = json.load(f)
             if r.get("config") == config(args):
                 if not r["test"].get("by_position"):  # finished by an older longdoc.py: in the log?
-                    with open(os.path.join(runs, name, "eval_test.log")) as f:
-                        r["test"]["by_position"] = parse_eval(f.read())["by_position"]
+                    r["test"]["by_position"] = read_eval(os.path.join(runs, name, "eval_test.log"))["by_position"]
                 results.append(r)
     return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
 

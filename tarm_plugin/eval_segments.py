@@ -77,11 +77,12 @@ class SegmentPerplexity:
             self.nll[key] += float(nll[cells].sum())
             self.tokens[key] += int(cells.sum())
         self.L = L
-        span = (torch.arange(target.size(1), device=target.device) % L) * SPANS // L
-        for j in range(SPANS):
-            cells = real & span.eq(j)
-            self.span_nll[j] += float(nll[cells].sum())
-            self.span_tokens[j] += int(cells.sum())
+        span = ((torch.arange(target.size(1), device=target.device) % L) * SPANS // L).expand_as(real)[real]
+        sums = torch.bincount(span, weights=nll[real].double(), minlength=SPANS).tolist()
+        counts = torch.bincount(span, minlength=SPANS).tolist()
+        for j in range(SPANS):  # one transfer per batch, not one per span
+            self.span_nll[j] += sums[j]
+            self.span_tokens[j] += counts[j]
         self.sample = None  # one forward per batch: an ensemble's other models are not counted twice
 
     def iterate(self, itr, dataset):

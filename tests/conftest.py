@@ -98,6 +98,16 @@ def served(monkeypatch):
     return _server["shims"] if "TARM_FORKSERVER" in env else BIN
 
 
+@pytest.fixture
+def commands(served, monkeypatch):
+    """The project's scripts (recall.py, longdoc.py) call fairseq's commands by their path
+    beside their Python (scripts/commands.py): use the test's."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import commands as where
+
+    monkeypatch.setattr(where, "BIN", served)
+
+
 def run(cmd, env=None, timeout=600, cwd=ROOT, input=None, fork=True):
     """Run a command with the venv's bin first on PATH; returns CompletedProcess.
 

@@ -19,15 +19,8 @@ TINY = ["--segment-length", "8", "--layers", "1", "--dim", "32", "--ffn", "64", 
         "--memory-tokens", "2", "--max-update", "4", "--warmup", "1", "--save-every", "2", "--batch-size", "2"]
 
 
-@pytest.fixture
-def commands(served, monkeypatch):
-    import commands as where
-
-    monkeypatch.setattr(where, "BIN", served)
-
-
 @pytest.mark.cli
-def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands, capsys):  # noqa: F811
+def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: F811
     out = tmp_path / "out"
     argv = ["--data", doc_bin["sep"], "--doc-separator", "<doc>", "--out", str(out),
             "--settings", "no_memory", "rmt", "context4x", "--seeds", "1", *TINY]

@@ -15,15 +15,6 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import recall  # noqa: E402
 
 
-@pytest.fixture
-def commands(served, monkeypatch):
-    """recall.py calls fairseq's commands by their path beside its Python (scripts/commands.py):
-    use the test's."""
-    import commands as where
-
-    monkeypatch.setattr(where, "BIN", served)
-
-
 def test_sample_layout():
     L, P, D = 8, 3, 2
     rng = random.Random(0)

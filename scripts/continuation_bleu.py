@@ -192,7 +192,7 @@ def markdown(result) -> str:
         lines.append(f"| {r['name']} | {r['num_memory_tokens']} | {r['memory_ema_alpha']} | {r['bleu']:.2f} | "
                      f"{r['chrf']:.2f} | {r['token_accuracy']:.3f} | {by_pos} |")
     for k, ex in enumerate(result["examples"]):
-        lines += ["", f"Example {k + 1} (document at token {ex['start']}):", "",
+        lines += ["", f"Example {k + 1} (window from token {ex['start']} of the split):", "",
                   f"- context (last 200 characters): ...{ex['context'][-200:]}",
                   f"- reference: {ex['reference']}"]
         lines += [f"- {name}: {text}" for name, text in ex["generated"].items()]

@@ -154,3 +154,12 @@ def test_cpu_runs_resumes_where_it_stopped(tmp_path):
             env={**env, "MAX_UPDATE": "5"})
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "was started with 'MAX_UPDATE=6 " in p.stderr and "not 'MAX_UPDATE=5 " in p.stderr
+
+
+def test_cpu_runs_outside_the_venv_says_so(tmp_path):
+    # cpu_runs.sh calls `python`; without the project's venv it would fail deep in a helper
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "out"), "rmt"],
+            env={"PATH": "/usr/bin:/bin"}, fork=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "activate the project's venv" in p.stderr
+    assert not (tmp_path / "out").exists()

@@ -81,6 +81,8 @@ memory_of() {  # memory_of SETTING: sets memory=(SLOTS ALPHA [MODEL_FLAGS...])
     esac
 }
 for setting in "${settings[@]}"; do memory_of "$setting"; done  # every name checked before training
+python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('fairseq') and u.find_spec('torch')))" 2>/dev/null || {
+    echo "cpu_runs.sh: error: \`python\` cannot import fairseq and torch: activate the project's venv (source .venv/bin/activate)" >&2; exit 2; }
 
 [[ -f $DATA/dict.txt ]] || bash examples/quadratic/prepare.sh "$DATA" \
     --train 100000 --valid 500 --test 1000 --seed 1

@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 SPANS = 8  # the position table's spans of a segment
 
 
+def totals(index: torch.Tensor, nll: torch.Tensor, minlength: int = 0):
+    """(summed nll, token count) per value of ``index``, as lists: one transfer per batch."""
+    return (torch.bincount(index, weights=nll.double(), minlength=minlength).tolist(),
+            torch.bincount(index, minlength=minlength).tolist())
+
+
 def bucket(i: int) -> str:
     """0, 1, 2-3, 4-7, 8-15, ... (segments since a stream's start)."""
     if i < 2:
@@ -71,18 +77,17 @@ class SegmentPerplexity:
             within = torch.arange(target.size(1), device=target.device) % L
             depth = (seg_depth * L + within) // self.unit
         real = target.ne(self.pad) & depth.ge(0)
-        sums = torch.bincount(depth[real], weights=nll[real].double()).tolist()
-        counts = torch.bincount(depth[real]).tolist()
-        for d, n in enumerate(counts):  # one transfer per batch, not one per depth
+        nll = nll[real]
+        sums, counts = totals(depth[real], nll)
+        for d, n in enumerate(counts):
             if n:
                 key = d if self.per_sample else bucket(d)
                 self.nll[key] += sums[d]
                 self.tokens[key] += n
         self.L = L
         span = ((torch.arange(target.size(1), device=target.device) % L) * SPANS // L).expand_as(real)[real]
-        sums = torch.bincount(span, weights=nll[real].double(), minlength=SPANS).tolist()
-        counts = torch.bincount(span, minlength=SPANS).tolist()
-        for j in range(SPANS):  # one transfer per batch, not one per span
+        sums, counts = totals(span, nll, minlength=SPANS)
+        for j in range(SPANS):
             self.span_nll[j] += sums[j]
             self.span_tokens[j] += counts[j]
         self.sample = None  # one forward per batch: an ensemble's other models are not counted twice

@@ -83,8 +83,13 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
     assert [plot.stable_end(tmp_path / n) for n in ("rmt", "no_memory", "tarm_gate")] == [500, None, 8000]
     out = tmp_path / "fig.png"
-    plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
+    plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out), "target": 99.8, "zoom": 90.0}))
     assert out.stat().st_size > 1000
+    import matplotlib.pyplot as plt
+    left, right = plt.gcf().axes
+    assert "target 99.8%" in [line.get_label() for line in left.lines]
+    assert right.get_ylim()[0] == 90.0 and left.get_ylim()[0] < 0
+    plt.close("all")
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
     assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"

@@ -7,7 +7,8 @@ double root, no real roots) and the wrong answers by what they got wrong
 (x1 only, x2 only, both roots, wrong kind, value) as JSON.
 
 Usage: python scripts/eval_quadratic.py --path CKPT --data data-bin/quadratic [--split test]
-           [--misses FILE]   # the wrong answers, one "reference<TAB>answer" line each
+           [--misses FILE]   # the wrong answers, one line each:
+                             # reference<TAB>answer<TAB>what is wrong<TAB>where the steps computed x1
 """
 
 import argparse
@@ -18,8 +19,8 @@ import sys
 import torch
 
 from commands import load_checkpoint
-from quadratic_answers import (accuracy_by, answer_accuracy, answer_kind, count_misses, normalize_answer,
-                               split_by_kind, value_segments)
+from quadratic_answers import (accuracy_by, answer_accuracy, answer_kind, count_misses, miss_type,
+                               normalize_answer, split_by_kind, value_segments)
 
 
 def main():
@@ -28,7 +29,8 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--misses", help="write each wrong answer as 'reference<TAB>answer' to this file")
+    p.add_argument("--misses", help="write each wrong answer to this file as 'reference<TAB>answer<TAB>"
+                   "what is wrong (x1 only, ...)<TAB>where the steps computed x1 (segment 3, ...; - if nowhere)'")
     args = p.parse_args()
     for f, what in ((args.path, "--path"), (os.path.join(args.data, "dict.txt"), "--data")):
         if not os.path.isfile(f):
@@ -58,14 +60,16 @@ def main():
               "misses": count_misses(preds, refs)}
     # two-root answers by where the steps computed x1: a value in an earlier segment must
     # be carried through more memory writes before the answer segment
-    where = [None if at is None or answer_kind(r) != "two_roots" else
-             f"segment {at[0]}" if at[0] == at[1] else f"segments {at[0]}-{at[1]}" for at, r in zip(x1_at, refs)]
+    x1_at = [None if at is None else f"segment {at[0]}" if at[0] == at[1] else f"segments {at[0]}-{at[1]}"
+             for at in x1_at]
+    where = [at if answer_kind(r) == "two_roots" else None for at, r in zip(x1_at, refs)]
     result["two_roots_by_x1_segment"] = {k: {"accuracy": a, "samples": n}
                                          for k, (a, n) in sorted(accuracy_by(where, preds, refs).items())}
     if args.misses:
         with open(args.misses, "w") as f:
-            pairs = ((normalize_answer(r), normalize_answer(g)) for g, r in zip(preds, refs))
-            f.writelines(f"{r}\t{g}\n" for r, g in pairs if r != g)
+            for g, r, at in zip(preds, refs, x1_at):
+                if miss_type(g, r):
+                    f.write(f"{normalize_answer(r)}\t{normalize_answer(g)}\t{miss_type(g, r)}\t{at or '-'}\n")
     print(json.dumps(result))
 
 

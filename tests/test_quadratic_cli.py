@@ -37,8 +37,11 @@ def test_quadratic_end_to_end(tmp_path):
     assert result["samples"] == 32
     misses = [line.split("\t") for line in (tmp_path / "misses.tsv").read_text().splitlines()]
     assert len(misses) == round(32 * (1 - result["accuracy"]))
-    assert all(ref != answer and "_" not in ref for ref, answer in misses)
+    assert all(ref != answer and "_" not in ref for ref, answer, _, _ in misses)
     assert sum(result["misses"].values()) == len(misses)
+    # what each got wrong, counted as in the JSON; where x1 was computed, for two-root references
+    assert {t: sum(m[2] == t for m in misses) for t, _ in result["misses"].items()} == result["misses"]
+    assert all(m[3].startswith("segment") == ("," in m[0]) for m in misses)
     by_x1 = result["two_roots_by_x1_segment"]
     assert by_x1 and sum(v["samples"] for v in by_x1.values()) == result["by_kind"]["two_roots"]["samples"]
     assert result["accuracy"] * 100 == pytest.approx(acc, abs=0.01), "same metric in fairseq's validation"

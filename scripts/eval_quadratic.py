@@ -68,8 +68,8 @@ def main():
     if args.misses:
         with open(args.misses, "w") as f:
             for g, r, at in zip(preds, refs, x1_at):
-                if miss_type(g, r):
-                    f.write(f"{normalize_answer(r)}\t{normalize_answer(g)}\t{miss_type(g, r)}\t{at or '-'}\n")
+                if what := miss_type(g, r):
+                    f.write(f"{normalize_answer(r)}\t{normalize_answer(g)}\t{what}\t{at or '-'}\n")
     print(json.dumps(result))
 
 

@@ -8,7 +8,10 @@
            Figure 2), plus the relative change per segment of each.
   quadratic: validation exact match over updates per setting, and the test
            table (overall and by kind), from examples/quadratic/cpu_runs.sh's
-           run directories (<runs>/<setting>/{train.log,test_stable.json,test.json}).
+           run directories (<runs>/<setting>/{train.log,test_stable.json,test.json});
+           with examples/quadratic/valid_by_update.sh's results in them
+           (valid_update<N>.json), also the validation two-root exact match by the
+           segment in which the steps computed x1, over updates (panel and table).
 
 Usage:
   python scripts/plot.py curves --runs runs/ablation --out docs/fig_valid_ppl.png
@@ -180,7 +183,7 @@ def quadratic_table(runs):
     """Markdown: per setting and phase (cpu_runs.sh: stable, then decay), the updates, best
     valid exact match up to then, test exact match of that best checkpoint, overall and by kind;
     then the two-root answers by the segment in which the steps computed x1."""
-    where = ["segment 4", "segments 3-4", "segment 3"]
+    where = WHERE_X1
     lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS)
              + " | wrong answers |", "|---|---|---|---|---|" + "---|" * (len(KINDS) + 1)]
     by_x1 = ["", "| setting | phase | two roots: x1 read in " + " | ".join(where) + " |",
@@ -203,6 +206,31 @@ def quadratic_table(runs):
     return "\n".join(lines + by_x1)
 
 
+WHERE_X1 = ["segment 4", "segments 3-4", "segment 3"]
+
+
+def valid_by_update(run_dir):
+    """{update: eval_quadratic.py result} of valid_by_update.sh's valid_update<N>.json."""
+    found = {}
+    for path in glob.glob(os.path.join(run_dir, "valid_update*.json")):
+        m = re.fullmatch(r"valid_update(\d+)\.json", os.path.basename(path))
+        if m and read_test(path):
+            found[int(m.group(1))] = read_test(path)
+    return dict(sorted(found.items()))
+
+
+def by_x1_table(runs):
+    """Markdown: per setting and evaluated update, validation exact match overall and of the
+    two-root answers by where the steps computed x1."""
+    lines = ["| setting | updates | valid EM | two roots: x1 read in " + " | ".join(WHERE_X1) + " |",
+             "|---|---|---|" + "---|" * len(WHERE_X1)]
+    for setting, run in runs.items():
+        for u, res in run["by_update"].items():
+            lines.append(f"| {setting} | {u} | {100 * res['accuracy']:.1f}% | "
+                         + " | ".join(accuracy_cell(res.get("two_roots_by_x1_segment", {}), w) for w in WHERE_X1) + " |")
+    return "\n".join(lines)
+
+
 def plot_quadratic(args):
     runs = {}
     names = sorted(os.listdir(args.runs), key=lambda n: (QUADRATIC_ORDER + [n]).index(n)) if os.path.isdir(args.runs) else []
@@ -212,11 +240,14 @@ def plot_quadratic(args):
             continue
         runs[name] = {"curve": valid_accuracy(log), "stable_end": stable_end(os.path.join(args.runs, name)),
                       "test_stable": read_test(os.path.join(args.runs, name, "test_stable.json")),
-                      "test": read_test(os.path.join(args.runs, name, "test.json"))}
+                      "test": read_test(os.path.join(args.runs, name, "test.json")),
+                      "by_update": valid_by_update(os.path.join(args.runs, name))}
     if not runs:
         sys.exit(f"plot: error: no runs (<setting>/train.log) in {args.runs}")
-    # left: the whole curve; right: its top, where a target such as 99.8% is told apart
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    # left: the whole curve; middle: its top, where a target such as 99.8% is told apart;
+    # right (with valid_by_update.sh's results): the two-root answers by where x1 was computed
+    by_update = any(run["by_update"] for run in runs.values())
+    fig, axes = plt.subplots(1, 3 if by_update else 2, figsize=(16.5 if by_update else 11, 4.5))
     ends = {run["stable_end"] for run in runs.values() if run["curve"] and run["stable_end"] is not None}
     decays = sorted(u for u in ends if any(c[0] > u for r in runs.values() for c in r["curve"]))
     for ax, ylim in zip(axes, [(-2, 102), (args.zoom, 100.5)]):
@@ -232,10 +263,27 @@ def plot_quadratic(args):
     axes[0].set_ylabel("validation exact match (%)")
     axes[0].legend()
     axes[1].set_title(f"the same, from {args.zoom:g}%")
+    if by_update:
+        ax = axes[2]
+        for i, (name, run) in enumerate(runs.items()):
+            for where, ls in zip(WHERE_X1[1:], ["--", "-"]):
+                points = [(u, 100 * r["two_roots_by_x1_segment"][where]["accuracy"])
+                          for u, r in run["by_update"].items() if where in r.get("two_roots_by_x1_segment", {})]
+                if points:
+                    ax.plot(*zip(*points), marker="o", ms=3, ls=ls, color=f"C{i}", label=f"{name}: x1 in {where}")
+        ax.axhline(args.target, color="gray", ls="--", lw=0.8)
+        ax.set_xlabel("updates")
+        ax.set_ylabel("two-root validation exact match (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title("two roots, by where the steps computed x1")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle("Quadratic equations: greedy answer segment, validation equations")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(quadratic_table(runs))
+    if by_update:
+        print("\n" + by_x1_table(runs))
     print(f"wrote {args.out}")
 
 

@@ -64,6 +64,26 @@ def test_cpu_runs_stable_then_decay(tmp_path):
     for name in ("test_stable.json", "test.json"):
         result = json.loads((tmp_path / "runs" / "no_memory" / name).read_text())
         assert result["split"] == "test" and result["samples"] == 16
+    # validation of saved checkpoints, by update: the same exact match as fairseq-train's
+    # validation at that update, named by the update count stored in the checkpoint
+    run_dir = tmp_path / "runs" / "no_memory"
+    p = run(["bash", "examples/quadratic/valid_by_update.sh", str(run_dir), str(run_dir / "checkpoint_last.pt")],
+            env={"DATA": str(dest)})
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert p.stdout.strip().endswith("checkpoint_last.pt: update 8, " + str(json.loads(
+        (run_dir / "valid_update8.json").read_text())["accuracy"]))
+    by_update = json.loads((run_dir / "valid_update8.json").read_text())
+    fairseq_valid = {int(d["valid_num_updates"]): float(d["valid_accuracy"])
+                     for d in map(json.loads, re.findall(r"\| valid \| (\{.*\})", log))}
+    assert by_update["split"] == "valid" and by_update["samples"] == 16
+    assert 100 * by_update["accuracy"] == pytest.approx(fairseq_valid[8], abs=0.01)
+    assert (run_dir / "valid_update8.misses.tsv").exists() and not (run_dir / "valid_update8.log").exists()
+    p = run(["bash", "examples/quadratic/valid_by_update.sh", str(run_dir), str(run_dir / "checkpoint_last.pt")],
+            env={"DATA": str(dest)})
+    assert p.returncode == 0 and p.stdout == "", "an evaluated update is not evaluated again"
+    p = run(["bash", "examples/quadratic/valid_by_update.sh", str(run_dir), str(run_dir / "checkpoint_9.pt")],
+            env={"DATA": str(dest)})
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no checkpoint" in p.stderr and "checkpoint_9.pt" in p.stderr
     # a decay phase needs a stable one to resume
     p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "fresh"), "rmt"],
             env={**env, "PHASES": "decay"})

@@ -80,22 +80,36 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     final["two_roots_by_x1_segment"] = {"segment 4": {"accuracy": 1.0, "samples": 6},
                                         "segment 3": {"accuracy": 0.5, "samples": 2}}
     (tmp_path / "rmt" / "test.json").write_text(json.dumps(final) + "\n")
+    # valid_by_update.sh's results for rmt: the third panel and a second table
+    for u, at3 in [(500, 0.0), (1000, 0.5)]:
+        res = json.loads(result(0.6, 0.5, 1.0))
+        res["two_roots_by_x1_segment"] = {"segment 4": {"accuracy": 1.0, "samples": 6},
+                                          "segment 3": {"accuracy": at3, "samples": 2}}
+        (tmp_path / "rmt" / f"valid_update{u}.json").write_text(json.dumps(res) + "\n")
+    assert list(plot.valid_by_update(tmp_path / "rmt")) == [500, 1000]
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
     assert [plot.stable_end(tmp_path / n) for n in ("rmt", "no_memory", "tarm_gate")] == [500, None, 8000]
     out = tmp_path / "fig.png"
     plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out), "target": 99.8, "zoom": 90.0}))
     assert out.stat().st_size > 1000
     import matplotlib.pyplot as plt
-    left, right = plt.gcf().axes
+    left, right, by_x1 = plt.gcf().axes
     assert "target 99.8%" in [line.get_label() for line in left.lines]
     assert right.get_ylim()[0] == 90.0 and left.get_ylim()[0] < 0
+    seg3 = [line for line in by_x1.lines if line.get_label() == "rmt: x1 in segment 3"][0]
+    assert list(seg3.get_xdata()) == [500, 1000] and list(seg3.get_ydata()) == [0.0, 50.0]
     plt.close("all")
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
     assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"
     assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"
     assert rows[5].startswith("| tarm_gate | stable | 500 | 20.0% | (running) |")
-    assert rows[10].startswith("wrote") and rows[9] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed
+    assert rows[9] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed
+    assert rows[11:15] == ["| setting | updates | valid EM | two roots: x1 read in segment 4 | segments 3-4 | segment 3 |",
+                           "|---|---|---|---|---|---|",
+                           "| rmt | 500 | 60.0% | 100.0% (6) | - | 0.0% (2) |",
+                           "| rmt | 1000 | 60.0% | 100.0% (6) | - | 50.0% (2) |"]
+    assert rows[15].startswith("wrote")
 
 
 def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir, tmp_path):

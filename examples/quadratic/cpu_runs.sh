@@ -26,7 +26,8 @@
 #        STOP_AT (stop each setting at this update; the same command without it continues),
 #        SEED (default 1: initialisation, data order, dropout),
 #        DATA (default data-bin/quadratic-100k, generated if absent)
-# Writes OUT/<setting>/{train.log,test_stable.json,test.json,run.conf} and the checkpoints.
+# Writes OUT/<setting>/{train.log,test_stable.json,test.json,run.conf} and the checkpoints
+# (best, last, and those of every 1,000th update).
 # run.conf holds the schedule, data and flags the run was started with; a later call with
 # others stops with an error instead of mixing two schedules in one run.
 #
@@ -89,11 +90,13 @@ python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('fairseq')
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 
 train() {  # train SETTING_DIR [FAIRSEQ_FLAGS...]; fairseq resumes SETTING_DIR/checkpoint_last.pt
+    # (the checkpoint of every 1,000th update stays, for examples/quadratic/valid_by_update.sh)
     local dir=$1; shift
     DATA=$DATA SAVE=$dir bash examples/quadratic/train.sh \
         --cpu --num-workers 0 --seed "$SEED" --no-progress-bar --lr 1e-3 --clip-norm 1.0 \
         --validate-interval-updates "$VALID_EVERY" \
-        --save-interval-updates "$VALID_EVERY" --keep-interval-updates 1 "$@"
+        --save-interval-updates "$VALID_EVERY" --keep-interval-updates 1 \
+        --keep-interval-updates-pattern 1000 "$@"
 }
 
 resume_point() {  # resume_point SETTING_DIR: sets done = its checkpoint's update count

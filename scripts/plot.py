@@ -152,6 +152,7 @@ def stable_end(run_dir):
 
 QUADRATIC_ORDER = ["no_memory", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_learned", "tarm_gate"]
 KINDS = [("two_roots", "two roots"), ("double_root", "double root"), ("no_roots", "no real roots")]
+WHERE_X1 = ["segment 4", "segments 3-4", "segment 3"]
 
 
 def read_test(path):
@@ -183,11 +184,10 @@ def quadratic_table(runs):
     """Markdown: per setting and phase (cpu_runs.sh: stable, then decay), the updates, best
     valid exact match up to then, test exact match of that best checkpoint, overall and by kind;
     then the two-root answers by the segment in which the steps computed x1."""
-    where = WHERE_X1
     lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS)
              + " | wrong answers |", "|---|---|---|---|---|" + "---|" * (len(KINDS) + 1)]
-    by_x1 = ["", "| setting | phase | two roots: x1 read in " + " | ".join(where) + " |",
-             "|---|---|" + "---|" * len(where)]
+    by_x1 = ["", "| setting | phase | two roots: x1 read in " + " | ".join(WHERE_X1) + " |",
+             "|---|---|" + "---|" * len(WHERE_X1)]
     for setting, run in runs.items():
         for phase, updates, test in run_phases(run):
             seen = [a for u, a in run["curve"] if u <= updates]
@@ -199,14 +199,11 @@ def quadratic_table(runs):
                 cells.append(", ".join(f"{k} {n}" for k, n in misses) or "-")
                 if test.get("two_roots_by_x1_segment"):
                     by_x1.append(f"| {setting} | {phase} | "
-                                 + " | ".join(accuracy_cell(test["two_roots_by_x1_segment"], w) for w in where) + " |")
+                                 + " | ".join(accuracy_cell(test["two_roots_by_x1_segment"], w) for w in WHERE_X1) + " |")
             else:
                 cells, em = ["-"] * (len(KINDS) + 1), "(running)"
             lines.append(f"| {setting} | {phase} | {updates} | {best} | {em} | " + " | ".join(cells) + " |")
     return "\n".join(lines + by_x1)
-
-
-WHERE_X1 = ["segment 4", "segments 3-4", "segment 3"]
 
 
 def valid_by_update(run_dir):
@@ -214,8 +211,9 @@ def valid_by_update(run_dir):
     found = {}
     for path in glob.glob(os.path.join(run_dir, "valid_update*.json")):
         m = re.fullmatch(r"valid_update(\d+)\.json", os.path.basename(path))
-        if m and read_test(path):
-            found[int(m.group(1))] = read_test(path)
+        result = read_test(path) if m else None
+        if result:
+            found[int(m.group(1))] = result
     return dict(sorted(found.items()))
 
 

@@ -229,9 +229,28 @@ def by_x1_table(runs):
     return "\n".join(lines)
 
 
+def unshared_curves(runs):
+    """{setting: its curve without the leading points it shares with an earlier setting's}.
+    A run continued from another's checkpoint (a decay from RMT's stable state) copies that
+    run's log up to there; drawn twice, the copy would hide the original. The last shared
+    point is kept so the continuation starts where it branched off."""
+    drawn = {}
+    for name, run in runs.items():
+        curve, start = run["curve"], 0
+        for other in runs.values():
+            if other is run:
+                break
+            n = 0
+            while n < min(len(curve), len(other["curve"])) and curve[n] == other["curve"][n]:
+                n += 1
+            start = max(start, n - 1)
+        drawn[name] = curve[start:]
+    return drawn
+
+
 def plot_quadratic(args):
     runs = {}
-    names = sorted(os.listdir(args.runs), key=lambda n: (QUADRATIC_ORDER + [n]).index(n)) if os.path.isdir(args.runs) else []
+    names = sorted(os.listdir(args.runs), key=lambda n: ((QUADRATIC_ORDER + [n]).index(n), n)) if os.path.isdir(args.runs) else []
     for name in names:
         log = os.path.join(args.runs, name, "train.log")
         if not os.path.isfile(log):
@@ -248,10 +267,11 @@ def plot_quadratic(args):
     fig, axes = plt.subplots(1, 3 if by_update else 2, figsize=(16.5 if by_update else 11, 4.5))
     ends = {run["stable_end"] for run in runs.values() if run["curve"] and run["stable_end"] is not None}
     decays = sorted(u for u in ends if any(c[0] > u for r in runs.values() for c in r["curve"]))
+    drawn = unshared_curves(runs)
     for ax, ylim in zip(axes, [(-2, 102), (args.zoom, 100.5)]):
-        for name, run in runs.items():
-            if run["curve"]:
-                ax.plot(*zip(*run["curve"]), marker="o", ms=3, label=name)
+        for i, (name, curve) in enumerate(drawn.items()):
+            if curve:
+                ax.plot(*zip(*curve), marker="o", ms=3, color=f"C{i}", label=name)
         for u in decays:
             ax.axvline(u, color="black", ls=":", lw=0.8, label=f"LR decay from {u}")
         ax.axhline(args.target, color="gray", ls="--", lw=0.8, label=f"target {args.target:g}%")

@@ -112,6 +112,17 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert rows[15].startswith("wrote")
 
 
+def test_a_run_continued_from_another_is_drawn_from_where_it_branched():
+    # rmt_answer_decay's log is rmt's up to update 500 (copied), then its own decay
+    rmt = [(250, 10.0), (500, 60.0), (750, 70.0)]
+    runs = {"rmt": {"curve": rmt}, "rmt_answer_decay": {"curve": rmt[:2] + [(750, 90.0)]},
+            "tarm_gate": {"curve": [(250, 10.0), (500, 50.0)]}}
+    drawn = plot.unshared_curves(runs)
+    assert drawn["rmt"] == rmt
+    assert drawn["rmt_answer_decay"] == [(500, 60.0), (750, 90.0)]
+    assert drawn["tarm_gate"] == [(250, 10.0), (500, 50.0)]  # one equal first point is no copy to hide
+
+
 def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir, tmp_path):
     from conftest import build
 

@@ -179,6 +179,45 @@ def test_cpu_runs_resumes_where_it_stopped(tmp_path):
     assert "was started with 'MAX_UPDATE=6 " in p.stderr and "not 'MAX_UPDATE=5 " in p.stderr
 
 
+def test_a_decay_branched_off_a_stable_phase_is_that_runs_own_decay(tmp_path):
+    # branch_decay.sh copies a run's state at the end of its stable phase (kept by cpu_runs.sh
+    # after the run went on) into another directory; its decay with the same flags is the
+    # run's own decay to the weights, and other flags are refused without a branch of their own
+    dest = tmp_path / "bin"
+    assert run(["bash", "examples/quadratic/prepare.sh", str(dest), "--train", "80", "--valid", "8",
+                "--test", "8", "--seed", "3"]).returncode == 0
+    env = {"DATA": str(dest), "MAX_UPDATE": "4", "DECAY_UPDATES": "4", "VALID_EVERY": "2"}
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "base"), "rmt", "--", *TINY], env=env)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    base, branch = tmp_path / "base" / "rmt", tmp_path / "branch" / "rmt"
+
+    p = run(["bash", "examples/quadratic/branch_decay.sh", str(base), str(branch), "--", *TINY])
+    assert p.returncode == 0, p.stderr
+    assert "PHASES=decay bash examples/quadratic/cpu_runs.sh" in p.stdout
+    assert (branch / "run.conf").read_text() == (base / "run.conf").read_text()
+    assert (branch / "test_stable.json").read_text() == (base / "test_stable.json").read_text()
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "branch"), "rmt", "--", *TINY, "--loss-last-segments", "1"],
+            env={**env, "PHASES": "decay"})
+    assert p.returncode == 2 and "was started with" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "branch"), "rmt", "--", *TINY],
+            env={**env, "PHASES": "decay"})
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+
+    log = (branch / "train.log").read_text()
+    assert log.count("stable phase: updates 0 -> 4 of 4") == 1 and "branched off" in log
+    assert re.findall(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log)[-1] == "4"
+    a, b = float_params(base / "checkpoint_last.pt"), float_params(branch / "checkpoint_last.pt")
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert json.loads((branch / "test.json").read_text()) == json.loads((base / "test.json").read_text())
+
+    # bad input: one line naming what is wrong
+    for args in ([str(base), str(tmp_path / "other" / "tarm_gate")],     # another setting
+                 [str(branch), str(tmp_path / "again" / "rmt")],           # a branch never ran a stable phase
+                 [str(base), str(branch)]):                                # into an existing run
+        p = run(["bash", "examples/quadratic/branch_decay.sh", *args])
+        assert p.returncode == 2 and p.stderr.startswith("branch_decay.sh: error: ") and p.stderr.count("\n") == 1, p.stderr
+
+
 def test_cpu_runs_outside_the_venv_says_so(tmp_path):
     # cpu_runs.sh calls `python`; without the project's venv it would fail deep in a helper
     p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "out"), "rmt"],

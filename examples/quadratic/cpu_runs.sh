@@ -27,7 +27,8 @@
 #        SEED (default 1: initialisation, data order, dropout),
 #        DATA (default data-bin/quadratic-100k, generated if absent)
 # Writes OUT/<setting>/{train.log,test_stable.json,test.json,run.conf} and the checkpoints
-# (best, last, and those of every 1,000th update).
+# (best, last, those of every 1,000th update, and stable_end/: the last and best when the
+# stable phase ended, from which examples/quadratic/branch_decay.sh starts another decay).
 # run.conf holds the schedule, data and flags the run was started with; a later call with
 # others stops with an error instead of mixing two schedules in one run.
 #
@@ -153,6 +154,8 @@ for setting in "${settings[@]}"; do
         fi
         if [[ ! -s $dir/test_stable.json ]]; then
             if (( done == MAX_UPDATE )); then
+                # the state a decay with other flags branches off (branch_decay.sh)
+                mkdir -p "$dir/stable_end" && cp "$dir"/checkpoint_{last,best}.pt "$dir/stable_end/"
                 test_eval "$dir" "$dir/test_stable.json"
             else  # checkpoint_best.pt may be a decay-phase one by now
                 echo "cpu_runs.sh: warning: no test_stable.json in $dir and its decay phase has begun: not evaluated" >&2

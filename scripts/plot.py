@@ -264,7 +264,7 @@ def plot_quadratic(args):
     # left: the whole curve; middle: its top, where a target such as 99.8% is told apart;
     # right (with valid_by_update.sh's results): the two-root answers by where x1 was computed
     by_update = any(run["by_update"] for run in runs.values())
-    fig, axes = plt.subplots(1, 3 if by_update else 2, figsize=(16.5 if by_update else 11, 4.5))
+    fig, axes = plt.subplots(1, 3 if by_update else 2, figsize=(18.5 if by_update else 11, 4.5))
     ends = {run["stable_end"] for run in runs.values() if run["curve"] and run["stable_end"] is not None}
     decays = sorted(u for u in ends if any(c[0] > u for r in runs.values() for c in r["curve"]))
     drawn = unshared_curves(runs)
@@ -295,7 +295,12 @@ def plot_quadratic(args):
         ax.set_ylim(-2, 102)
         ax.set_title("two roots, by where the steps computed x1")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # one entry per setting (its colour) and one per line style: ten labelled lines would cover the data
+        from matplotlib.lines import Line2D
+        shown = {line.get_color(): line.get_label().split(": ")[0] for line in ax.lines if ": x1 in " in line.get_label()}
+        ax.legend(handles=[Line2D([], [], color=c, marker="o", ms=3, label=n) for c, n in shown.items()]
+                  + [Line2D([], [], color="gray", ls=ls, label=f"x1 in {w}") for w, ls in zip(WHERE_X1[1:], ["--", "-"])],
+                  fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Quadratic equations: greedy answer segment, validation equations")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)

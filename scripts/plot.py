@@ -283,24 +283,24 @@ def plot_quadratic(args):
     axes[1].set_title(f"the same, from {args.zoom:g}%")
     if by_update:
         ax = axes[2]
+        from matplotlib.lines import Line2D
+        legend = []  # one entry per setting (its colour) and one per line style: ten labelled lines would cover the data
         for i, (name, run) in enumerate(runs.items()):
             for where, ls in zip(WHERE_X1[1:], ["--", "-"]):
                 points = [(u, 100 * r["two_roots_by_x1_segment"][where]["accuracy"])
                           for u, r in run["by_update"].items() if where in r.get("two_roots_by_x1_segment", {})]
                 if points:
                     ax.plot(*zip(*points), marker="o", ms=3, ls=ls, color=f"C{i}", label=f"{name}: x1 in {where}")
+            if run["by_update"]:
+                legend.append(Line2D([], [], color=f"C{i}", marker="o", ms=3, label=name))
+        legend += [Line2D([], [], color="gray", ls=ls, label=f"x1 in {w}") for w, ls in zip(WHERE_X1[1:], ["--", "-"])]
         ax.axhline(args.target, color="gray", ls="--", lw=0.8)
         ax.set_xlabel("updates")
         ax.set_ylabel("two-root validation exact match (%)")
         ax.set_ylim(-2, 102)
         ax.set_title("two roots, by where the steps computed x1")
         ax.grid(alpha=0.3)
-        # one entry per setting (its colour) and one per line style: ten labelled lines would cover the data
-        from matplotlib.lines import Line2D
-        shown = {line.get_color(): line.get_label().split(": ")[0] for line in ax.lines if ": x1 in " in line.get_label()}
-        ax.legend(handles=[Line2D([], [], color=c, marker="o", ms=3, label=n) for c, n in shown.items()]
-                  + [Line2D([], [], color="gray", ls=ls, label=f"x1 in {w}") for w, ls in zip(WHERE_X1[1:], ["--", "-"])],
-                  fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.legend(handles=legend, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Quadratic equations: greedy answer segment, validation equations")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)

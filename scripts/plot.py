@@ -285,15 +285,16 @@ def plot_quadratic(args):
         ax = axes[2]
         from matplotlib.lines import Line2D
         legend = []  # one entry per setting (its colour) and one per line style: ten labelled lines would cover the data
+        styles = list(zip(WHERE_X1[1:], ["--", "-"]))  # the carried x1: across segments 3-4, from segment 3
         for i, (name, run) in enumerate(runs.items()):
-            for where, ls in zip(WHERE_X1[1:], ["--", "-"]):
+            for where, ls in styles:
                 points = [(u, 100 * r["two_roots_by_x1_segment"][where]["accuracy"])
                           for u, r in run["by_update"].items() if where in r.get("two_roots_by_x1_segment", {})]
                 if points:
                     ax.plot(*zip(*points), marker="o", ms=3, ls=ls, color=f"C{i}", label=f"{name}: x1 in {where}")
             if run["by_update"]:
                 legend.append(Line2D([], [], color=f"C{i}", marker="o", ms=3, label=name))
-        legend += [Line2D([], [], color="gray", ls=ls, label=f"x1 in {w}") for w, ls in zip(WHERE_X1[1:], ["--", "-"])]
+        legend += [Line2D([], [], color="gray", ls=ls, label=f"x1 in {w}") for w, ls in styles]
         ax.axhline(args.target, color="gray", ls="--", lw=0.8)
         ax.set_xlabel("updates")
         ax.set_ylabel("two-root validation exact match (%)")

@@ -55,6 +55,7 @@ SETTINGS = {  # name: (model flags, segment length multiple, segments per sample
 DEEP = 8  # "deep" tokens: 8 or more segments into their document
 RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_size", "layers", "dim",
              "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")
+CALIBRATION_FLAGS = ("validate_every", "keep_every")
 
 
 def has_memory(setting):
@@ -88,9 +89,12 @@ def train_cmd(args, run_dir, setting, seed):
             "--lr", str(args.lr), "--lr-scheduler", "cosine", "--warmup-updates", str(args.warmup),
             "--warmup-init-lr", "1e-7", "--max-update", str(args.max_update), "--clip-norm", "0.25",
             "--seed", str(seed), "--cpu", "--num-workers", "0",
-            # one validation, at the end (the runs are compared on the test split; each costs minutes)
-            "--validate-interval-updates", str(args.max_update), "--validate-interval", "1000000",
+            # by default one validation, at the end (the runs are compared on the test split; each
+            # costs minutes); a calibration validates every --validate-every updates
+            "--validate-interval-updates", str(args.validate_every or args.max_update), "--validate-interval", "1000000",
             "--save-interval-updates", str(args.save_every), "--keep-interval-updates", "1",
+            # --keep-every N: fairseq keeps the checkpoints of updates divisible by N besides the last
+            *(["--keep-interval-updates-pattern", str(args.keep_every)] if args.keep_every else []),
             "--no-epoch-checkpoints", "--save-dir", run_dir, "--log-format", "json", "--log-interval", "50",
             "--no-progress-bar"]
 
@@ -213,7 +217,9 @@ def one_run(args, setting, seed):
 
 
 def config(args):
-    return {k: getattr(args, k) for k in RUN_FLAGS}
+    out = {k: getattr(args, k) for k in RUN_FLAGS}
+    out.update({k: getattr(args, k) for k in CALIBRATION_FLAGS if getattr(args, k)})  # runs before them match
+    return out
 
 
 def mean_std(values):
@@ -376,12 +382,19 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--max-update", type=int, default=1200)
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N updates (resume point)")
+    p.add_argument("--validate-every", type=int, default=0,
+                   help="fairseq-train validates every N updates (default: once, at the end)")
+    p.add_argument("--keep-every", type=int, default=0,
+                   help="keep the checkpoints of updates divisible by N (a calibration's curves; "
+                        "a multiple of --save-every; default: only the last)")
     p.add_argument("--checkpoint-segments", action="store_true",
                    help="recompute each segment in the backward pass (memory settings)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables from the finished runs")
     args = p.parse_args(argv)
     if "context4x" in args.settings and args.bptt_segments != 4:
         p.error("context4x reads one 4L segment per sample: it needs --bptt-segments 4 (equal tokens)")
+    if args.keep_every and args.keep_every % args.save_every:
+        p.error(f"--keep-every {args.keep_every} is not a multiple of --save-every {args.save_every}")
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
         p.error(f"--data {args.data}: no dict.txt (build it with scripts/prepare_longdoc.py)")
     return args

@@ -10,7 +10,10 @@ models with other segment lengths line up. The batches carry each segment's
 depth (``segment_depth``, :mod:`tarm_plugin.datasets`). A second table groups
 the same scores by position within the segment, in 8 equal spans of it: the
 first tokens of a segment have the least context inside it, so that is where
-what the memory carries from the previous segments shows first.
+what the memory carries from the previous segments shows first. With
+``--eval-token-classes`` a third table groups them by token class (local /
+far / new, :class:`~tarm_plugin.eval_batches.TokenClasses`), counts summing to
+the scored tokens.
 
 fairseq-eval-lm's loop and scorer are fixed, so the task wraps the batch
 iterator it hands to eval-lm (which remembers the batch being scored) and puts
@@ -25,6 +28,7 @@ from collections import defaultdict
 
 import torch
 
+from .eval_batches import CLASS_NAMES
 from .scoring import token_nll
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,9 @@ class SegmentPerplexity:
         self.tokens = defaultdict(int)
         self.span_nll = defaultdict(float)  # by position within the segment: span -> nll, tokens
         self.span_tokens = defaultdict(int)
+        self.class_nll = [0.0] * len(CLASS_NAMES)  # by token class (--eval-token-classes)
+        self.class_tokens = [0] * len(CLASS_NAMES)
+        self.window = None  # the token classes' local window, when they are counted
         self.L = None
 
     def watch(self, model):
@@ -90,6 +97,14 @@ class SegmentPerplexity:
         for j in range(SPANS):
             self.span_nll[j] += sums[j]
             self.span_tokens[j] += counts[j]
+        if "token_class" in self.sample:
+            cls = self.sample["token_class"].to(target.device)[real]
+            if bool(cls.lt(0).any()):
+                raise RuntimeError("a scored token has no token class")
+            sums, counts = totals(cls, nll, minlength=len(CLASS_NAMES))
+            for c in range(len(CLASS_NAMES)):
+                self.class_nll[c] += sums[c]
+                self.class_tokens[c] += counts[c]
         self.sample = None  # one forward per batch: an ensemble's other models are not counted twice
 
     def iterate(self, itr, dataset):
@@ -115,6 +130,11 @@ class SegmentPerplexity:
             out.append((f"pos {lo}-{hi}", self.span_tokens[j], bits, 2 ** bits))
         return out
 
+    def class_rows(self):
+        """[(class, tokens, loss in bits, perplexity)] for local, far, new (classes with tokens)."""
+        return [(name, n, self.class_nll[c] / n / math.log(2), 2 ** (self.class_nll[c] / n / math.log(2)))
+                for c, (name, n) in enumerate(zip(CLASS_NAMES, self.class_tokens)) if n]
+
     def log(self):
         units = f"units of {self.unit} tokens" if self.unit and not self.per_sample else "segments"
         what = "segment of the sample" if self.per_sample else f"{units} since the {self.depth_of}'s start"
@@ -125,6 +145,12 @@ class SegmentPerplexity:
         logger.info(f"{self.name}: loss (bits) by position within the segment of {self.L} tokens")
         for label, n, bits, ppl in self.span_rows():
             logger.info(f"{label:>13} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
+        if self.window is not None:
+            logger.info(f"{self.name}: loss (bits) by token class: local = among the {self.window} tokens "
+                        f"before it, far = earlier in its {self.depth_of}, new = first occurrence "
+                        f"(--eval-token-classes; {sum(self.class_tokens):,} tokens)")
+            for label, n, bits, ppl in self.class_rows():
+                logger.info(f"{'class ' + label:>13} {n:>9,} {bits:>8.4f} {ppl:>10.2f}")
 
 
 class _Recording:

@@ -19,6 +19,10 @@ layer-normalised where the layers do not already end in a norm, are the
     E_t = a * M_t + (1 - a) * E_{t-1}
 
 so segment t+1 reads E_t.  ``a = 1`` gives E_t = M_t exactly: that is RMT.
+``a = 0`` gives E_t = E_0 at every segment: nothing is carried, every segment
+reads the same m learned tokens (a learned prefix, the control that separates
+what carried content adds from what extra learned tokens add); no write slots
+are run then, as nothing reads what they would write.
 ``a`` is a fixed number, or learned per slot and channel as sigmoid(b) (the
 Block-Recurrent Transformer's "fixed gate"), or a gate that depends on content,
 
@@ -42,12 +46,15 @@ WRITE_INPUTS = ("memory", "learned")
 
 
 def ema_update(prev: Tensor, written: Tensor, alpha: Union[float, Tensor]) -> Tensor:
-    """E_t = a * M_t + (1 - a) * E_{t-1}.  ``alpha == 1`` returns M_t itself (RMT).
+    """E_t = a * M_t + (1 - a) * E_{t-1}.  ``alpha == 1`` returns M_t itself (RMT),
+    ``alpha == 0`` returns E_{t-1} itself (nothing carried).
 
     ``alpha`` is a number or a tensor that broadcasts against ``written`` (a
     learned per-slot, per-channel rate)."""
     if not torch.is_tensor(alpha) and alpha == 1.0:
         return written  # exactly RMT: no arithmetic, no gradient into E_{t-1}
+    if not torch.is_tensor(alpha) and alpha == 0.0:
+        return prev  # exactly E_{t-1}: M_t is not used
     return alpha * written + (1.0 - alpha) * prev
 
 
@@ -106,8 +113,11 @@ class RecurrentMemory(nn.Module):
         super().__init__()
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (0 = a learned prefix, nothing carried), got {alpha}")
+        if alpha == 0.0 and (gate or learn_alpha):
+            raise ValueError(f"alpha 0 (nothing carried) excludes {'gate' if gate else 'learn_alpha'}: "
+                             "the rate would be learned away from 0")
         if write_input not in WRITE_INPUTS:
             raise ValueError(f"write_input must be one of {WRITE_INPUTS}, got {write_input!r}")
         if not 0.0 <= dropout < 1.0:
@@ -130,8 +140,13 @@ class RecurrentMemory(nn.Module):
             # W = 0: the gate starts as the fixed rate a, whatever the content
             self.gate_weight = nn.Parameter(torch.zeros(dim, 2 * dim))
             self.gate_bias = nn.Parameter(torch.full((num_tokens, dim), _logit(self.alpha)))
-        self.norm = nn.LayerNorm(dim) if write_norm and num_tokens > 0 else None
+        self.norm = nn.LayerNorm(dim) if write_norm and self.carries else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def carries(self) -> bool:
+        """Does E_t depend on the segments read (all but a fixed a = 0)?"""
+        return self.num_tokens > 0 and (self.alpha > 0.0 or self.learned_rate or self.gated)
 
     @property
     def learned_rate(self) -> bool:
@@ -186,10 +201,11 @@ class RecurrentMemory(nn.Module):
         """E_{t-1} for each row: the carried memory, or E_0 where ``reset`` is set.
 
         ``torch.where`` (rather than a Python branch) keeps ``initial`` in the
-        graph every step, so DDP always sees a gradient for it.
+        graph every step, so DDP always sees a gradient for it. A memory that
+        carries nothing (a = 0) reads ``initial`` itself, never a detached copy.
         """
         init = self.initial_memory(bsz)
-        if carried is None:
+        if carried is None or not self.carries:
             return init
         carried = carried.to(device=init.device, dtype=init.dtype)
         if reset is None:
@@ -248,7 +264,8 @@ class RecurrentMemory(nn.Module):
         return changes
 
     def extra_repr(self) -> str:
-        rate = "learned" if self.learned_rate else f"gate from {self.alpha}" if self.gated else self.alpha
+        rate = ("learned" if self.learned_rate else f"gate from {self.alpha}" if self.gated
+                else self.alpha if self.carries else "0 (a learned prefix, nothing carried)")
         return (f"num_tokens={self.num_tokens}, dim={self.dim}, alpha={rate}, "
                 f"write_input={self.write_input}")
 

@@ -125,7 +125,8 @@ def one_line_error(p, flag):
 
 @pytest.mark.parametrize("flags,flag", [
     (["--memory-ema-alpha", "1.5"], "--memory-ema-alpha"),
-    (["--memory-ema-alpha", "0"], "--memory-ema-alpha"),
+    (["--memory-ema-alpha", "-0.5"], "--memory-ema-alpha"),
+    (["--memory-ema-alpha", "0", "--memory-gate"], "--memory-gate"),
     (["--num-memory-tokens", "-2"], "--num-memory-tokens"),
     (["--valid-subset", "nosuch"], "nosuch"),
 ])

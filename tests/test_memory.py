@@ -53,10 +53,24 @@ def test_alpha_one_reads_raw_written_memory():
         assert torch.equal(seen[t], written[t - 1])  # RMT: segment t+1 reads M_t
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+@pytest.mark.parametrize("bad", [-1e-6, -0.1, 1.5])
 def test_alpha_outside_unit_interval_is_rejected(bad):
     with pytest.raises(ValueError, match="alpha"):
         RecurrentMemory(2, 4, alpha=bad)
+
+
+def test_alpha_zero_reads_the_initial_memory_at_every_segment():
+    """a = 0: E_t = E_0 whatever is written, read live (not a detached carried copy)."""
+    mem = RecurrentMemory(2, 4, alpha=0.0)
+    assert not mem.carries
+    written = [torch.randn(1, 2, 4) for _ in range(3)]
+    step, seen = recording_step(written)
+    trace = mem.scan([None] * 3, mem.read(torch.randn(1, 2, 4), None, 1), step)
+    for t in range(3):
+        assert torch.equal(seen[t], mem.initial_memory(1))
+        assert torch.equal(trace.averaged[t], mem.initial_memory(1))
+    with pytest.raises(ValueError, match="gate"):
+        RecurrentMemory(2, 4, alpha=0.0, gate=True)
 
 
 def test_mask_structure():

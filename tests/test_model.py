@@ -82,6 +82,32 @@ def test_alpha_one_is_rmt(dict_dir):
         assert torch.equal(M, E)
 
 
+def test_alpha_zero_is_a_learned_prefix_nothing_carried(dict_dir):
+    """a = 0: every segment reads E_0, so a segment's loss does not depend on the
+    segments before it (in its batch or in earlier batches), and each segment's
+    outputs equal those of the segment read alone after a reset."""
+    model = model_with(dict_dir, m=3, alpha=0.0)
+    batches = stream_batches(n_batches=2, n_seg=3)
+    ref = run_stream(model, batches)
+    changed = [x.clone() for x in batches]
+    changed[0][:, : 2 * L] = (changed[0][:, : 2 * L] - 4 + 11) % 56 + 4  # segments 1-2 of batch 0
+    out = run_stream(model, changed)
+    assert torch.equal(out[0][:, 2 * L :], ref[0][:, 2 * L :])  # segment 3 of the same batch
+    assert torch.equal(out[1], ref[1])  # the next batch
+    assert not torch.allclose(out[0][:, :L], ref[0][:, :L])  # the changed segment itself does change
+    with torch.no_grad():  # each segment alone, reading E_0
+        for i, src in enumerate(batches):
+            for t, seg in enumerate(src.split(L, dim=1)):
+                alone, _ = model(seg, reset=torch.ones(2, dtype=torch.bool), memory_key="alone", segment_length=L)
+                assert torch.allclose(alone, ref[i][:, t * L : (t + 1) * L], atol=1e-6, rtol=0)
+    # E_0 is learned from every segment, carried batches included (not a detached copy)
+    model.train()
+    model.zero_grad()
+    model(batches[1], reset=torch.zeros(2, dtype=torch.bool), memory_key="s", segment_length=L)[0].sum().backward()
+    assert model.memory.initial.grad is not None and model.memory.initial.grad.abs().sum() > 0
+    assert model.memory.norm is None or model.memory.norm.weight.grad is None
+
+
 def test_model_memory_follows_ema_across_batches(dict_dir):
     a = 0.3
     model = model_with(dict_dir, m=3, alpha=a)
@@ -158,8 +184,10 @@ def test_carried_memory_is_saved_with_the_model(dict_dir):
 
 
 @pytest.mark.parametrize("flags,match", [
-    (["--memory-ema-alpha", "0"], "--memory-ema-alpha"),
+    (["--memory-ema-alpha", "-0.1"], "--memory-ema-alpha"),
     (["--memory-ema-alpha", "1.01"], "--memory-ema-alpha"),
+    (["--memory-ema-alpha", "0", "--memory-gate"], "--memory-gate"),
+    (["--memory-ema-alpha", "0", "--memory-ema-learned"], "--memory-ema-learned"),
     (["--num-memory-tokens", "-1"], "--num-memory-tokens"),
     (["--segment-length", "0"], "--segment-length"),
     (["--bptt-segments", "0"], "--bptt-segments"),

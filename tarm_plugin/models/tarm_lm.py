@@ -56,8 +56,9 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
     )
     memory_ema_alpha: float = field(
         default=1.0,
-        metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in (0, 1]; 1 = RMT "
-                  "(with --memory-ema-learned: the rate a starts at)"},
+        metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in [0, 1]; 1 = RMT; 0 = every segment "
+                  "reads E_0, nothing carried (a learned-prefix control) "
+                  "(with --memory-ema-learned or --memory-gate: the rate a starts at)"},
     )
     memory_ema_learned: bool = field(
         default=False,
@@ -217,14 +218,18 @@ class TarmLanguageModel(TransformerLanguageModel):
         return checkpoint(self.segment_step, tokens, read, use_reentrant=False, preserve_rng_state=True)
 
     def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
-        """One segment through fairseq's layers: returns (token features, M_t)."""
+        """One segment through fairseq's layers: returns (token features, M_t).
+
+        A memory that carries nothing (a = 0) runs no write slots: the tokens never
+        see them, and nothing reads what they would write (M_t is then E_{t-1})."""
         m, L = read.size(1), tokens.size(1)
         x = self.embed(tokens)
+        writes = m if self.memory.carries else 0
         if m > 0:
             read_in, write_in = self.memory.segment_memory(read, x.dtype)
-            x = torch.cat([read_in, x, write_in], dim=1)
-        x = self.layers(x, self.attention_mask(m, L, x))
-        return x[:, m : m + L], self.memory.written(x[:, m + L :])
+            x = torch.cat([read_in, x, write_in[:, :writes]], dim=1)
+        x = self.layers(x, self.attention_mask(m, L, x, writes))
+        return x[:, m : m + L], (self.memory.written(x[:, m + L :]) if writes else read)
 
     def extend(self, tokens: torch.Tensor, memory: torch.Tensor, state: dict) -> torch.Tensor:
         """Incremental decoding inside one segment that reads ``memory`` (E_{t-1}).
@@ -281,10 +286,12 @@ class TarmLanguageModel(TransformerLanguageModel):
             features = self.decoder.project_out_dim(features)
         return self.decoder.output_layer(features)
 
-    def attention_mask(self, m: int, L: int, like: torch.Tensor) -> torch.Tensor:
-        key = (m, L, like.device, like.dtype)
+    def attention_mask(self, m: int, L: int, like: torch.Tensor, writes: Optional[int] = None) -> torch.Tensor:
+        """The mask over ``[read (m) | tokens (L) | write (writes, default m)]``."""
+        writes = m if writes is None else writes
+        key = (m, L, writes, like.device, like.dtype)
         if key not in self._masks:
-            self._masks[key] = memory_attention_mask(m, L, like.device, like.dtype)
+            self._masks[key] = memory_attention_mask(m, L, like.device, like.dtype)[: m + L + writes, : m + L + writes]
         return self._masks[key]
 
     # --------------------------------------------------------------- inference

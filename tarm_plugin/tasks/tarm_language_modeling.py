@@ -32,6 +32,7 @@ from ..datasets import (DocumentStreamDataset, SampleSegmentsDataset, SegmentStr
                         check_same_dictionary, document_spans, load_split, split_tokens)
 from ..distributed import allow_checkpoint_broadcast, data_parallel_shard
 from ..errors import TarmError
+from ..eval_batches import Mapped, MemoryHorizon, TokenClasses
 from ..eval_segments import SegmentPerplexity
 from ..generation import TarmSequenceGenerator
 from ..savedir import hold_save_dir
@@ -100,6 +101,24 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
                   "nothing is carried from one segment to the next: an ablation that shows what the "
                   "carried memory adds beyond the learned E_0"},
     )
+    eval_memory_horizon: Optional[int] = field(
+        default=None,
+        metadata={"help": "fairseq-eval-lm: the memory each scored segment reads is built from E_0 over "
+                  "only the K segments before it (0 = E_0, like --eval-reset-memory; K >= a segment's "
+                  "depth = the plain evaluation): how far back the useful carried content comes from. "
+                  "Costs K+1 segments per scored segment; --sample-break-mode doc or none"},
+    )
+    eval_token_classes: bool = field(
+        default=False,
+        metadata={"help": "fairseq-eval-lm: also log loss by token class: local (the token occurs among "
+                  "the --eval-local-window tokens before it), far (earlier in its document, stream or "
+                  "sample, not within the window), new (first occurrence)"},
+    )
+    eval_local_window: Optional[int] = field(
+        default=None,
+        metadata={"help": "with --eval-token-classes: the local window W in tokens (default: "
+                  "--segment-length, so 'far' tokens are those a model without memory cannot see)"},
+    )
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
@@ -124,6 +143,13 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if str(args.sample_break_mode) not in SAMPLE_BREAK_MODES:
             raise TarmError(f"--sample-break-mode {args.sample_break_mode} is not supported: use none "
                             "(contiguous streams), eos (one sample per line) or doc (documents)")
+        if (_cfg_get(args, "eval_memory_horizon") or 0) < 0:
+            raise TarmError(f"--eval-memory-horizon must be >= 0 (segments), got {args.eval_memory_horizon}")
+        window = _cfg_get(args, "eval_local_window")
+        if window is not None and window < 1:
+            raise TarmError(f"--eval-local-window must be >= 1 (tokens), got {window}")
+        if window is not None and not _cfg_get(args, "eval_token_classes"):
+            raise TarmError("--eval-local-window needs --eval-token-classes")
         if (_cfg_get(args, "eval_depth_unit") or 0) < 0:
             raise TarmError(f"--eval-depth-unit must be >= 0 (0 = the segment length), got {args.eval_depth_unit}")
         if getattr(args, "add_bos_token", False):
@@ -319,12 +345,25 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if context_window > 0:
             raise TarmError("--context-window is not used by tarm: the memory carries the context "
                             "across segments; drop the flag")
+        horizon = _cfg_get(self.args, "eval_memory_horizon")
         collate = dataset.collater
         if _cfg_get(self.args, "eval_reset_memory"):
+            if horizon is not None:
+                raise TarmError("--eval-memory-horizon and --eval-reset-memory exclude each other "
+                                "(--eval-memory-horizon 0 reads E_0 at every segment)")
             collate = functools.partial(reset_every_segment, dataset.collater)
         itr = self.get_batch_iterator(
             dataset, num_workers=num_workers, data_buffer_size=data_buffer_size, collate_fn=collate
         ).next_epoch_itr(shuffle=False)
+        if _cfg_get(self.args, "eval_token_classes"):  # on the batches as read, before any context is added
+            window = _cfg_get(self.args, "eval_local_window") or self.args.segment_length
+            itr = Mapped(itr, TokenClasses(window, self.dictionary.pad()))
+            self.segment_ppl.window = window
+        if horizon is not None:
+            if self.break_mode() == "eos":
+                raise TarmError("--eval-memory-horizon needs --sample-break-mode doc or none "
+                                "(eos evaluates whole samples, their memory never carried between batches)")
+            itr = Mapped(itr, MemoryHorizon(horizon, self.dictionary.pad()))
         if getattr(self, "segment_ppl", None) is not None:
             itr = self.segment_ppl.iterate(itr, dataset)
         return itr
@@ -341,9 +380,14 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         model = super().build_model(args, from_checkpoint)
         if hasattr(model, "check_segment_length"):
             model.check_segment_length(self.args.segment_length)
-        if _cfg_get(self.args, "eval_segment_ppl") and getattr(self, "segment_ppl", None) is None:
+        tables = _cfg_get(self.args, "eval_segment_ppl") or _cfg_get(self.args, "eval_token_classes")
+        if tables and getattr(self, "segment_ppl", None) is None:
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), _cfg_get(self.args, "eval_depth_unit") or 0)
             self.segment_ppl.watch(model)  # the first model of an ensemble
+        if _cfg_get(self.args, "eval_memory_horizon") is not None and not getattr(
+                getattr(model, "memory", None), "num_tokens", 0):
+            raise TarmError("--eval-memory-horizon needs a model with memory (this one has "
+                            "--num-memory-tokens 0)")
         return model
 
 

@@ -19,6 +19,8 @@ Each batch carries ``reset`` [B, n] (row b reads E_0 at segment t) and
 ``segment_depth`` [B, n] (how many segments row b has read of its stream,
 sample or document before segment t; -1 for padding): the model resets its
 memory by the first, ``--eval-segment-ppl`` buckets losses by the second.
+Document batches also carry ``segment_document`` [B, n] (the document's index
+in the split, -1 for padding), for losses per document.
 """
 
 import heapq
@@ -92,6 +94,7 @@ class WholeBatchDataset(FairseqDataset):
             },
             "target": target,
             "segment_depth": item["depth"],
+            **({"segment_document": item["document"]} if "document" in item else {}),
             # fairseq's SequenceScorer (fairseq-eval-lm) strips the padding from a row's
             # target and reads the scores from ``start_indices`` on: point it at the first
             # scored token, past the context-only segments of --loss-start-segment
@@ -309,6 +312,7 @@ class DocumentStreamDataset(WholeBatchDataset):
         self.offset = np.zeros((self.bsz, length), dtype=np.int64)
         self.count = np.zeros((self.bsz, length), dtype=np.int64)
         self.depth = np.full((self.bsz, length), -1, dtype=np.int64)
+        self.document = np.full((self.bsz, length), -1, dtype=np.int64)
         for b, docs in enumerate(mine):
             t = 0
             for d in docs:
@@ -318,6 +322,7 @@ class DocumentStreamDataset(WholeBatchDataset):
                 self.offset[b, t : t + n] = seg_start
                 self.count[b, t : t + n] = np.minimum(L, end - seg_start)
                 self.depth[b, t : t + n] = np.arange(n)
+                self.document[b, t : t + n] = d
                 t += n
         self._len = math.ceil(length / self.k)
         self.padding_share = 1.0 - int((self.spans[:, 1] - self.spans[:, 0]).sum()) / (n_rows * length * L)
@@ -343,7 +348,8 @@ class DocumentStreamDataset(WholeBatchDataset):
                 source[b, col : col + n] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
         depth = torch.from_numpy(depth.copy())
         reset = depth <= 0  # a document starts here (or the row has none left: padding)
-        return {"id": i, "source": source, "target": target, "reset": reset, "depth": depth}
+        return {"id": i, "source": source, "target": target, "reset": reset, "depth": depth,
+                "document": torch.from_numpy(self.document[:, cols].copy())}
 
 
 def check_same_dictionary(data_path, dictionary, first_path):

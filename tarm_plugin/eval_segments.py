@@ -13,7 +13,9 @@ first tokens of a segment have the least context inside it, so that is where
 what the memory carries from the previous segments shows first. With
 ``--eval-token-classes`` a third table groups them by token class (local /
 far / new, :class:`~tarm_plugin.eval_batches.TokenClasses`), counts summing to
-the scored tokens.
+the scored tokens. With ``--eval-document-losses FILE`` the same scores are
+written per document, depth and token class (JSON), for intervals by a
+bootstrap over documents.
 
 fairseq-eval-lm's loop and scorer are fixed, so the task wraps the batch
 iterator it hands to eval-lm (which remembers the batch being scored) and puts
@@ -22,9 +24,12 @@ criterion's :func:`~tarm_plugin.scoring.token_nll`, the same per-token loss the 
 table is logged when the iterator is exhausted, before eval-lm's own totals.
 """
 
+import json
 import logging
 import math
 from collections import defaultdict
+
+import numpy as np
 
 import torch
 
@@ -63,6 +68,8 @@ class SegmentPerplexity:
         self.class_nll = [0.0] * len(CLASS_NAMES)  # by token class (--eval-token-classes)
         self.class_tokens = [0] * len(CLASS_NAMES)
         self.window = None  # the token classes' local window, when they are counted
+        self.documents_path = None  # --eval-document-losses: where the per-document sums go
+        self.by_document = defaultdict(lambda: [0, 0.0])  # (document, depth, class) -> tokens, nll
         self.L = None
 
     def watch(self, model):
@@ -105,6 +112,19 @@ class SegmentPerplexity:
             for c in range(len(CLASS_NAMES)):
                 self.class_nll[c] += sums[c]
                 self.class_tokens[c] += counts[c]
+        if self.documents_path and "segment_document" in self.sample:
+            doc = self.sample["segment_document"].to(target.device).repeat_interleave(L, dim=1)[:, : target.size(1)]
+            cls = self.sample.get("token_class")
+            cls = cls.to(target.device)[real] if cls is not None else torch.full_like(nll, -1, dtype=torch.long)
+            keys = torch.stack([doc[real], depth[real], cls], dim=1).cpu().numpy()
+            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            n = np.bincount(inverse, minlength=len(uniq))
+            s = np.bincount(inverse, weights=nll.double().cpu().numpy(), minlength=len(uniq))
+            for key, k_n, k_s in zip(map(tuple, uniq.tolist()), n.tolist(), s.tolist()):
+                entry = self.by_document[key]
+                entry[0] += k_n
+                entry[1] += k_s
         self.sample = None  # one forward per batch: an ensemble's other models are not counted twice
 
     def iterate(self, itr, dataset):
@@ -135,7 +155,19 @@ class SegmentPerplexity:
         return [(name, n, self.class_nll[c] / n / math.log(2), 2 ** (self.class_nll[c] / n / math.log(2)))
                 for c, (name, n) in enumerate(zip(CLASS_NAMES, self.class_tokens)) if n]
 
+    def write_documents(self):
+        """--eval-document-losses: {"rows": [[document, depth, class, tokens, nll (nats)], ...]};
+        depth in the table's units, class -1 without --eval-token-classes."""
+        rows = [[*key, n, nll] for key, (n, nll) in sorted(self.by_document.items())]
+        with open(self.documents_path, "w") as f:
+            json.dump({"split": self.name, "depth_unit": self.unit or self.L, "classes": list(CLASS_NAMES),
+                       "local_window": self.window, "rows": rows}, f)
+        logger.info(f"{self.name}: losses of {len({r[0] for r in rows}):,} documents written to "
+                    f"{self.documents_path} (--eval-document-losses)")
+
     def log(self):
+        if self.documents_path:
+            self.write_documents()
         units = f"units of {self.unit} tokens" if self.unit and not self.per_sample else "segments"
         what = "segment of the sample" if self.per_sample else f"{units} since the {self.depth_of}'s start"
         logger.info(f"{self.name}: loss (bits) by {what}, 0 = the first (--eval-segment-ppl)")

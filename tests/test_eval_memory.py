@@ -3,6 +3,8 @@ the memory horizon (--eval-memory-horizon K: memory built from E_0 over only the
 K segments before each scored one) and the token classes (--eval-token-classes:
 loss on local / far / new tokens)."""
 
+import json
+import math
 import re
 
 import pytest
@@ -105,7 +107,7 @@ def test_memory_horizon_equals_plain_and_reset_at_its_ends(doc_bin, doc_ckpt):  
 
 
 @pytest.mark.cli
-def test_token_classes_in_eval_lm(doc_ckpt):
+def test_token_classes_in_eval_lm(doc_ckpt, tmp_path):
     from test_cli import eval_lm, eval_numbers
     from test_eval_lm import eval_loss
 
@@ -118,6 +120,14 @@ def test_token_classes_in_eval_lm(doc_ckpt):
     assert eval_loss(p) == eval_loss(plain), "the flag changes no score"
     assert sum(n * b for n, b in classes.values()) / count == pytest.approx(eval_loss(p), abs=1e-3)
     assert "among the 16 tokens before it" in p.stdout + p.stderr, "W = the segment length"
+    # per document, depth and class: the same tokens and loss
+    path = str(tmp_path / "docs.json")
+    eval_lm(data, ckpt, "--gen-subset", "valid", "--eval-token-classes", "--eval-document-losses", path)
+    rows = json.load(open(path))["rows"]
+    assert len({r[0] for r in rows}) == 12 and sum(r[3] for r in rows) == count
+    for c, name in enumerate(("local", "far", "new")):
+        assert sum(r[3] for r in rows if r[2] == c) == classes[name][0]
+    assert sum(r[4] for r in rows) / count / math.log(2) == pytest.approx(eval_loss(p), abs=1e-3)
     wide = table(eval_lm(data, ckpt, "--gen-subset", "valid", "--eval-token-classes",
                          "--eval-local-window", "64"), "class ")
     assert wide["new"] == classes["new"] and wide["local"][0] > classes["local"][0]
@@ -130,6 +140,7 @@ def test_token_classes_in_eval_lm(doc_ckpt):
     (["--eval-local-window", "0", "--eval-token-classes"], "--eval-local-window"),
     (["--eval-local-window", "8"], "--eval-token-classes"),
     (["--eval-memory-horizon", "1", "--sample-break-mode", "eos"], "--eval-memory-horizon"),
+    (["--eval-document-losses", "x.json", "--sample-break-mode", "none"], "--eval-document-losses"),
 ])
 def test_bad_eval_flags(doc_ckpt, flags, flag):
     from test_cli import eval_lm, one_line_error

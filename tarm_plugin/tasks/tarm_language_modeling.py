@@ -119,6 +119,11 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
         metadata={"help": "with --eval-token-classes: the local window W in tokens (default: "
                   "--segment-length, so 'far' tokens are those a model without memory cannot see)"},
     )
+    eval_document_losses: Optional[str] = field(
+        default=None,
+        metadata={"help": "fairseq-eval-lm with --sample-break-mode doc: write the loss per document, "
+                  "depth and token class to this JSON file (for intervals by a bootstrap over documents)"},
+    )
     max_tokens: Optional[int] = II("dataset.max_tokens")
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
@@ -359,6 +364,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             window = _cfg_get(self.args, "eval_local_window") or self.args.segment_length
             itr = Mapped(itr, TokenClasses(window, self.dictionary.pad()))
             self.segment_ppl.window = window
+        if _cfg_get(self.args, "eval_document_losses") and self.break_mode() != "doc":
+            raise TarmError("--eval-document-losses needs --sample-break-mode doc (the split's documents)")
         if horizon is not None:
             if self.break_mode() == "eos":
                 raise TarmError("--eval-memory-horizon needs --sample-break-mode doc or none "
@@ -380,10 +387,12 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         model = super().build_model(args, from_checkpoint)
         if hasattr(model, "check_segment_length"):
             model.check_segment_length(self.args.segment_length)
-        tables = _cfg_get(self.args, "eval_segment_ppl") or _cfg_get(self.args, "eval_token_classes")
+        tables = (_cfg_get(self.args, "eval_segment_ppl") or _cfg_get(self.args, "eval_token_classes")
+                  or _cfg_get(self.args, "eval_document_losses"))
         if tables and getattr(self, "segment_ppl", None) is None:
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), _cfg_get(self.args, "eval_depth_unit") or 0)
             self.segment_ppl.watch(model)  # the first model of an ensemble
+            self.segment_ppl.documents_path = _cfg_get(self.args, "eval_document_losses")
         if _cfg_get(self.args, "eval_memory_horizon") is not None and not getattr(
                 getattr(model, "memory", None), "num_tokens", 0):
             raise TarmError("--eval-memory-horizon needs a model with memory (this one has "

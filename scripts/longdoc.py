@@ -11,6 +11,8 @@ reference, whose segments are 4 times longer, lines up): buckets 0, 1, 2-3,
 
 Settings (same model, data, tokens per update and updates for all):
   no_memory   m = 0, segments of L
+  prefix      m learned tokens read by every segment, nothing carried (a = 0): the control
+              that separates what carried content adds from what extra learned tokens add
   rmt         m memory tokens, a = 1 (RMT)
   tarm_a0.5   a = 0.5;  tarm_a0.2: a = 0.2
   tarm_gate   the content-dependent gate, starting at a = 0.5
@@ -46,6 +48,7 @@ from commands import tool
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {  # name: (model flags, segment length multiple, segments per sample multiple)
     "no_memory": (["--num-memory-tokens", "0"], 1, 1),
+    "prefix": (["--memory-ema-alpha", "0"], 1, 1),
     "rmt": (["--memory-ema-alpha", "1"], 1, 1),
     "tarm_a0.5": (["--memory-ema-alpha", "0.5"], 1, 1),
     "tarm_a0.2": (["--memory-ema-alpha", "0.2"], 1, 1),
@@ -99,26 +102,93 @@ def train_cmd(args, run_dir, setting, seed):
             "--no-progress-bar"]
 
 
-def eval_cmd(args, run_dir, split, *flags):
-    return [tool("fairseq-eval-lm"), args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
-            "--task", "tarm_language_modeling", "--path", os.path.join(run_dir, "checkpoint_last.pt"),
+def eval_cmd(args, run_dir, split, *flags, data=None, checkpoint="checkpoint_last.pt"):
+    return [tool("fairseq-eval-lm"), data or args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
+            "--task", "tarm_language_modeling", "--path", os.path.join(run_dir, checkpoint),
             "--gen-subset", split, "--batch-size", str(args.batch_size), "--cpu", "--num-workers", "0",
             "--eval-segment-ppl", "--eval-depth-unit", str(args.segment_length), *flags]
 
 
-def position_table(args, run_dir, result):
-    """A run evaluated before eval-lm logged the loss by position within the segment:
-    its test evaluation once more (the same numbers, and that table)."""
-    if result["test"].get("by_position"):
+def test_flags(args, run_dir):
+    """The test split's extras: token classes with the memory models' window (the same token
+    sets for every setting, the 4x reference included), losses per document (bootstrap)."""
+    return ["--eval-token-classes", "--eval-local-window", str(args.segment_length),
+            "--eval-document-losses", os.path.join(run_dir, "docs_test.json")]
+
+
+def complete_test(args, run_dir, result):
+    """A run evaluated before eval-lm logged the position table, the token classes or the
+    losses per document: its test evaluation once more (the same loss, and those)."""
+    if (result["test"].get("by_position") and result["test"].get("by_class")
+            and os.path.exists(os.path.join(run_dir, "docs_test.json"))):
         return result
     path = os.path.join(run_dir, "eval_test.log")
+    run_logged(eval_cmd(args, run_dir, "test", *test_flags(args, run_dir)), path, mode="w")
     ev = read_eval(path)
-    if not ev["by_position"]:  # not in the log: score the test split again
-        run_logged(eval_cmd(args, run_dir, "test"), path, mode="w")
-        ev = read_eval(path)
     if (ev["tokens"], round(ev["loss_bits"], 4)) != (result["test"]["tokens"], round(result["test"]["loss_bits"], 4)):
         raise SystemExit(f"longdoc: {path} differs from the run's first test evaluation")
     result["test"] = ev
+    save_result(run_dir, result)
+    return result
+
+
+def horizon_data(args):
+    """A data-bin of the test documents of --horizon-docs A B segments (A to B segments of L,
+    in file order), the dictionary shared: the stated subset the memory horizon is measured on."""
+    import torch
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    sys.path.insert(0, ROOT)
+    from tarm_plugin.datasets import document_spans, split_tokens
+
+    dest = os.path.join(args.out, f"horizon_bin_{args.horizon_docs[0]}_{args.horizon_docs[1]}")
+    if os.path.exists(os.path.join(dest, "test.idx")):
+        return dest
+    d = Dictionary.load(os.path.join(args.data, "dict.txt"))
+    sep = d.index(args.doc_separator) if args.doc_separator else None
+    data = data_utils.load_indexed_dataset(os.path.join(args.data, "test"), d)
+    tokens = split_tokens(data)
+    lo, hi = args.horizon_docs
+    chosen = [(a, b) for a, b in document_spans(data, d.eos(), sep) if lo <= -(-(b - a) // args.segment_length) <= hi]
+    if len(chosen) < args.batch_size:
+        raise SystemExit(f"longdoc: --horizon-docs {lo} {hi}: {len(chosen)} test documents, fewer than "
+                         f"--batch-size {args.batch_size}")
+    os.makedirs(dest + ".tmp", exist_ok=True)
+    builder = indexed_dataset.make_builder(os.path.join(dest + ".tmp", "test.bin"), impl="mmap", vocab_size=len(d))
+    boundary = torch.tensor([sep, d.eos()] if sep is not None else [d.eos()], dtype=torch.long)
+    for i, (a, b) in enumerate(chosen):
+        if i:
+            builder.add_item(boundary)
+        builder.add_item(torch.from_numpy(tokens[a:b].astype("int64")))  # a document as one item: its lines kept
+    builder.finalize(os.path.join(dest + ".tmp", "test.idx"))
+    d.save(os.path.join(dest + ".tmp", "dict.txt"))
+    os.replace(dest + ".tmp", dest)
+    return dest
+
+
+def memory_horizon(args, run_dir, result):
+    """The horizon subset scored as carried (every setting) and, for settings that carry
+    memory, with the memory built over only the K segments before each scored one
+    (--eval-memory-horizon K). Checks that depths <= K equal the carried evaluation."""
+    if not args.horizons or result.get("horizon", {}).get("horizons") == args.horizons:
+        return result
+    data = horizon_data(args)
+    carries = has_memory(result["setting"]) and result["setting"] != "prefix"
+    out = {"horizons": args.horizons, "docs": args.horizon_docs, "K": {}}
+    path = os.path.join(run_dir, "eval_horizon_carried.log")
+    run_logged(eval_cmd(args, run_dir, "test", data=data), path, mode="w")
+    out["carried"] = read_eval(path)
+    for k in (args.horizons if carries else []):
+        path = os.path.join(run_dir, f"eval_horizon_{k}.log")
+        run_logged(eval_cmd(args, run_dir, "test", "--eval-memory-horizon", str(k), data=data), path, mode="w")
+        ev = read_eval(path)
+        if ev["tokens"] != out["carried"]["tokens"]:
+            raise SystemExit(f"longdoc: {path} scored {ev['tokens']} tokens, not {out['carried']['tokens']}")
+        for row, ref in zip(ev["by_depth"], out["carried"]["by_depth"]):
+            if int(row["depth"].split("-")[-1]) <= k and row != ref:
+                raise SystemExit(f"longdoc: {path}: depth {row['depth']} <= K differs from the carried memory")
+        out["K"][str(k)] = ev
+    result["horizon"] = out
     save_result(run_dir, result)
     return result
 
@@ -127,7 +197,7 @@ def memory_ablation(args, run_dir, result):
     """A memory setting's test split once more with E_0 read at every segment
     (--eval-reset-memory): what the carried memory adds beyond the learned E_0.
     Added to ``result`` (and its result.json) once; runs finished before it get it too."""
-    if not has_memory(result["setting"]) or "test_reset_memory" in result:
+    if not has_memory(result["setting"]) or result["setting"] == "prefix" or "test_reset_memory" in result:
         return result
     path = os.path.join(run_dir, "eval_test_reset_memory.log")
     run_logged(eval_cmd(args, run_dir, "test", "--eval-reset-memory"), path, mode="w")
@@ -168,7 +238,9 @@ def parse_eval(text):
     count = int(re.findall(r"Evaluated ([\d,]+) tokens", text)[-1].replace(",", ""))
     bits = float(re.findall(r"Loss \(base 2\): ([\d.]+)", text)[-1])
     spans = re.findall(r"eval_segments(?: \| |:)\s*pos (\d+-\d+)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
+    classes = re.findall(r"eval_segments(?: \| |:)\s*class (\w+)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
     return {"tokens": count, "loss_bits": bits, "ppl": 2 ** bits,
+            "by_class": {c: {"tokens": int(n.replace(",", "")), "loss_bits": float(b)} for c, n, b in classes},
             "by_depth": [{"depth": d, "tokens": int(n.replace(",", "")), "loss_bits": float(b)} for d, n, b in rows],
             "by_position": [{"positions": p, "tokens": int(n.replace(",", "")), "loss_bits": float(b)}
                             for p, n, b in spans]}
@@ -193,7 +265,7 @@ def one_run(args, setting, seed):
         with open(result_path) as f:
             result = json.load(f)
         if result.get("config") == config(args):
-            return memory_ablation(args, run_dir, position_table(args, run_dir, result))
+            return memory_horizon(args, run_dir, memory_ablation(args, run_dir, complete_test(args, run_dir, result)))
         raise SystemExit(f"longdoc: {result_path} was made with other settings; use another --out")
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
@@ -203,7 +275,8 @@ def one_run(args, setting, seed):
     evals = {}
     for split in ("test", "valid"):
         path = os.path.join(run_dir, f"eval_{split}.log")
-        run_logged(eval_cmd(args, run_dir, split), path, mode="w")
+        run_logged(eval_cmd(args, run_dir, split, *(test_flags(args, run_dir) if split == "test" else [])),
+                   path, mode="w")
         evals[split] = read_eval(path)
     with open(log_path) as f:
         valid_train = last_valid_loss(f.read())
@@ -213,7 +286,7 @@ def one_run(args, setting, seed):
               "deep_tokens": n, "deep_loss_bits": bits, "deep_ppl": 2 ** bits,
               "train_minutes_this_invocation": round(minutes, 1)}
     save_result(run_dir, result)
-    return memory_ablation(args, run_dir, result)
+    return memory_horizon(args, run_dir, memory_ablation(args, run_dir, result))
 
 
 def config(args):
@@ -305,12 +378,138 @@ def markdown(results, args):
             out.append(f"| {s} | {','.join(str(r['seed']) for r in rs)} | {cell([r['test']['ppl'] for r in rs])} | "
                        f"{cell([r['test_reset_memory']['ppl'] for r in rs])} | {cell(carried)} | {cell(reset)} | "
                        f"{cell(gain, 1)}% |")
+    out += long_context_tables(results, args)
     out += ["", "Checks: eval-lm's validation loss against fairseq-train's last validation (bits):", "",
             "| run | eval-lm valid | fairseq-train valid | test tokens scored |", "|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (args.settings.index(r["setting"]), r["seed"])):
         out.append(f"| {r['setting']}_s{r['seed']} | {r['valid_eval_lm_bits']:.4f} | "
                    f"{r['valid_fairseq_train_bits']} | {r['test']['tokens']:,} |")
     return "\n".join(out) + "\n"
+
+
+def document_sums(run_dir, deep=DEEP, cls=None):
+    """{document: (tokens, nll in nats)} of a run's test tokens at depth >= ``deep`` (units of
+    L), of token class ``cls`` if given (0 local, 1 far, 2 new), from docs_test.json."""
+    path = os.path.join(run_dir, "docs_test.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    out = {}
+    for doc, depth, c, n, nll in rows:
+        if depth >= deep and (cls is None or c == cls):
+            t, s = out.get(doc, (0, 0.0))
+            out[doc] = (t + n, s + nll)
+    return out
+
+
+def bootstrap_gain(a, b, resamples, seed=0):
+    """% lower perplexity of ``a`` than ``b`` (document sums of the same tokens) and its 95%
+    interval, resampling documents with replacement (paired: the same documents for both)."""
+    import numpy as np
+
+    docs = sorted(set(a) & set(b))
+    if not docs or any(a[d][0] != b[d][0] for d in docs):
+        raise SystemExit("longdoc: bootstrap over documents needs the same scored tokens in both runs")
+    n = np.array([a[d][0] for d in docs], dtype=float)
+    sa, sb = np.array([a[d][1] for d in docs]), np.array([b[d][1] for d in docs])
+
+    def gain(idx):
+        tok = n[idx].sum(-1)
+        return 100 * (1 - np.exp((sa[idx].sum(-1) - sb[idx].sum(-1)) / tok))
+
+    idx = np.random.RandomState(seed).randint(0, len(docs), size=(resamples, len(docs)))
+    lo, hi = np.percentile(gain(idx), [2.5, 97.5])
+    return float(gain(np.arange(len(docs)))), float(lo), float(hi)
+
+
+def separation(a, b):
+    """The rule of docs/results.md for lower-is-better values per seed {seed: value}:
+    'separated', 'ahead in every seed', or 'not separated' (a against b)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return "one seed"
+    (ma, sa), (mb, sb) = mean_std([a[s] for s in seeds]), mean_std([b[s] for s in seeds])
+    every = all(a[s] < b[s] for s in seeds)
+    if every and mb - ma > math.sqrt(sa ** 2 + sb ** 2):
+        return "separated"
+    return "ahead in every seed" if every else "not separated"
+
+
+def long_context_tables(results, args):
+    """Gains with 95% bootstrap intervals over test documents (against no memory and the
+    prefix control, at depth >= 8 and on far tokens), the token classes, the memory horizon,
+    the seed's question by the separation rule, and the issue's targets."""
+    by = {}
+    for r in results:
+        by.setdefault(r["setting"], {})[r["seed"]] = r
+    dirs = {(r["setting"], r["seed"]): os.path.join(args.out, "runs", f"{r['setting']}_s{r['seed']}") for r in results}
+    out = []
+    seeds = sorted({r["seed"] for r in results})
+    for title, kw in (("depth >= 8 (all token classes)", {}), ("far tokens (all depths)", {"deep": 0, "cls": 1})):
+        for base in ("no_memory", "prefix"):
+            if base not in by:
+                continue
+            rows = []
+            for s in [x for x in by if x != base]:
+                cells = []
+                for seed in seeds:
+                    if seed not in by[s] or seed not in by[base]:
+                        cells.append("-")
+                        continue
+                    a, b = document_sums(dirs[(s, seed)], **kw), document_sums(dirs[(base, seed)], **kw)
+                    if a is None or b is None:
+                        cells.append("-")
+                        continue
+                    g, lo, hi = bootstrap_gain(a, b, args.bootstrap)
+                    cells.append(f"{g:.1f}% [{lo:.1f}, {hi:.1f}]")
+                rows.append(f"| {s} | " + " | ".join(cells) + " |")
+            out += ["", f"Gain over {base} on {title}: % lower test perplexity, 95% interval from "
+                    f"{args.bootstrap} bootstrap resamples of the test documents (paired), per seed:", "",
+                    "| setting | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---" * (1 + len(seeds)) + "|",
+                    *rows]
+    classed = [s for s in by if all(r["test"].get("by_class") for r in by[s].values())]
+    if classed:
+        names = ("local", "far", "new")
+        ref = next(iter(by[classed[0]].values()))["test"]["by_class"]
+        out += ["", f"Test perplexity by token class (local: among the {args.segment_length} tokens before it; "
+                "far: earlier in its document, not within them; new: first occurrence; the same tokens for "
+                "every setting); mean +- std over seeds. Tokens: " +
+                ", ".join(f"{c} {ref[c]['tokens']:,}" for c in names if c in ref) + ".", "",
+                "| setting | seeds | " + " | ".join(names) + " |", "|---|---|---|---|---|"]
+        for s in classed:
+            rs = list(by[s].values())
+            out.append(f"| {s} | {','.join(str(x) for x in sorted(by[s]))} | " + " | ".join(
+                cell([2 ** r["test"]["by_class"][c]["loss_bits"] for r in rs if c in r["test"]["by_class"]])
+                for c in names) + " |")
+    with_h = [s for s in by if any(r.get("horizon") for r in by[s].values())]
+    if with_h:
+        ks = args.horizons
+        out += ["", f"Memory horizon: test perplexity at depth >= {DEEP} on the horizon subset (test documents of "
+                f"{args.horizon_docs[0]}-{args.horizon_docs[1]} segments), the memory built from E_0 over only the "
+                "K segments before each scored one (`--eval-memory-horizon K`), and carried as trained; "
+                "mean over seeds:", "",
+                "| setting | seeds | " + " | ".join(f"K = {k}" for k in ks) + " | carried |",
+                "|---" * (3 + len(ks)) + "|"]
+        for s in with_h:
+            rs = [r for r in by[s].values() if r.get("horizon")]
+            cells = [cell([2 ** deep_loss(r["horizon"]["K"][str(k)]["by_depth"])[1] for r in rs
+                           if str(k) in r["horizon"]["K"]]) for k in ks]
+            carried = cell([2 ** deep_loss(r["horizon"]["carried"]["by_depth"])[1] for r in rs])
+            out.append(f"| {s} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + f" | {carried} |")
+    if "rmt" in by and any(s in by for s in ("tarm_a0.5", "tarm_a0.2", "tarm_gate")):
+        out += ["", "The seed's question at depth >= 8 (test perplexity per seed; the separation rule of "
+                "`docs/results.md`):", "", "| setting | per seed | rmt per seed | against rmt |", "|---|---|---|---|"]
+        rmt = {seed: r["deep_ppl"] for seed, r in by["rmt"].items()}
+        for s in ("tarm_a0.5", "tarm_a0.2", "tarm_gate"):
+            if s in by:
+                mine = {seed: r["deep_ppl"] for seed, r in by[s].items()}
+                verdict = separation(mine, rmt)
+                if verdict == "not separated" and separation(rmt, mine) != "not separated":
+                    verdict = "rmt " + separation(rmt, mine)
+                out.append(f"| {s} | {', '.join(f'{mine[x]:.2f}' for x in sorted(mine))} | "
+                           f"{', '.join(f'{rmt[x]:.2f}' for x in sorted(rmt) if x in mine)} | {verdict} |")
+    return out
 
 
 def figure(results, args, path):
@@ -362,6 +561,80 @@ def figure(results, args, path):
     fig.savefig(path, dpi=120)
 
 
+def calibration_report(args):
+    """The budget's calibration: every run under --out with kept checkpoints (--keep-every),
+    each kept checkpoint scored on the validation split by depth (eval-lm), beside
+    fairseq-train's validation by update. Writes calibration.md and calibration.png."""
+    runs = os.path.join(args.out, "runs")
+    curves = {}
+    for name in sorted(os.listdir(runs)):
+        run_dir = os.path.join(runs, name)
+        kept = sorted((int(m.group(1)), f) for f in os.listdir(run_dir)
+                      for m in [re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", f)] if m)
+        if not kept:
+            continue
+        with open(os.path.join(run_dir, "train.log")) as f:
+            train_valid = {int(r["valid_num_updates"]): float(r["valid_loss"])
+                           for r in map(json.loads, re.findall(r"\| valid \| (\{.*\})", f.read()))}
+        points = {}
+        for update, ckpt in kept:
+            path = os.path.join(run_dir, f"eval_valid_{update}.log")
+            if not os.path.exists(path) or "Loss (base 2)" not in open(path).read():
+                run_logged(eval_cmd(args, run_dir, "valid", checkpoint=ckpt), path, mode="w")
+            ev = read_eval(path)
+            points[update] = {"valid_bits": ev["loss_bits"], "deep_ppl": 2 ** deep_loss(ev["by_depth"])[1],
+                              "train_valid_bits": train_valid.get(update)}
+        curves[name] = points
+    names = sorted(curves)
+    updates = sorted({u for c in curves.values() for u in c})
+    lines = ["Validation by update: eval-lm's loss (bits, all tokens) and perplexity at depth >= 8 of each kept "
+             "checkpoint (fairseq-train's own validation loss in brackets where it validated there).", "",
+             "| update | " + " | ".join(f"{n}: bits | {n}: depth >= 8" for n in names) + " |",
+             "|---" * (1 + 2 * len(names)) + "|"]
+    for u in updates:
+        cells = []
+        for n in names:
+            pnt = curves[n].get(u)
+            if pnt is None:
+                cells += ["-", "-"]
+                continue
+            tv = f" ({pnt['train_valid_bits']:.3f})" if pnt["train_valid_bits"] is not None else ""
+            cells += [f"{pnt['valid_bits']:.4f}{tv}", f"{pnt['deep_ppl']:.2f}"]
+        lines.append(f"| {u} | " + " | ".join(cells) + " |")
+    pairs = [(b, r) for b in names if b.startswith("no_memory_") for r in names
+             if r.startswith("context4x_") and r.split("_s")[-1] == b.split("_s")[-1]]
+    for b, r in pairs:
+        lines += ["", f"{r} against {b} at depth >= 8 on validation (% lower perplexity; the calibration "
+                  "condition is >= 3%):", ""]
+        for u in updates:
+            if u in curves[b] and u in curves[r]:
+                g = 100 * (1 - curves[r][u]["deep_ppl"] / curves[b][u]["deep_ppl"])
+                lines.append(f"- update {u}: {g:+.1f}% ({'met' if g >= 3 else 'not met'})")
+    with open(os.path.join(args.out, "calibration.json"), "w") as f:
+        json.dump(curves, f, indent=1)
+    with open(os.path.join(args.out, "calibration.md"), "w") as f:
+        f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:])}\n\n" + "\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for n in names:
+        us = sorted(curves[n])
+        a1.plot(us, [curves[n][u]["valid_bits"] for u in us], marker="o", label=n)
+        a2.plot(us, [curves[n][u]["deep_ppl"] for u in us], marker="o", label=n)
+    a1.set_ylabel("validation loss (bits/token)")
+    a2.set_ylabel(f"validation perplexity, depth >= {DEEP}")
+    for a in (a1, a2):
+        a.set_xlabel("update")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "calibration.png"), dpi=120)
+    print("\n".join(lines))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="a document data-bin (scripts/prepare_longdoc.py)")
@@ -389,6 +662,13 @@ def parse_args(argv=None):
                         "a multiple of --save-every; default: only the last)")
     p.add_argument("--checkpoint-segments", action="store_true",
                    help="recompute each segment in the backward pass (memory settings)")
+    p.add_argument("--horizons", nargs="*", type=int, default=[0, 1, 2, 4, 8, 16],
+                   help="memory horizons K (segments) scored on the horizon subset; none: skip")
+    p.add_argument("--horizon-docs", nargs=2, type=int, default=[32, 128], metavar=("A", "B"),
+                   help="the horizon subset: the test documents of A to B segments")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test documents")
+    p.add_argument("--calibration-report", action="store_true",
+                   help="evaluate the kept checkpoints (--keep-every) on valid by depth; write calibration.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables from the finished runs")
     args = p.parse_args(argv)
     if "context4x" in args.settings and args.bptt_segments != 4:
@@ -442,6 +722,8 @@ def finished_runs(args):
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.calibration_report:
+        return calibration_report(args)
     if not args.report_only:
         for seed in args.seeds:
             for setting in args.settings:

@@ -1,7 +1,7 @@
 """scripts/longdoc.py end to end on a tiny document data-bin: every setting trains with the
 same tokens per update, eval-lm's validation equals fairseq-train's, every test token is
-scored once in every run, the memory ablation (--eval-reset-memory) is added, and a second
-call trains nothing."""
+scored once in every run, the memory ablation (--eval-reset-memory), the token classes, the
+memory horizon and the bootstrap intervals are added, and a second call trains nothing."""
 
 import json
 import os
@@ -23,20 +23,35 @@ TINY = ["--segment-length", "8", "--layers", "1", "--dim", "32", "--ffn", "64", 
 def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: F811
     out = tmp_path / "out"
     argv = ["--data", doc_bin["sep"], "--doc-separator", "<doc>", "--out", str(out),
-            "--settings", "no_memory", "rmt", "context4x", "--seeds", "1", *TINY]
+            "--settings", "no_memory", "prefix", "rmt", "context4x", "--seeds", "1", *TINY,
+            "--horizons", "0", "1", "4", "--horizon-docs", "2", "1000", "--bootstrap", "200"]
     longdoc.main(argv)
     results = {r["setting"]: r for r in json.loads((out / "results.json").read_text())}
-    assert set(results) == {"no_memory", "rmt", "context4x"}
+    assert set(results) == {"no_memory", "prefix", "rmt", "context4x"}
     n_test = doc_tokens(doc_bin["raw"], "test")
     for name, r in results.items():
         assert r["test"]["tokens"] == n_test, f"{name}: every test token once"
         assert r["valid_eval_lm_bits"] == pytest.approx(r["valid_fairseq_train_bits"], abs=2e-3), name
         assert sum(row["tokens"] for row in r["test"]["by_depth"]) == n_test
+        assert sum(c["tokens"] for c in r["test"]["by_class"].values()) == n_test, name
+        docs = json.loads((out / "runs" / f"{name}_s1" / "docs_test.json").read_text())["rows"]
+        assert sum(row[3] for row in docs) == n_test and len({row[0] for row in docs}) == 10
+        assert r["horizon"]["carried"]["tokens"] == results["rmt"]["horizon"]["carried"]["tokens"]
         log = (out / "runs" / f"{name}_s1" / "train.log").read_text()
         assert '"train_num_updates": "4"' in log
         # the same tokens per sample: k = 4 segments of L = 8, or one segment of 4L
         shape = "--segment-length 32 --bptt-segments 1" if name == "context4x" else "--segment-length 8 --bptt-segments 4"
         assert shape in log.splitlines()[0], name
+    # the token classes are the same tokens for every setting (the 4x reference's too)
+    assert len({tuple(c["tokens"] for c in r["test"]["by_class"].values()) for r in results.values()}) == 1
+    # the horizon: K for the carrying memory only; K beyond a bucket's depths = carried (checked by
+    # longdoc.py itself), and K = 0 differs from carried deeper in
+    assert set(results["rmt"]["horizon"]["K"]) == {"0", "1", "4"}
+    assert not results["prefix"]["horizon"]["K"] and not results["no_memory"]["horizon"]["K"]
+    k0, carried = results["rmt"]["horizon"]["K"]["0"]["by_depth"], results["rmt"]["horizon"]["carried"]["by_depth"]
+    assert k0[0] == carried[0] and k0[-1] != carried[-1]
+    # a = 0: nothing carried, so no reset ablation either
+    assert "test_reset_memory" not in results["prefix"]
     ablated = results["rmt"]["test_reset_memory"]
     assert "test_reset_memory" not in results["no_memory"] and "test_reset_memory" not in results["context4x"]
     assert ablated["tokens"] == n_test
@@ -46,23 +61,24 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: 
     report = (out / "results.md").read_text()
     assert "by position within the segment" in report
     assert "What the carried memory adds" in report and "| rmt | 1 |" in report and "unigram" in report
+    assert "Gain over prefix on depth >= 8" in report and "Gain over no_memory on far tokens" in report
+    assert "Memory horizon" in report and "by token class" in report
     assert (out / "longdoc.png").stat().st_size > 1000
     # a second call trains and evaluates nothing again
     sizes = {p: p.stat().st_size for p in out.glob("runs/*/*.log")}
     longdoc.main(argv)
     assert {p: p.stat().st_size for p in out.glob("runs/*/*.log")} == sizes
-    # a run evaluated before the position table existed: read from its log, or (not there
-    # either) its test split scored again
+    # a run evaluated before the position table and the token classes existed: its test
+    # split scored again (the same loss, and those tables)
     path, log = out / "runs" / "no_memory_s1" / "result.json", out / "runs" / "no_memory_s1" / "eval_test.log"
     r = json.loads(path.read_text())
-    spans = r["test"].pop("by_position")
-    for strip_log in (False, True):
-        path.write_text(json.dumps(r))
-        if strip_log:
-            log.write_text("".join(x for x in log.read_text().splitlines(True) if " pos " not in x))
-        longdoc.main(argv)
-        assert json.loads(path.read_text())["test"]["by_position"] == spans
-        assert " pos " in log.read_text(), "a stripped log is scored again"
+    spans, classes = r["test"].pop("by_position"), r["test"].pop("by_class")
+    path.write_text(json.dumps(r))
+    log.write_text("".join(x for x in log.read_text().splitlines(True) if " pos " not in x))
+    longdoc.main(argv)
+    again = json.loads(path.read_text())["test"]
+    assert again["by_position"] == spans and again["by_class"] == classes
+    assert " pos " in log.read_text(), "a stripped log is scored again"
     # other flags with the same --out: refused, naming the file
     with pytest.raises(SystemExit, match="made with other settings"):
         longdoc.main([*argv, "--lr", "5e-4"])

@@ -34,7 +34,7 @@ def _pick(logits: torch.Tensor, sampling: bool, temperature: float, topk: int) -
 
 
 def _log_probs(model, hidden: torch.Tensor) -> torch.Tensor:
-    return model.get_normalized_probs((model.output(hidden), {}), log_probs=True).float()
+    return model.get_normalized_probs((model.logits(hidden), {}), log_probs=True).float()
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
     L = segment_length or model.default_segment_length
     B = inputs.size(0)
     n_full = (inputs.size(1) - 1) // L  # keep >= 1 token for the current segment
-    read = model.memory.initial_memory(B)
+    read = model.initial_memory(B)
     prompt_lp = []
     if n_full:
         hidden, extra = model(inputs[:, : n_full * L], memory=read, segment_length=L, features_only=True)
@@ -68,7 +68,7 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
     seg = inputs[:, n_full * L :]
     out, out_lp = [], []
     stopped = torch.zeros(B, 1, dtype=torch.bool, device=inputs.device)
-    pad = model.decoder.padding_idx
+    pad = model.padding_idx
 
     def emit(hidden):
         lp = _log_probs(model, hidden[:, -1:])[:, 0]
@@ -107,8 +107,8 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
 
 
 def _target_scores(model, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Log-probability of ``targets`` [B, T] after ``features`` [B, T, C] (project_out_dim applied)."""
-    lp = model.get_normalized_probs((model.decoder.output_layer(features), {}), log_probs=True).float()
+    """Log-probability of ``targets`` [B, T] after output ``features`` [B, T, C]."""
+    lp = model.get_normalized_probs((model.logits(features), {}), log_probs=True).float()
     return lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 

@@ -51,3 +51,29 @@ def test_score_equals_the_forward_over_the_document(dict_dir):
         logits, _ = model(inputs, reset=torch.ones(1, dtype=torch.bool), memory_key="x", segment_length=L)
         ref = model.get_normalized_probs((logits, {}), log_probs=True).gather(-1, targets.unsqueeze(-1))[..., 0]
     assert torch.allclose(lp, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--adaptive-input", "--adaptive-input-cutoff", "20,40", "--adaptive-softmax-cutoff", "20,40",
+     "--criterion", "adaptive_loss", "--ddp-backend", "legacy_ddp"],
+], ids=["plain", "adaptive"])
+def test_generation_scores_equal_teacher_forced_scores(dict_dir, flags):
+    """Through the model's public inference interface (initial_memory, extend, logits,
+    padding_idx): the prompt's scores and the generated tokens' scores equal the
+    log-probabilities of the plain forward over the same text, memory carried."""
+    from tarm_plugin.generation import generate_with_scores
+
+    _, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", "2",
+                     "--memory-ema-alpha", "0.5", *flags)
+    model.eval()
+    torch.manual_seed(2)
+    inputs = torch.randint(4, 60, (2, 7))
+    new, new_lp, prompt_lp = generate_with_scores(model, inputs, max_new_tokens=9, prompt_scores=True)
+    stream = torch.cat([inputs, new], dim=1)
+    with torch.no_grad():
+        logits, _ = model(stream[:, :-1], segment_length=L)
+        ref = model.get_normalized_probs((logits, {}), log_probs=True).float()
+    ref = ref.gather(-1, stream[:, 1:].unsqueeze(-1))[..., 0]
+    assert torch.allclose(prompt_lp, ref[:, : inputs.size(1) - 1], atol=1e-5)
+    assert torch.allclose(new_lp, ref[:, inputs.size(1) - 1 :], atol=1e-5)

@@ -174,13 +174,8 @@ class TarmLanguageModel(TransformerLanguageModel):
         if memory_key is not None:
             self.carried.put(memory_key, trace.averaged[-1], batch_id)
 
-        x = torch.cat(trace.outputs, dim=1)
-        if features_only:
-            if self.decoder.project_out_dim is not None:
-                x = self.decoder.project_out_dim(x)
-        else:
-            x = self.output(x)
-        return x, {
+        x = self.features(torch.cat(trace.outputs, dim=1))
+        return (x if features_only else self.logits(x)), {
             "memory": trace.averaged[-1],
             "read_memory": trace.read,
             "written_memory": trace.written,
@@ -242,14 +237,14 @@ class TarmLanguageModel(TransformerLanguageModel):
         is written by a plain call once it is complete: ``model(tokens,
         memory=memory)``."""
         if state:
-            return self.layers(self.embed(tokens, last_only=True), None, state)
+            return self.features(self.layers(self.embed(tokens, last_only=True), None, state))
         m, r = memory.size(1), tokens.size(1)
         x = self.embed(tokens)
         if m:  # the read slots first: they see only each other
             self.layers(self.memory.segment_memory(memory, x.dtype)[0], None, state)
         mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
         mask[:, m:] = self.attention_mask(0, r, x)  # causal, seeing every read slot
-        return self.layers(x, mask, state)
+        return self.features(self.layers(x, mask, state))
 
     def layers(self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[dict] = None) -> torch.Tensor:
         """x [B, T, C] through fairseq's layers (and final norm); with ``state``,
@@ -280,11 +275,25 @@ class TarmLanguageModel(TransformerLanguageModel):
             x = dec.layernorm_embedding(x)
         return dec.dropout_module(x)
 
-    def output(self, features: torch.Tensor) -> torch.Tensor:
-        """Token features -> logits (or adaptive-softmax input), as fairseq's decoder does."""
-        if self.decoder.project_out_dim is not None:
-            features = self.decoder.project_out_dim(features)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers' outputs -> the decoder's output features (fairseq's project_out_dim)."""
+        return self.decoder.project_out_dim(x) if self.decoder.project_out_dim is not None else x
+
+    # ------------------------------------------------- inference interface
+    # what generation, the hub and the scripts use: nothing reaches into the decoder
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Output features (``forward(features_only=True)``, :meth:`extend`) -> logits, or the
+        adaptive softmax's input, for ``get_normalized_probs``, as fairseq's decoder does."""
         return self.decoder.output_layer(features)
+
+    def initial_memory(self, bsz: int) -> torch.Tensor:
+        """E_0 for ``bsz`` rows [B, m, d]: what a text's first segment reads."""
+        return self.memory.initial_memory(bsz)
+
+    @property
+    def padding_idx(self) -> int:
+        return self.decoder.padding_idx
 
     def attention_mask(self, m: int, L: int, like: torch.Tensor, writes: Optional[int] = None) -> torch.Tensor:
         """The mask over ``[read (m) | tokens (L) | write (writes, default m)]``."""

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The long-document matrix of docs/longdoc.md ("A budget where the answer means something"),
+# run as two workers side by side, one thread each, resumable across sessions: each worker
+# goes down its queue of (corpus, setting, seed) runs with scripts/longdoc.py, which skips a
+# finished run (its result.json), continues a stopped one from its checkpoint_last.pt and
+# adds the evaluations a finished run lacks. Queues: seed 1 of every setting first, then
+# seeds 2 and 3, then the prose corpus; the two queues hold about equal work.
+#
+# Run it from a frozen copy of the code (a `git worktree` at the commit the results name),
+# so that work landing on main cannot change a running experiment:
+#   git worktree add ../frozen_$(git rev-parse --short HEAD) HEAD
+#   cd ../frozen_<sha> && for w in a b; do
+#     RUNS=/work/main/runs DATA=/work/main/data-bin nohup bash scripts/longdoc_matrix.sh $w \
+#       > /work/main/runs/longdoc_matrix_$w.out 2>&1 & done
+# env: RUNS (where runs/longdoc_<corpus>_4k go; default ./runs), DATA (the data-bins
+# code/ and prose/, scripts/prepare_longdoc.py; default ./data-bin), PY (default .venv/bin/python
+# of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 4000: the
+# calibrated budget, docs/longdoc.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKER=${1:?usage: longdoc_matrix.sh a|b}
+RUNS=${RUNS:-runs}
+DATA=${DATA:-data-bin}
+PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
+[[ -x "$PY" ]] || PY=python3
+MAX_UPDATE=${MAX_UPDATE:-4000}
+export OMP_NUM_THREADS=1
+# the calibration's flags: a validation and a kept checkpoint every 1,000 updates (curves per run)
+COMMON=(--doc-separator '<doc>' --max-update "$MAX_UPDATE" --validate-every 1000 --keep-every 1000)
+case "$WORKER" in
+    a) QUEUE=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
+              "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
+              "prose no_memory 1" "prose rmt 1") ;;
+    b) QUEUE=("code context4x 1" "code rmt 1" "code tarm_gate 1"
+              "code prefix 2" "code tarm_a0.5 2" "code context4x 2" "code no_memory 3" "code rmt 3"
+              "code tarm_gate 3" "prose prefix 1" "prose context4x 1") ;;
+    *) echo "longdoc_matrix.sh: worker must be a or b, got '$WORKER'" >&2; exit 2 ;;
+esac
+for job in "${QUEUE[@]}"; do
+    read -r corpus setting seed <<< "$job"
+    if [[ ! -f "$DATA/$corpus/dict.txt" ]]; then
+        echo "longdoc_matrix: $DATA/$corpus missing (python scripts/prepare_longdoc.py $corpus --destdir $DATA/$corpus); skipping $job"
+        continue
+    fi
+    echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) $job (code at $(git rev-parse --short HEAD))"
+    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$RUNS/longdoc_${corpus}_4k" \
+        --settings "$setting" --seeds "$seed" "${COMMON[@]}"
+done
+echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) queue done"

@@ -11,6 +11,7 @@ from typing import List
 
 import torch
 
+from .errors import TarmError
 from .generation import generate
 
 
@@ -32,6 +33,28 @@ def greedy_last_segments(model, src_tokens: torch.Tensor, segment_length: int, n
     return generate(model, src_tokens[:, : prefix + 1], n_segments * L, segment_length=L)
 
 
+def check_equal_segments(src_tokens: torch.Tensor, pad: int, L: int) -> None:
+    """The answer is the batch's last segments: every row must end in the same segment
+    (rows are right-padded, so a shorter sample's last segments sit further left)."""
+    n_segments = (src_tokens.ne(pad).sum(dim=1) + L - 1) // L
+    if bool((n_segments != n_segments.max()).any()):
+        raise TarmError(f"--eval-exact-match-segments needs samples with the same number of segments; "
+                        f"this validation batch has {int(n_segments.min())} to {int(n_segments.max())} "
+                        f"segments of --segment-length {L}")
+
+
+def answer_counts(model, sample: dict, n_segments: int, pad: int) -> dict:
+    """{"em_correct", "em_total"}: the rows of ``sample`` whose last ``n_segments`` segments
+    greedy decoding writes exactly (rows with an answer to write)."""
+    net = sample["net_input"]
+    L = net.get("segment_length") or sample["target"].size(1)
+    check_equal_segments(net["src_tokens"], pad, L)
+    answer = sample["target"][:, -n_segments * L:]
+    generated = greedy_last_segments(model, net["src_tokens"], L, n_segments)
+    return {"em_correct": int(exact_match_rows(generated, answer, pad).sum()),
+            "em_total": int(answer.ne(pad).any(dim=1).sum())}
+
+
 def exact_match_rows(generated: torch.Tensor, target: torch.Tensor, pad: int) -> torch.Tensor:
     """Per row: every non-pad target token was generated exactly (rows with no target: False)."""
     real = target.ne(pad)
@@ -39,4 +62,4 @@ def exact_match_rows(generated: torch.Tensor, target: torch.Tensor, pad: int) ->
     return ok & real.any(dim=1)
 
 
-__all__: List[str] = ["greedy_last_segments", "exact_match_rows"]
+__all__: List[str] = ["greedy_last_segments", "exact_match_rows", "check_equal_segments", "answer_counts"]

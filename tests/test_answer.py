@@ -42,7 +42,7 @@ def test_greedy_decoding_matches_teacher_forced_argmax(dict_dir):
 
 
 def test_exact_match_refuses_rows_ending_in_different_segments():
-    from tarm_plugin.criterions.tarm_lm_loss import check_equal_segments
+    from tarm_plugin.answer import check_equal_segments
     from tarm_plugin.errors import TarmError
 
     pad, L = 1, 4

@@ -4,9 +4,9 @@ Memory positions never reach the loss (the model returns token positions
 only) and padding (a stream's tail) is ignored. Works with a full softmax or
 fairseq's adaptive softmax. Besides ``loss``/``ppl`` (base 2, as fairseq logs
 them) it logs ``loss_seg{i}``: the training loss of the i-th segment of each
-k-segment sample, which shows whether the memory helps later segments; and,
-with ``--eval-exact-match-segments N``, the validation ``accuracy``: the share
-of samples whose last N segments greedy decoding gets exactly right.
+k-segment sample, which shows whether the memory helps later segments. It
+computes losses only: the validation exact match of
+``--eval-exact-match-segments`` (decoding) is the task's ``valid_step``.
 
 Memory diagnostics (see :func:`tarm_plugin.memory.memory_stats`), averaged
 over batches: ``mem_norm`` (slot norm of the memory read), ``mem_dM`` and
@@ -25,7 +25,6 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as dist_utils
 from omegaconf import II
 
-from ..answer import exact_match_rows, greedy_last_segments
 from ..errors import TarmError
 from ..memory import memory_stats
 from ..scoring import token_nll
@@ -34,16 +33,6 @@ from ..scoring import token_nll
 @dataclass
 class TarmLmLossConfig(FairseqDataclass):
     ddp_backend: str = II("distributed_training.ddp_backend")
-
-
-def check_equal_segments(src_tokens: torch.Tensor, pad: int, L: int) -> None:
-    """The answer is the batch's last segments: every row must end in the same segment
-    (rows are right-padded, so a shorter sample's last segments sit further left)."""
-    n_segments = (src_tokens.ne(pad).sum(dim=1) + L - 1) // L
-    if bool((n_segments != n_segments.max()).any()):
-        raise TarmError(f"--eval-exact-match-segments needs samples with the same number of segments; "
-                        f"this validation batch has {int(n_segments.min())} to {int(n_segments.max())} "
-                        f"segments of --segment-length {L}")
 
 
 @register_criterion("tarm_lm_loss", dataclass=TarmLmLossConfig)
@@ -69,13 +58,6 @@ class TarmLmLoss(FairseqCriterion):
         }
         logging_output.update(self.memory_logs(model, net_output))
         L = sample["net_input"].get("segment_length") or target.size(1)
-        n_answer = getattr(getattr(self.task, "args", None), "eval_exact_match_segments", 0)
-        if n_answer and not model.training:
-            check_equal_segments(sample["net_input"]["src_tokens"], self.padding_idx, L)
-            answer = target[:, -n_answer * L:]
-            generated = greedy_last_segments(model, sample["net_input"]["src_tokens"], L, n_answer)
-            logging_output["em_correct"] = int(exact_match_rows(generated, answer, self.padding_idx).sum())
-            logging_output["em_total"] = int(answer.ne(self.padding_idx).any(dim=1).sum())
         if model.training:
             bsz, T = target.shape
             if T % L == 0:
@@ -126,9 +108,6 @@ class TarmLmLoss(FairseqCriterion):
         loss = total("loss")
         metrics.log_scalar("loss", loss / max(ntokens, 1) / math.log(2), ntokens, round=3)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["loss"].avg))
-        em_total = total("em_total")
-        if em_total:
-            metrics.log_scalar("accuracy", 100.0 * total("em_correct") / em_total, em_total, round=2)
         for key in ("mem_norm", "mem_dM", "mem_dE", "mem_rate_mean", "mem_rate_min", "mem_rate_max",
                     "mem_gate_mean", "mem_gate_min", "mem_gate_max"):
             n = total(key + "_n")

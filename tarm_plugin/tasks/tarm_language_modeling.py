@@ -21,13 +21,14 @@ from enum import Enum
 from typing import Optional
 
 import torch
-from fairseq import utils
+from fairseq import metrics, utils
 from fairseq.data import iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from omegaconf import II
 
+from ..answer import answer_counts
 from ..datasets import (DocumentStreamDataset, SampleSegmentsDataset, SegmentStreamDataset,
                         check_same_dictionary, document_spans, load_split, split_tokens)
 from ..distributed import allow_checkpoint_broadcast, data_parallel_shard
@@ -325,6 +326,20 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         # a checkpoint may follow any step: gathering costs ~0.02% of a step (docs/performance.md)
         self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))
         return out
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        n_answer = self.args.eval_exact_match_segments
+        if n_answer:  # --eval-exact-match-segments: decode the answer segments, count exact ones
+            logging_output.update(answer_counts(model, sample, n_answer, self.dictionary.pad()))
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        em_total = sum(log.get("em_total", 0) for log in logging_outputs)
+        if em_total:
+            correct = sum(log.get("em_correct", 0) for log in logging_outputs)
+            metrics.log_scalar("accuracy", 100.0 * correct / em_total, em_total, round=2)
 
     def begin_valid_epoch(self, epoch, model):
         super().begin_valid_epoch(epoch, model)

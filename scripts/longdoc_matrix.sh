@@ -12,9 +12,9 @@
 #   cd ../frozen_<sha> && for w in a b; do
 #     RUNS=/work/main/runs DATA=/work/main/data-bin nohup bash scripts/longdoc_matrix.sh $w \
 #       > /work/main/runs/longdoc_matrix_$w.out 2>&1 & done
-# env: RUNS (where runs/longdoc_<corpus>_4k go; default ./runs), DATA (the data-bins
+# env: RUNS (where runs/longdoc_<corpus>_<MAX_UPDATE> go; default ./runs), DATA (the data-bins
 # code/ and prose/, scripts/prepare_longdoc.py; default ./data-bin), PY (default .venv/bin/python
-# of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 4000: the
+# of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 2400: the
 # calibrated budget, docs/longdoc.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +23,10 @@ RUNS=${RUNS:-runs}
 DATA=${DATA:-data-bin}
 PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
 [[ -x "$PY" ]] || PY=python3
-MAX_UPDATE=${MAX_UPDATE:-4000}
+MAX_UPDATE=${MAX_UPDATE:-2400}
 export OMP_NUM_THREADS=1
-# the calibration's flags: a validation and a kept checkpoint every 1,000 updates (curves per run)
-COMMON=(--doc-separator '<doc>' --max-update "$MAX_UPDATE" --validate-every 1000 --keep-every 1000)
+# a validation every 400 updates and a kept checkpoint every 800 (the curves per run, docs/longdoc.md)
+COMMON=(--doc-separator '<doc>' --max-update "$MAX_UPDATE" --validate-every 400 --keep-every 800)
 case "$WORKER" in
     a) QUEUE=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
               "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
@@ -43,7 +43,7 @@ for job in "${QUEUE[@]}"; do
         continue
     fi
     echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) $job (code at $(git rev-parse --short HEAD))"
-    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$RUNS/longdoc_${corpus}_4k" \
+    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$RUNS/longdoc_${corpus}_${MAX_UPDATE}" \
         --settings "$setting" --seeds "$seed" "${COMMON[@]}"
 done
 echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) queue done"

@@ -352,6 +352,48 @@ class DocumentStreamDataset(WholeBatchDataset):
                 "document": torch.from_numpy(self.document[:, cols].copy())}
 
 
+def layout_split(data, mode: str, name: str, train: bool, bsz: int, segment_length: int, segments: int,
+                 dictionary: Dictionary, seed: int = 1, separator: Optional[int] = None,
+                 separator_name: Optional[str] = None, loss_start_segment: int = 0,
+                 loss_last_segments: int = 0, shard_id: int = 0, num_shards: int = 1):
+    """The task dataset of split ``name`` in layout ``mode`` ('none', 'eos', 'doc'), and a
+    line describing it for the log. Training items hold ``segments`` segments (k), evaluation
+    items one (``eos``: whole samples); training shuffles samples or documents by ``seed``."""
+    common = dict(bsz=bsz, segment_length=segment_length, pad=dictionary.pad(), eos=dictionary.eos(),
+                  name=name, shard_id=shard_id, num_shards=num_shards)
+    if mode == "eos":
+        ds = SampleSegmentsDataset(data, loss_start_segment=loss_start_segment, shuffle=train, seed=seed,
+                                   loss_last_segments=loss_last_segments, **common)
+        if loss_start_segment >= ds.k:
+            raise TarmError(f"--loss-start-segment {loss_start_segment} leaves nothing to score: the longest "
+                            f"sample of split '{name}' has {ds.k} segments of --segment-length {ds.L}")
+        return ds, f"{len(data):,} samples of up to {ds.k}x{ds.L} tokens, {len(ds)} batches of {ds.bsz}x{num_shards}"
+    per_item = segments if train else 1
+    if mode == "doc":
+        spans = document_spans(data, dictionary.eos(), separator)
+        if len(spans) == 0:
+            raise TarmError(f"split '{name}' has no documents: only separator lines"
+                            + (f" ('{separator_name}')" if separator_name else ""))
+        ds = DocumentStreamDataset(split_tokens(data), spans, segments_per_item=per_item, shuffle=train,
+                                   seed=seed, **common)
+        return ds, (f"{len(spans):,} documents, {int((spans[:, 1] - spans[:, 0]).sum()):,} tokens in "
+                    f"{ds.bsz}x{num_shards} rows, {len(ds)} batches of {ds.k}x{ds.L} tokens, "
+                    f"padding {100 * ds.padding_share:.1f}%")
+    # split_tokens may be a view of data's mmap: the dataset keeps ``data`` alive (``backing``)
+    ds = SegmentStreamDataset(split_tokens(data), segments_per_item=per_item, **common)
+    return ds, f"{len(ds.tokens):,} tokens in {ds.bsz}x{num_shards} streams, {len(ds)} batches of {ds.k}x{ds.L} tokens"
+
+
+def separator_index(dictionary: Dictionary, symbol: Optional[str]) -> Optional[int]:
+    """The --doc-separator symbol's id (None: documents are separated by empty lines)."""
+    if not symbol:
+        return None
+    if symbol not in dictionary.indices:
+        raise TarmError(f"--doc-separator '{symbol}' is not in the dictionary (dict.txt): "
+                        "prepare the data with it (scripts/prepare_text.py --doc-separator)")
+    return dictionary.index(symbol)
+
+
 def check_same_dictionary(data_path, dictionary, first_path):
     """One line for a data path whose dict.txt differs from the first path's (the one the
     task and the model use): its token ids would silently mean other words."""

@@ -1,9 +1,10 @@
 """fairseq-eval-lm batch transforms: what a long-context reviewer asks of the memory.
 
-Both wrap the iterator eval-lm scores (one segment per row per batch in the
+They wrap the iterator eval-lm scores (one segment per row per batch in the
 ``doc`` and ``none`` layouts) and keep what they need from earlier batches:
 
-- :class:`TokenClasses` (``--eval-token-classes W``) labels every target by
+- :class:`ResetEverySegment` (``--eval-reset-memory``) reads E_0 at every segment.
+- :class:`TokenClasses` (``--eval-token-classes``, window W) labels every target by
   where its token occurred before in its document (or stream, or sample):
 
       local  it occurs among the W tokens before it
@@ -50,6 +51,15 @@ class Mapped:
     def __iter__(self):
         for sample in self.itr:
             yield self.fn(sample)
+
+
+class ResetEverySegment:
+    """--eval-reset-memory: every row reads E_0 at every segment (nothing carried)."""
+
+    def __call__(self, sample: dict) -> dict:
+        net = dict(sample["net_input"])
+        net["reset"] = torch.ones_like(net["reset"], dtype=torch.bool)
+        return dict(sample, net_input=net)
 
 
 class TokenClasses:

@@ -33,7 +33,8 @@ import numpy as np
 
 import torch
 
-from .eval_batches import CLASS_NAMES
+from .eval_batches import CLASS_NAMES, Mapped, MemoryHorizon, ResetEverySegment, TokenClasses
+from .errors import TarmError
 from .scoring import token_nll
 
 logger = logging.getLogger(__name__)
@@ -200,3 +201,24 @@ class _Recording:
             self.stats.sample = sample
             yield sample
         self.stats.log()
+
+
+def eval_lm_batches(itr, dataset, pad: int, stats: "SegmentPerplexity" = None, reset_memory: bool = False,
+                    horizon=None, token_window=None, mode: str = "none"):
+    """eval-lm's batch iterator with the evaluation flags applied, in order: E_0 at every
+    segment (--eval-reset-memory), token classes on the batches as read, the memory horizon's
+    context, and the tables recording what is scored (``stats``)."""
+    if reset_memory and horizon is not None:
+        raise TarmError("--eval-memory-horizon and --eval-reset-memory exclude each other "
+                        "(--eval-memory-horizon 0 reads E_0 at every segment)")
+    if reset_memory:
+        itr = Mapped(itr, ResetEverySegment())
+    if token_window:
+        itr = Mapped(itr, TokenClasses(token_window, pad))
+        stats.window = token_window
+    if horizon is not None:
+        if mode == "eos":
+            raise TarmError("--eval-memory-horizon needs --sample-break-mode doc or none "
+                            "(eos evaluates whole samples, their memory never carried between batches)")
+        itr = Mapped(itr, MemoryHorizon(horizon, pad))
+    return stats.iterate(itr, dataset) if stats is not None else itr

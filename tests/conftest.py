@@ -34,8 +34,19 @@ def dict_dir(tmp_path_factory):
 
 def build(dict_dir, *flags):
     """Build (task, model) exactly as fairseq-train would, from command-line flags."""
+    from fairseq import tasks
+
+    cfg = training_config(dict_dir, *flags)
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    model = task.build_model(cfg.model)
+    return task, model
+
+
+def training_config(dict_dir, *flags):
+    """fairseq-train's config for a small tarm_lm over ``dict_dir`` with ``flags``."""
     import tarm_plugin  # noqa: F401
-    from fairseq import options, tasks
+    from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     argv = [dict_dir, "--user-dir", PLUGIN, "--task", "tarm_language_modeling",
@@ -44,12 +55,7 @@ def build(dict_dir, *flags):
             "--decoder-attention-heads", "4", "--tokens-per-sample", "64",
             "--dropout", "0.0", "--cpu", *flags]
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, argv)
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    torch.manual_seed(0)
-    model = task.build_model(cfg.model)
-    return task, model
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv))
 
 
 _server = {}

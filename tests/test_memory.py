@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from tarm_plugin.memory import (
-    CarriedMemory,
     RecurrentMemory,
     ema_update,
     memory_attention_mask,
@@ -96,30 +95,3 @@ def test_read_resets_rows_and_keeps_initial_in_graph():
     assert mem.initial.grad is not None
 
 
-def test_carried_memory_marks_non_finite_rows_invalid():
-    carry = CarriedMemory()
-    mem = torch.randn(3, 2, 4, requires_grad=True)
-    bad = mem.detach().clone()
-    bad[1, 0, 0] = float("nan")
-    carry.put("train", bad)
-    got, invalid = carry.get("train", 3)
-    assert not got.requires_grad
-    assert invalid.tolist() == [False, True, False]
-    assert carry.get("train", 4) == (None, None)  # another batch size: nothing fits
-    assert carry.get("valid", 3) == (None, None)
-
-
-def test_rerun_of_a_batch_reads_the_memory_from_before_it():
-    carry = CarriedMemory()
-    m0, m1, m2 = (torch.full((2, 1, 3), float(v)) for v in range(3))
-    carry.put("train", m0, batch_id=0)
-    assert torch.equal(carry.get("train", 2, batch_id=1)[0], m0)
-    carry.put("train", m1, batch_id=1)
-    # batch 1 again (an --amp retry): it must not read what it wrote itself
-    assert torch.equal(carry.get("train", 2, batch_id=1)[0], m0)
-    carry.put("train", m1, batch_id=1)
-    assert torch.equal(carry.get("train", 2, batch_id=1)[0], m0)
-    assert torch.equal(carry.get("train", 2, batch_id=2)[0], m1)
-    carry.put("train", m2, batch_id=2)
-    assert torch.equal(carry.get("train", 2, batch_id=2)[0], m1)
-    assert torch.equal(carry.get("train", 2)[0], m2)  # no id: the latest

@@ -76,7 +76,7 @@ def max_diff(a, b):
 def carried(ckpt):
     """The training streams' carried memory, [streams, m, d], in stream order
     (rank r's row b is stream r * batch_size + b)."""
-    extra = ckpt["model"]["_extra_state"]
+    extra = ckpt["model"]["carried._extra_state"]
     if extra["world_size"] == 1:
         return extra["carried"]["train"]
     per_rank = extra["per_rank"]["train"]
@@ -301,7 +301,7 @@ def test_slurm_recipe_on_cpu_matches_one_process(ptb_small, one_process, tmp_pat
     assert sorted(two) == list(range(1, 6))
     for u in two:
         assert two[u] == pytest.approx(one[u], abs=2e-3), f"update {u}"
-    per_rank = checkpoint(save / "checkpoint_last.pt")["model"]["_extra_state"]["per_rank"]["train"]
+    per_rank = checkpoint(save / "checkpoint_last.pt")["model"]["carried._extra_state"]["per_rank"]["train"]
     assert per_rank.shape[0] == 2 and not torch.equal(per_rank[0], per_rank[1])
 
     p = job.run(torchrun(free_port()) + train_args(data, save, max_update=10))

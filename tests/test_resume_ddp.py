@@ -33,7 +33,7 @@ def test_two_process_resume_matches_straight_run(ptb_small, tmp_path):
     straight = train_losses(train(data, tmp_path / "a", *FLAGS, max_update=10, launcher=torchrun(29641)))
     train(data, tmp_path / "b", *FLAGS, max_update=5, launcher=torchrun(29642))
     saved = torch.load(tmp_path / "b" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
-    per_rank = saved["model"]["_extra_state"]["per_rank"]["train"]
+    per_rank = saved["model"]["carried._extra_state"]["per_rank"]["train"]
     assert per_rank.shape[0] == 2 and not torch.equal(per_rank[0], per_rank[1]), "each rank's own memory"
     resumed = train_losses(train(data, tmp_path / "b", *FLAGS, max_update=10, launcher=torchrun(29643)))
     assert sorted(resumed) == list(range(6, 11))

@@ -12,11 +12,10 @@ recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
 [g_1..g_n] (detached; empty without ``--memory-gate``) and
 ``extra["read_memory"]`` = what the first segment of the batch read, and
 ``extra["memory"]`` = E_n, to pass to the next call as ``memory=``. A bare
-call starts from E_0. The task's batches name their streams instead
-(``memory_key``, the split name): the memory is then carried from one call to
-the next of the same key, and reset to E_0 for rows and segments whose
-``reset`` flag is set (a stream or document starts); ``batch_id`` (the batch's
-index in the epoch) makes a re-run of a batch read the memory from before it.
+call starts from E_0; rows and segments whose ``reset`` flag is set read E_0
+(a stream or document starts there). The model keeps nothing between calls:
+the task's batches name their streams (``memory_key``) and the task's
+:class:`~tarm_plugin.carry.MemoryStore` passes the carried memory in.
 """
 
 import hashlib
@@ -27,7 +26,6 @@ from typing import Optional
 
 import torch
 from fairseq.dataclass import ChoiceEnum
-from fairseq.distributed import utils as dist_utils
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer_lm import (
     TransformerLanguageModel,
@@ -39,10 +37,9 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch.utils.checkpoint import checkpoint
 
-from ..distributed import data_parallel_shard
 from ..errors import TarmError
 from ..generation import TarmHubInterface, generate, sentencepiece_defaults
-from ..memory import WRITE_INPUTS, CarriedMemory, RecurrentMemory, memory_attention_mask
+from ..memory import WRITE_INPUTS, RecurrentMemory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +122,6 @@ class TarmLanguageModel(TransformerLanguageModel):
             raise TarmError(flag_names(str(e))) from None
         self.default_segment_length = safe_getattr(args, "segment_length", None)
         self.checkpoint_segments = bool(safe_getattr(args, "checkpoint_segments", False))
-        self.carried = CarriedMemory()
         self._masks = {}
         self.register_buffer("dictionary_hash", torch.tensor([-1, -1], dtype=torch.long))
 
@@ -148,31 +144,28 @@ class TarmLanguageModel(TransformerLanguageModel):
         src_lengths=None,
         reset: Optional[torch.Tensor] = None,
         memory: Optional[torch.Tensor] = None,
-        memory_key: Optional[str] = None,
         segment_length: Optional[int] = None,
-        batch_id: Optional[int] = None,
         features_only: bool = False,
         **unused,
     ):
         """``src_tokens`` [B, n*L] (the last segment may be shorter) -> (logits, extra).
 
         The first segment reads ``memory`` (E from an earlier call's
-        ``extra["memory"]``) if given, else the memory carried under
-        ``memory_key`` (the task's named streams), else E_0: a call with neither
-        is a function of its inputs. ``reset`` [B] (first segment) or [B, n]
-        (per segment), bool: rows that read E_0 there (a stream or document
-        starts). ``extra["memory"]`` is E after the last segment."""
+        ``extra["memory"]``) if given, else E_0. ``reset`` [B] (first segment)
+        or [B, n] (per segment), bool: rows that read E_0 there (a stream or
+        document starts). ``extra["memory"]`` is E after the last segment."""
+        if unused.get("memory_key") is not None:  # a task batch, but no store passed its memory in
+            raise TarmError("this batch names a memory stream (memory_key) but nothing carries it: "
+                            "build the model with the task (task.build_model attaches its memory store)")
         bsz = src_tokens.size(0)
         L = self.check_segment_length(segment_length or self.default_segment_length or src_tokens.size(1))
         segments = src_tokens.split(L, dim=1)
         reset = segment_resets(reset, bsz, len(segments), src_tokens.device)
-        read = self.read_memory(bsz, memory, memory_key, reset, batch_id)
+        read = self.read_memory(bsz, memory)
         # --checkpoint-segments: one segment at a time (m = 0 too), to recompute one at a time
         recompute = self.checkpoint_segments and self.training and torch.is_grad_enabled()
         step = self.checkpointed_segment_step if recompute else self.segment_step
         trace = self.memory.scan(segments, read, step, reset=reset, batch_independent=not recompute)
-        if memory_key is not None:
-            self.carried.put(memory_key, trace.averaged[-1], batch_id)
 
         x = self.features(torch.cat(trace.outputs, dim=1))
         return (x if features_only else self.logits(x)), {
@@ -189,22 +182,12 @@ class TarmLanguageModel(TransformerLanguageModel):
                             "(set --tokens-per-sample / --max-target-positions at training)")
         return L
 
-    def read_memory(self, bsz: int, memory: Optional[torch.Tensor], key: Optional[str],
-                    reset: Optional[torch.Tensor], batch_id: Optional[int] = None) -> torch.Tensor:
-        """E_{t-1} for the first segment: ``memory``, else what ``key`` carries
-        (E_0 for rows whose carried memory is not finite), else E_0."""
-        if memory is not None:
-            if memory.shape[:2] != (bsz, self.memory.num_tokens):
-                raise TarmError(f"memory of shape {tuple(memory.shape)} given for {bsz} rows of "
-                                f"{self.memory.num_tokens} memory tokens")
-            return self.memory.read(memory, None, bsz)
-        carried, invalid = (None, None) if key is None else self.carried.get(key, bsz, batch_id)
-        if carried is None:
-            if key is not None and self.carried.has(key) and reset is not None and not bool(reset[:, 0].all()):
-                logger.warning(f"memory '{key}': batch size changed mid-stream; "
-                               "reading the initial memory")
-            return self.memory.read(None, None, bsz)
-        return self.memory.read(carried, invalid, bsz)
+    def read_memory(self, bsz: int, memory: Optional[torch.Tensor]) -> torch.Tensor:
+        """E_{t-1} for the first segment: ``memory`` if given, else E_0."""
+        if memory is not None and memory.shape[:2] != (bsz, self.memory.num_tokens):
+            raise TarmError(f"memory of shape {tuple(memory.shape)} given for {bsz} rows of "
+                            f"{self.memory.num_tokens} memory tokens")
+        return self.memory.read(memory, None, bsz)
 
     def checkpointed_segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
         """:meth:`segment_step` keeping only its inputs and outputs for the backward
@@ -319,43 +302,18 @@ class TarmLanguageModel(TransformerLanguageModel):
         return generate(self, inputs, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------- checkpoints
-    def get_extra_state(self):
-        """The carried memory goes into checkpoints, so a resumed run (mid-epoch
-        included) continues its streams exactly. Only rank 0 writes checkpoints
-        (and only it calls this), so with several ranks the training streams'
-        memory of every rank is what :meth:`share_carried_memory` last gathered:
-        the task gathers it after every step that a checkpoint may follow."""
-        world = data_parallel_shard()[1]
-        state = {"carried": self.carried.state_dict(), "world_size": world}
-        if world > 1:
-            state["per_rank"] = {k: v.cpu() for k, v in getattr(self, "_per_rank", {}).items()}
-        return state
-
-    def share_carried_memory(self, key: str, bsz: int) -> None:
-        """All ranks together: gather every rank's carried memory of ``key`` (a
-        [world, B, m, d] tensor), ready for rank 0's next checkpoint. Nothing
-        tells the other ranks when rank 0 saves: the task calls this after every
-        training step (a checkpoint may follow any) and when a validation starts
-        (``begin_valid_epoch``)."""
-        memory, _ = self.carried.get(key, bsz)
-        if memory is None or data_parallel_shard()[1] == 1:
-            return
-        group = dist_utils.get_data_parallel_group()
-        self._per_rank = {key: dist_utils.all_gather(memory.contiguous(), group, return_tensor=True)}
-
-    def set_extra_state(self, state):
-        self.carried.clear()
-        if not state or not state.get("carried"):
-            return
-        rank, world = data_parallel_shard()
-        saved_world = state.get("world_size", 1)
-        if saved_world == 1 and world == 1:
-            self.carried.load_state_dict(state["carried"])
-        elif saved_world == world:  # (no "per_rank": nothing carried, e.g. per-sample batches)
-            self.carried.load_state_dict({k: v[rank] for k, v in state.get("per_rank", {}).items()})
-        elif rank == 0:
-            logger.warning(f"checkpoint written by {saved_world} process(es), resuming with {world}: "
-                           "the streams are laid out anew, carried memory restarts from E_0")
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Checkpoints from before the task's memory store held the carried memory as
+        the model's own extra state: it is the store's (``carried``) now, or dropped
+        for a model built without one."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix, has_store = (name + "." if name else ""), hasattr(self, "carried")
+        old = state_dict.pop(prefix + "_extra_state", None)
+        if old is not None and has_store:
+            state_dict.setdefault(prefix + "carried._extra_state", old)
+        if not has_store:
+            for key in [k for k in state_dict if k.startswith(prefix + "carried.")]:
+                del state_dict[key]
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         saved = state_dict.get("dictionary_hash")

@@ -5,7 +5,9 @@ batch of this rank's rows, so memory can be carried from one batch to the next
 of the same rows (the layouts are in :mod:`tarm_plugin.datasets`: contiguous
 streams, one sample per line, documents). Each batch names its memory
 (``memory_key`` = split name), so validation never clobbers the training
-streams' memory. Training items hold ``--bptt-segments`` segments (gradients
+streams' memory; the model is a function of its inputs, and a
+:class:`~tarm_plugin.carry.MemoryStore` per model built passes the carried
+memory in and keeps what comes out. Training items hold ``--bptt-segments`` segments (gradients
 flow through the memory across them); evaluation items hold one segment,
 memory carried through the whole split. With several ranks, every rank's
 carried memory is gathered after each training step, for rank 0's checkpoints.
@@ -22,6 +24,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingTask
 
 from ..answer import answer_counts
+from ..carry import MemoryStore
 from ..datasets import check_same_dictionary, layout_split, load_split, separator_index
 from ..distributed import allow_checkpoint_broadcast, data_parallel_shard
 from ..errors import TarmError
@@ -148,8 +151,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         inner = model
         while hasattr(inner, "module"):  # fairseq's DDP wrappers
             inner = inner.module
-        if hasattr(inner, "share_carried_memory"):
-            inner.share_carried_memory(key, bsz)
+        if isinstance(getattr(inner, "carried", None), MemoryStore):
+            inner.carried.gather(key, bsz)
 
     # ------------------------------------------------ eval-lm, generation, models
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
@@ -179,8 +182,9 @@ class TarmLanguageModelingTask(LanguageModelingTask):
 
     def build_model(self, args, from_checkpoint=False):
         model = super().build_model(args, from_checkpoint)
-        if hasattr(model, "check_segment_length"):
+        if getattr(model, "carries_memory", False):
             model.check_segment_length(self.args.segment_length)
+            MemoryStore().attach(model)  # before a checkpoint loads: its carried memory is the store's
         tables = any(cfg_get(self.args, f) for f in ("eval_segment_ppl", "eval_token_classes", "eval_document_losses"))
         if tables and getattr(self, "segment_ppl", None) is None:
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), cfg_get(self.args, "eval_depth_unit") or 0)

@@ -32,11 +32,17 @@ per slot and channel (a GRU-style retain/overwrite valve; W starts at zero and b
 at logit(a), so the gate starts as the fixed rate a). Within one training sample
 of k segments gradients flow through E; between samples the carried E is
 detached (truncated BPTT).
+
+That is one *kind* of memory (``tokens``). Every kind is a :class:`MemoryKind`:
+the state for B rows, what a segment reads, what it writes, the update and a
+per-row reset, carried by the one segment loop (:meth:`MemoryKind.scan`);
+``--memory-kind NAME`` picks a kind registered with :func:`register_memory_kind`
+(the associative memory is :mod:`tarm_plugin.assoc`).
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,19 +65,21 @@ def ema_update(prev: Tensor, written: Tensor, alpha: Union[float, Tensor]) -> Te
 
 
 def memory_attention_mask(
-    num_memory: int, seg_len: int, device=None, dtype=torch.float32
+    num_memory: int, seg_len: int, device=None, dtype=torch.float32, num_write: Optional[int] = None
 ) -> Tensor:
-    """Additive mask [T, T] (queries x keys) over ``[read | segment | write]``.
+    """Additive mask [T, T] (queries x keys) over ``[read (m) | segment (L) | write (w)]``
+    (``w = num_write``, default m).
 
     - read slots see each other only: they carry the past and must not see
       the segment they are read into;
     - segment tokens see every read slot and the tokens up to themselves;
     - write slots see everything in the segment and each other, so the memory
       written at the end summarises the whole segment.
-    With ``num_memory == 0`` it is the plain causal mask.
+    With ``num_memory == 0`` and no write slots it is the plain causal mask.
     """
     m, L = num_memory, seg_len
-    T = 2 * m + L
+    w = m if num_write is None else num_write
+    T = m + L + w
     allowed = torch.zeros(T, T, dtype=torch.bool, device=device)
     allowed[:m, :m] = True
     allowed[m : m + L, :m] = True
@@ -87,16 +95,150 @@ SegmentStep = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 @dataclass
 class MemoryTrace:
-    """What one call of :meth:`RecurrentMemory.scan` produced, per segment t = 1..n."""
+    """What one call of :meth:`MemoryKind.scan` produced, per segment t = 1..n."""
 
     outputs: List[Tensor]  # y_t, the segment's token outputs
-    written: List[Tensor]  # M_t [B, m, d], the raw written memory
-    averaged: List[Tensor]  # E_t [B, m, d], what segment t+1 reads
-    gates: List[Tensor] = field(default_factory=list)  # g_t [B, m, d], detached (gate only)
+    written: List[Tensor]  # M_t, what segment t wrote (tokens: [B, m, d])
+    averaged: List[Tensor]  # E_t, the state segment t+1 reads (tokens: [B, m, d])
+    gates: List[Tensor] = field(default_factory=list)  # the update's rates, detached (gate; assoc: write strength)
     read: Optional[Tensor] = None  # E_0 or the carried E: what segment 1 read
 
 
-class RecurrentMemory(nn.Module):
+class MemoryKind(nn.Module):
+    """What a kind of memory implements; the segment loop (:meth:`scan`) is shared.
+
+    The state E is one tensor ``[B, ...]`` per row (so the task's store can carry,
+    gather and checkpoint any kind). A segment is run as
+    ``[before (r) | tokens (L) | after (w)]`` (:meth:`segment_memory`), the
+    tokens seeing the ``before`` positions and themselves, the ``after``
+    positions seeing everything (:func:`memory_attention_mask`);
+    :meth:`before_layer` may change every position's input to each layer;
+    :meth:`written` makes M_t from the outputs at the ``after`` positions, and
+    :meth:`update` makes E_t from E_{t-1} and M_t. A kind is built by
+    ``from_config(cfg, dim, num_layers, init_std, write_norm)`` from the model's
+    flags (its own flags in ``OPTIONS``, name -> default) and registered with
+    :func:`register_memory_kind`.
+    """
+
+    OPTIONS: Dict[str, Any] = {}
+    num_tokens: int = 0
+    learned_rate = False  # a learned averaging rate, logged as mem_rate_* (tokens)
+
+    @property
+    def carries(self) -> bool:
+        """Does E_t depend on the segments read?"""
+        return self.num_tokens > 0
+
+    def initial_memory(self, bsz: int) -> Tensor:
+        """E_0 for ``bsz`` rows: what a text's first segment reads."""
+        raise NotImplementedError
+
+    def segment_memory(self, read: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """The inputs at the positions (before, after) the segment's tokens, [B, r, d] and [B, w, d]."""
+        raise NotImplementedError
+
+    def before_layer(self, index: int, x: Tensor, read: Tensor) -> Tensor:
+        """Layer ``index``'s input ``x`` [B, T, d] at every position, given the state read."""
+        return x
+
+    def written(self, final: Tensor, layers: Sequence[Tensor]) -> Tensor:
+        """M_t from the outputs at the ``after`` positions: the final features
+        (after the decoder's final norm) and each layer's output."""
+        raise NotImplementedError
+
+    def update(self, prev: Tensor, written: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """(E_t, the rate or gate used, for the logs; None if none) from E_{t-1} and M_t."""
+        raise NotImplementedError
+
+    def read(self, carried: Optional[Tensor], reset: Optional[Tensor], bsz: int) -> Tensor:
+        """E_{t-1} for each row: the carried memory, or E_0 where ``reset`` is set.
+
+        ``torch.where`` (rather than a Python branch) keeps E_0's parameters in the
+        graph every step, so DDP always sees a gradient for them. A memory that
+        carries nothing reads E_0 itself, never a detached copy.
+        """
+        init = self.initial_memory(bsz)
+        if carried is None or not self.carries:
+            return init
+        carried = carried.to(device=init.device, dtype=init.dtype)
+        if reset is None:
+            return carried + 0.0 * init  # keep E_0 in the graph
+        return torch.where(reset.to(init.device).view(-1, *[1] * (init.dim() - 1)), init, carried)
+
+    def check_state(self, memory: Tensor, bsz: int) -> None:
+        """Refuse a memory that is not a state of this kind for ``bsz`` rows."""
+        want = (bsz,) + tuple(self.initial_memory(1).shape[1:])
+        if tuple(memory.shape) != want:
+            raise ValueError(f"memory of shape {tuple(memory.shape)} given where this model's state "
+                             f"for {bsz} rows is {want}")
+
+    def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep,
+             reset: Optional[Tensor] = None, batch_independent: bool = True) -> MemoryTrace:
+        """Run ``step`` over consecutive segments, carrying E between them.
+
+        This is the one loop over segments. ``read`` is E_{t-1} of the first
+        one; ``reset`` [B, n] (bool): row b reads E_0 at segment t instead of
+        what it carries (a stream or document starts there). Without memory
+        (m = 0) segments do not depend on each other, so with
+        ``batch_independent`` equal-length segments run as one batch."""
+        if (batch_independent and self.num_tokens == 0 and len(inputs) > 1
+                and len({x.size(1) for x in inputs}) == 1):
+            return self._parallel(inputs, read, step)
+        trace = MemoryTrace([], [], [])
+        ema = read
+        for t, x in enumerate(inputs):
+            if reset is not None:
+                ema = self.read(ema, reset[:, t], ema.size(0))
+            if t == 0:
+                trace.read = ema
+            y, written = step(x, ema)
+            ema, rate = self.update(ema, written)
+            trace.outputs.append(y)
+            trace.written.append(written)
+            trace.averaged.append(ema)
+            if rate is not None:
+                trace.gates.append(rate.detach())  # for the logs
+        return trace
+
+    @staticmethod
+    def _parallel(inputs: Sequence[Tensor], read: Tensor, step: SegmentStep) -> MemoryTrace:
+        """m = 0: the n segments of a [B, n*L] batch as one [B*n, L] batch."""
+        n, (bsz, L) = len(inputs), inputs[0].shape[:2]
+        y, _ = step(torch.stack(list(inputs), dim=1).reshape(bsz * n, L), read.repeat(n, 1, 1))
+        return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n, read=read)
+
+    def match_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = "") -> List[str]:
+        """Make this module fit an older checkpoint; returns what was changed."""
+        return []
+
+
+MEMORY_KINDS: Dict[str, Type[MemoryKind]] = {}
+
+
+def register_memory_kind(name: str):
+    """Class decorator: ``--memory-kind name`` builds this :class:`MemoryKind`."""
+    def register(cls: Type[MemoryKind]) -> Type[MemoryKind]:
+        if name in MEMORY_KINDS:
+            raise ValueError(f"memory kind {name!r} is registered twice")
+        MEMORY_KINDS[name] = cls
+        return cls
+    return register
+
+
+def build_memory(kind: str, cfg, **common) -> MemoryKind:
+    """The memory of kind ``kind`` from the model's flags ``cfg`` (any object with the
+    flags as attributes). Another kind's own flag, set away from its default, is refused."""
+    if kind not in MEMORY_KINDS:
+        raise ValueError(f"--memory-kind {kind!r} is not one of {sorted(MEMORY_KINDS)}")
+    for other, cls in MEMORY_KINDS.items():
+        for option, default in cls.OPTIONS.items():
+            if other != kind and getattr(cfg, option, default) != default:
+                raise ValueError(f"--{option.replace('_', '-')} needs --memory-kind {other}")
+    return MEMORY_KINDS[kind].from_config(cfg, **common)
+
+
+@register_memory_kind("tokens")
+class RecurrentMemory(MemoryKind):
     """The learned memory of a TARM model and the recursion that carries it.
 
     Parameters, each created only when used (DDP rejects unused ones):
@@ -106,6 +248,16 @@ class RecurrentMemory(nn.Module):
     [d, 2d] and ``gate_bias`` [m, d] (W and b of the gate, ``gate=True``); ``norm``
     (a LayerNorm on the written memory, ``write_norm=True``).
     """
+
+    OPTIONS = {"memory_ema_alpha": 1.0, "memory_ema_learned": False, "memory_gate": False,
+               "memory_write_input": "memory"}
+
+    @classmethod
+    def from_config(cls, cfg, dim: int, num_layers: int, init_std: float, write_norm: bool,
+                    dropout: float) -> "RecurrentMemory":
+        return cls(cfg.num_memory_tokens, dim, cfg.memory_ema_alpha, init_std=init_std,
+                   write_input=str(cfg.memory_write_input), learn_alpha=bool(cfg.memory_ema_learned),
+                   gate=bool(cfg.memory_gate), write_norm=write_norm, dropout=dropout)
 
     def __init__(self, num_tokens: int, dim: int, alpha: float = 1.0, init_std: float = 1.0,
                  write_input: str = "memory", learn_alpha: bool = False, write_norm: bool = False,
@@ -172,13 +324,15 @@ class RecurrentMemory(nn.Module):
     def segment_memory(self, read: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """(read-position input, write-position input) for one segment, with memory
         dropout applied to each copy independently (as dropout on the whole
-        ``[mem | segment | mem]`` input does in the RMT authors' code)."""
+        ``[mem | segment | mem]`` input does in the RMT authors' code). A memory
+        that carries nothing (a = 0) has no write positions: nothing reads them."""
         read = read.to(dtype)
-        return self.dropout(read), self.dropout(self.write_inputs(read).to(dtype))
+        write = self.dropout(self.write_inputs(read).to(dtype))
+        return self.dropout(read), (write if self.carries else write[:, :0])
 
-    def written(self, outputs: Tensor) -> Tensor:
-        """M_t from the layers' outputs at the write positions."""
-        return self.norm(outputs) if self.norm is not None else outputs
+    def written(self, final: Tensor, layers: Sequence[Tensor] = ()) -> Tensor:
+        """M_t from the final features at the write positions."""
+        return self.norm(final) if self.norm is not None else final
 
     def gate(self, prev: Tensor, written: Tensor) -> Tensor:
         """g_t = sigmoid(W [M_t ; E_{t-1}] + b) [B, m, d], in the written memory's dtype."""
@@ -197,56 +351,9 @@ class RecurrentMemory(nn.Module):
         """E_t from E_{t-1} and M_t."""
         return ema_update(prev, written, self.step_rate(prev, written))
 
-    def read(self, carried: Optional[Tensor], reset: Optional[Tensor], bsz: int) -> Tensor:
-        """E_{t-1} for each row: the carried memory, or E_0 where ``reset`` is set.
-
-        ``torch.where`` (rather than a Python branch) keeps ``initial`` in the
-        graph every step, so DDP always sees a gradient for it. A memory that
-        carries nothing (a = 0) reads ``initial`` itself, never a detached copy.
-        """
-        init = self.initial_memory(bsz)
-        if carried is None or not self.carries:
-            return init
-        carried = carried.to(device=init.device, dtype=init.dtype)
-        if reset is None:
-            return carried + 0.0 * init  # keep ``initial`` in the graph
-        return torch.where(reset.to(init.device).view(-1, 1, 1), init, carried)
-
-    def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep,
-             reset: Optional[Tensor] = None, batch_independent: bool = True) -> MemoryTrace:
-        """Run ``step`` over consecutive segments, carrying E between them.
-
-        This is the one loop over segments. ``read`` is E_{t-1} of the first
-        one; ``reset`` [B, n] (bool): row b reads E_0 at segment t instead of
-        what it carries (a stream or document starts there). Without memory
-        (m = 0) segments do not depend on each other, so with
-        ``batch_independent`` equal-length segments run as one batch."""
-        if (batch_independent and self.num_tokens == 0 and len(inputs) > 1
-                and len({x.size(1) for x in inputs}) == 1):
-            return self._parallel(inputs, read, step)
-        trace = MemoryTrace([], [], [])
-        ema = read
-        for t, x in enumerate(inputs):
-            if reset is not None:
-                ema = self.read(ema, reset[:, t], ema.size(0))
-            if t == 0:
-                trace.read = ema
-            y, written = step(x, ema)
-            rate = self.step_rate(ema, written)
-            ema = ema_update(ema, written, rate)
-            trace.outputs.append(y)
-            trace.written.append(written)
-            trace.averaged.append(ema)
-            if self.gated:
-                trace.gates.append(rate.detach())  # for the logs; shares sigmoid's saved output
-        return trace
-
-    @staticmethod
-    def _parallel(inputs: Sequence[Tensor], read: Tensor, step: SegmentStep) -> MemoryTrace:
-        """m = 0: the n segments of a [B, n*L] batch as one [B*n, L] batch."""
-        n, (bsz, L) = len(inputs), inputs[0].shape[:2]
-        y, _ = step(torch.stack(list(inputs), dim=1).reshape(bsz * n, L), read.repeat(n, 1, 1))
-        return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n, read=read)
+    def update(self, prev: Tensor, written: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        rate = self.step_rate(prev, written)
+        return ema_update(prev, written, rate), (rate if self.gated else None)
 
     def match_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = "") -> List[str]:
         """Make this module fit a checkpoint made before write inputs / memory norms

@@ -39,13 +39,19 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import TarmError
 from ..generation import TarmHubInterface, generate, sentencepiece_defaults
-from ..memory import WRITE_INPUTS, RecurrentMemory, memory_attention_mask
+from ..memory import WRITE_INPUTS, build_memory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TarmLanguageModelConfig(TransformerLanguageModelConfig):
+    memory_kind: str = field(
+        default="tokens",
+        metadata={"help": "the kind of memory carried between segments: 'tokens' = m memory "
+                  "vectors read at a segment's start and written at its end (RMT, the averaging "
+                  "of TARM, the gate)"},
+    )
     num_memory_tokens: int = field(
         default=10,
         metadata={"help": "memory slots m read at each segment's start and written at "
@@ -109,16 +115,15 @@ class TarmLanguageModel(TransformerLanguageModel):
         # same scale as the token embeddings that the memory sits beside
         init_std = decoder.embed_scale * decoder.embed_dim ** -0.5
         try:
-            self.memory = RecurrentMemory(
-                args.num_memory_tokens, decoder.embed_dim, args.memory_ema_alpha, init_std=init_std,
-                write_input=str(args.memory_write_input), learn_alpha=bool(args.memory_ema_learned),
-                gate=bool(args.memory_gate),
+            self.memory = build_memory(
+                str(args.memory_kind), args, dim=decoder.embed_dim, num_layers=len(decoder.layers),
+                init_std=init_std,
                 # the memory fed back segment after segment must not grow: normalise it
                 # unless the layers already end in a norm (post-LN, or pre-LN + final norm)
                 write_norm=not _output_is_normalised(decoder),
                 dropout=_memory_dropout(args),
             )
-        except ValueError as e:  # RecurrentMemory checks its arguments: name them as flags
+        except ValueError as e:  # the memory checks its arguments: name them as flags
             raise TarmError(flag_names(str(e))) from None
         self.default_segment_length = safe_getattr(args, "segment_length", None)
         self.checkpoint_segments = bool(safe_getattr(args, "checkpoint_segments", False))
@@ -184,9 +189,11 @@ class TarmLanguageModel(TransformerLanguageModel):
 
     def read_memory(self, bsz: int, memory: Optional[torch.Tensor]) -> torch.Tensor:
         """E_{t-1} for the first segment: ``memory`` if given, else E_0."""
-        if memory is not None and memory.shape[:2] != (bsz, self.memory.num_tokens):
-            raise TarmError(f"memory of shape {tuple(memory.shape)} given for {bsz} rows of "
-                            f"{self.memory.num_tokens} memory tokens")
+        if memory is not None:
+            try:
+                self.memory.check_state(memory, bsz)
+            except ValueError as e:
+                raise TarmError(str(e)) from None
         return self.memory.read(memory, None, bsz)
 
     def checkpointed_segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
@@ -196,18 +203,21 @@ class TarmLanguageModel(TransformerLanguageModel):
         return checkpoint(self.segment_step, tokens, read, use_reentrant=False, preserve_rng_state=True)
 
     def segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
-        """One segment through fairseq's layers: returns (token features, M_t).
-
-        A memory that carries nothing (a = 0) runs no write slots: the tokens never
-        see them, and nothing reads what they would write (M_t is then E_{t-1})."""
-        m, L = read.size(1), tokens.size(1)
+        """One segment ``[before | tokens | after]`` through fairseq's layers: returns
+        (token features, M_t). Without ``after`` positions (no memory, or one that
+        carries nothing) M_t is E_{t-1}: nothing reads what they would write."""
+        L = tokens.size(1)
         x = self.embed(tokens)
-        writes = m if self.memory.carries else 0
-        if m > 0:
-            read_in, write_in = self.memory.segment_memory(read, x.dtype)
-            x = torch.cat([read_in, x, write_in[:, :writes]], dim=1)
-        x = self.layers(x, self.attention_mask(m, L, x, writes))
-        return x[:, m : m + L], (self.memory.written(x[:, m + L :]) if writes else read)
+        r = w = 0
+        if self.memory.num_tokens > 0:
+            before, after = self.memory.segment_memory(read, x.dtype)
+            r, w = before.size(1), after.size(1)
+            x = torch.cat([before, x, after], dim=1)
+        layer_outputs = []
+        x = self.layers(x, self.attention_mask(r, L, x, w), read=read, outputs=layer_outputs)
+        if not w:
+            return x[:, r : r + L], read
+        return x[:, r : r + L], self.memory.written(x[:, r + L :], [h[:, r + L :] for h in layer_outputs])
 
     def extend(self, tokens: torch.Tensor, memory: torch.Tensor, state: dict) -> torch.Tensor:
         """Incremental decoding inside one segment that reads ``memory`` (E_{t-1}).
@@ -220,22 +230,31 @@ class TarmLanguageModel(TransformerLanguageModel):
         is written by a plain call once it is complete: ``model(tokens,
         memory=memory)``."""
         if state:
-            return self.features(self.layers(self.embed(tokens, last_only=True), None, state))
-        m, r = memory.size(1), tokens.size(1)
+            return self.features(self.layers(self.embed(tokens, last_only=True), None, state, read=memory))
+        n = tokens.size(1)
         x = self.embed(tokens)
-        if m:  # the read slots first: they see only each other
-            self.layers(self.memory.segment_memory(memory, x.dtype)[0], None, state)
-        mask = torch.zeros(r, m + r, dtype=x.dtype, device=x.device)
-        mask[:, m:] = self.attention_mask(0, r, x)  # causal, seeing every read slot
-        return self.features(self.layers(x, mask, state))
+        before = self.memory.segment_memory(memory, x.dtype)[0] if self.memory.num_tokens else x[:, :0]
+        r = before.size(1)
+        if r:  # the read slots first: they see only each other
+            self.layers(before, None, state, read=memory)
+        mask = torch.zeros(n, r + n, dtype=x.dtype, device=x.device)
+        mask[:, r:] = self.attention_mask(0, n, x)  # causal, seeing every read slot
+        return self.features(self.layers(x, mask, state, read=memory))
 
-    def layers(self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[dict] = None) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, mask: Optional[torch.Tensor], state: Optional[dict] = None,
+               read: Optional[torch.Tensor] = None, outputs: Optional[list] = None) -> torch.Tensor:
         """x [B, T, C] through fairseq's layers (and final norm); with ``state``,
-        appending to its cached keys and values (fairseq's incremental state)."""
+        appending to its cached keys and values (fairseq's incremental state).
+        ``read``: the memory state this segment reads (each layer's input passes
+        the memory's ``before_layer``); ``outputs`` collects each layer's output."""
         dec = self.decoder
         h = x.transpose(0, 1)  # T x B x C, as fairseq's layers want
-        for layer in dec.layers:
+        for i, layer in enumerate(dec.layers):
+            if read is not None:
+                h = self.memory.before_layer(i, h.transpose(0, 1), read).transpose(0, 1)
             h, _, _ = layer(h, incremental_state=state, self_attn_mask=mask)
+            if outputs is not None:
+                outputs.append(h.transpose(0, 1))
         if dec.layer_norm is not None:
             h = dec.layer_norm(h)
         return h.transpose(0, 1)
@@ -283,7 +302,7 @@ class TarmLanguageModel(TransformerLanguageModel):
         writes = m if writes is None else writes
         key = (m, L, writes, like.device, like.dtype)
         if key not in self._masks:
-            self._masks[key] = memory_attention_mask(m, L, like.device, like.dtype)[: m + L + writes, : m + L + writes]
+            self._masks[key] = memory_attention_mask(m, L, like.device, like.dtype, num_write=writes)
         return self._masks[key]
 
     # --------------------------------------------------------------- inference
@@ -374,6 +393,7 @@ def _memory_dropout(args) -> float:
 
 def tarm_lm_architecture(args):
     """Defaults of ``--arch tarm_lm`` (fairseq registers that name with the model)."""
+    args.memory_kind = safe_getattr(args, "memory_kind", "tokens")
     args.num_memory_tokens = safe_getattr(args, "num_memory_tokens", 10)
     args.memory_ema_alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
     args.memory_ema_learned = safe_getattr(args, "memory_ema_learned", False)

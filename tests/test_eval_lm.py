@@ -19,7 +19,13 @@ LAYOUTS = {
     "eos_loss_start": ["--sample-break-mode", "eos", "--segment-length", "8", "--loss-start-segment", "2"],
     # each sample's own last 2 segments: PTB lines differ in length, so rows of a batch differ
     "eos_loss_last": ["--sample-break-mode", "eos", "--segment-length", "8", "--loss-last-segments", "2"],
+    "streams_assoc": [],
+    "eos_assoc": ["--sample-break-mode", "eos", "--segment-length", "8"],
 }
+# model flags (training only): the associative memory kind, test_cli.train's
+# --memory-ema-alpha 0.5 (a tokens flag) set back to its default
+MODEL_FLAGS = {layout: ["--memory-kind", "assoc", "--memory-ema-alpha", "1", "--assoc-key-dim", "8"]
+               for layout in LAYOUTS if layout.endswith("_assoc")}
 
 
 def valid_loss(log):
@@ -80,7 +86,8 @@ def trained(ptb_small, tmp_path_factory):
     def get(layout):
         if layout not in cache:
             save = tmp_path_factory.mktemp(layout)
-            log = train(ptb_small[0], save, *LAYOUTS[layout], "--dropout", "0", max_update=4)
+            log = train(ptb_small[0], save, *LAYOUTS[layout], *MODEL_FLAGS.get(layout, []), "--dropout", "0",
+                        max_update=4)
             cache[layout] = (str(save / "checkpoint_last.pt"), log)
         return cache[layout]
 

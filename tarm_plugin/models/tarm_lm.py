@@ -50,7 +50,8 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
         default="tokens",
         metadata={"help": "the kind of memory carried between segments: 'tokens' = m memory "
                   "vectors read at a segment's start and written at its end (RMT, the averaging "
-                  "of TARM, the gate)"},
+                  "of TARM, the gate), 'assoc' = an associative matrix per layer written by the "
+                  "memory tokens with a delta rule and read by every position (ARMT)"},
     )
     num_memory_tokens: int = field(
         default=10,
@@ -84,6 +85,14 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
         default=None,
         metadata={"help": "dropout on the memory inputs (read and write positions); "
                   "default: --dropout, as the RMT authors' code drops out the whole input"},
+    )
+    assoc_key_dim: int = field(
+        default=32,
+        metadata={"help": "with --memory-kind assoc: the key dimension of the associative memory"},
+    )
+    assoc_dpfp_nu: int = field(
+        default=3,
+        metadata={"help": "with --memory-kind assoc: the DPFP feature map's nu (features = 2 * key dim * nu)"},
     )
     checkpoint_segments: bool = field(
         default=False,
@@ -400,6 +409,8 @@ def tarm_lm_architecture(args):
     args.memory_gate = safe_getattr(args, "memory_gate", False)
     args.memory_write_input = safe_getattr(args, "memory_write_input", "memory")
     args.memory_dropout = safe_getattr(args, "memory_dropout", None)
+    args.assoc_key_dim = safe_getattr(args, "assoc_key_dim", 32)
+    args.assoc_dpfp_nu = safe_getattr(args, "assoc_dpfp_nu", 3)
     args.checkpoint_segments = safe_getattr(args, "checkpoint_segments", False)
     base_lm_architecture(args)
 

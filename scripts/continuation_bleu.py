@@ -27,7 +27,11 @@ never crosses into the next document; documents shorter than one window are
 skipped): N segments of the document are read into memory (the input of a
 window's first token is ``</s>`` at the document's start, else the document's
 token before it), then the model writes the next segment. The outputs also give the token accuracy by
-position within the generated segment (``position_accuracy``, in 8 buckets).
+position within the generated segment (``position_accuracy``, in 8 buckets), and by token class
+(``class_accuracy``): each reference token is local (it occurs among the ``W`` tokens of the
+window before it), far (earlier in the window, not within those ``W``) or new, as eval-lm's
+``--eval-token-classes`` (``--local-window W``, default the segment length: far tokens are
+those only the memory can bring into the generated segment).
 """
 
 import argparse
@@ -58,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--max-docs", type=int, default=500, help="at most this many documents (default 500)")
     p.add_argument("--batch-size", type=int, default=32, help="documents generated at once (default 32)")
     p.add_argument("--examples", type=int, default=2, help="example continuations in the outputs (default 2)")
+    p.add_argument("--local-window", type=int, default=None,
+                   help="W of the token classes: a reference token seen among the W tokens before it "
+                        "is local, seen only earlier in the window far (default: the segment length)")
     p.add_argument("--out", nargs="*", default=[], help="result files: *.json and/or *.md")
     p.add_argument("--documents", action="store_true",
                    help="windows inside each document (a document data-bin) instead of the stream")
@@ -139,6 +146,29 @@ def position_accuracy(generated: torch.Tensor, refs: torch.Tensor, buckets: int 
     return [round(float(chunk.mean()), 4) for chunk in hits.chunk(min(buckets, hits.numel()))]
 
 
+def reference_classes(inputs: torch.Tensor, refs: torch.Tensor, window: int) -> torch.Tensor:
+    """[D, L] class of each reference token (eval_batches.LOCAL / FAR / NEW) by its last
+    occurrence in its window's text before it (the context, then the reference)."""
+    from tarm_plugin.eval_batches import token_classes
+
+    n = inputs.size(1) - 1  # the context's tokens (inputs[:, 0] is the token before the window)
+    return torch.tensor([token_classes(inp[1:].tolist() + ref.tolist(), window, start=n)
+                         for inp, ref in zip(inputs, refs)], dtype=torch.long).view(refs.shape)
+
+
+def class_accuracy(generated: torch.Tensor, refs: torch.Tensor, classes: torch.Tensor) -> dict:
+    """{class: {"accuracy", "tokens"}}: token accuracy on the reference tokens of each class."""
+    from tarm_plugin.eval_batches import CLASS_NAMES
+
+    hits = generated.eq(refs)
+    out = {}
+    for c, name in enumerate(CLASS_NAMES):
+        mask = classes.eq(c)
+        n = int(mask.sum())
+        out[name] = {"accuracy": round(float(hits[mask].float().mean()), 4) if n else None, "tokens": n}
+    return out
+
+
 def detokenizer(data: str, dictionary):
     """Token ids -> text: sentencepiece decode when the data-bin has spm.model, else words."""
     bpe = None
@@ -174,6 +204,8 @@ def continuations(model, inputs, L, batch_size):
 
 def memory_rate(memory):
     """The table's "a": a fixed rate, a learned one (its mean now), or a gate (its start)."""
+    if not hasattr(memory, "alpha"):  # another kind of memory than tokens
+        return type(memory).__name__
     if memory.learned_rate:
         return f"learned ({float(memory.rate().mean()):.3f})"
     return f"gate from {memory.alpha}" if memory.gated else memory.alpha
@@ -184,13 +216,21 @@ def markdown(result) -> str:
              f"{result['context_segments']} context segments of {result['segment_length']} tokens, "
              f"then {result['segment_length']} generated tokens scored against the true next segment.",
              f"Windows: {result.get('windows', 'the stream')}. Token accuracy by position: the generated "
-             "segment in 8 equal spans, first to last.",
-             "", "| model | memory slots | a | BLEU | chrF | token acc. | token acc. by position |",
-             "|---|---|---|---|---|---|---|"]
+             "segment in 8 equal spans, first to last. By token class: a reference token is local if it "
+             f"occurs among the {result.get('local_window')} tokens of the window before it, far if only "
+             "earlier in the window, new otherwise (tokens of each class in brackets).",
+             "", "| model | memory slots | a | BLEU | chrF | token acc. | local | far | new | token acc. by position |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def acc(c):
+        return "-" if c["accuracy"] is None else f"{c['accuracy']:.3f} ({c['tokens']})"
+
     for r in result["models"]:
         by_pos = " / ".join(f"{x:.2f}" for x in r.get("position_accuracy", []))
+        classes = r.get("class_accuracy", {})
+        by_class = " | ".join(acc(classes[c]) if c in classes else "-" for c in ("local", "far", "new"))
         lines.append(f"| {r['name']} | {r['num_memory_tokens']} | {r['memory_ema_alpha']} | {r['bleu']:.2f} | "
-                     f"{r['chrf']:.2f} | {r['token_accuracy']:.3f} | {by_pos} |")
+                     f"{r['chrf']:.2f} | {r['token_accuracy']:.3f} | {by_class} | {by_pos} |")
     for k, ex in enumerate(result["examples"]):
         lines += ["", f"Example {k + 1} (window from token {ex['start']} of the split):", "",
                   f"- context (last 200 characters): ...{ex['context'][-200:]}",
@@ -228,7 +268,9 @@ def main(argv=None):
                                                  args.max_docs)
             text = detokenizer(args.data, d)
             ref_texts = [text(r) for r in refs]
-            result = {"data": args.data, "split": args.split, "segment_length": L,
+            window = args.local_window or L
+            classes = reference_classes(inputs, refs, window)
+            result = {"data": args.data, "split": args.split, "segment_length": L, "local_window": window,
                       "windows": "inside documents" if args.documents else "the stream",
                       "context_segments": args.context_segments, "docs": len(inputs),
                       "command": " ".join(["python", "scripts/continuation_bleu.py"] + (argv or sys.argv[1:])),
@@ -236,8 +278,8 @@ def main(argv=None):
                       "examples": [{"start": int(starts[k]), "context": text(inputs[k, 1:]),
                                     "reference": ref_texts[k], "generated": {}}
                                    for k in range(min(args.examples, len(inputs)))]}
-            docs = (inputs, refs, ref_texts)
-        inputs, refs, ref_texts = docs
+            docs = (inputs, refs, ref_texts, classes)
+        inputs, refs, ref_texts, classes = docs
         gen = continuations(model, inputs, L, args.batch_size)
         hyps = [text(g) for g in gen]
         scores = score_texts(hyps, ref_texts)
@@ -247,7 +289,8 @@ def main(argv=None):
             "memory_ema_alpha": memory_rate(model.memory),
             "trained_segment_length": model.default_segment_length,
             **scores, "token_accuracy": round(float(gen.eq(refs).float().mean()), 4),
-            "position_accuracy": position_accuracy(gen, refs)})
+            "position_accuracy": position_accuracy(gen, refs),
+            "class_accuracy": class_accuracy(gen, refs, classes)})
         for ex in result["examples"]:
             k = [int(s) for s in starts].index(ex["start"])
             ex["generated"][name] = hyps[k]

@@ -67,6 +67,7 @@ SETTINGS = {  # name: model flags (every other flag is shared)
     "tarm_a0.2": MEM + ["--memory-ema-alpha", "0.2"],
     "tarm_learned_rate": MEM + ["--memory-ema-learned", "--memory-ema-alpha", "0.5"],
     "tarm_gate": MEM + ["--memory-gate", "--memory-ema-alpha", "0.5"],
+    "assoc": ["--memory-kind", "assoc"],  # the associative memory (ARMT-style), its default key dim and nu
 }
 # capacity and length generalisation run a subset by default, to fit the CPU budget
 REDUCED = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned_rate"]

@@ -27,7 +27,7 @@ They wrap the iterator eval-lm scores (one segment per row per batch in the
 """
 
 from collections import deque
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -36,6 +36,26 @@ from .errors import TarmError
 
 LOCAL, FAR, NEW = 0, 1, 2
 CLASS_NAMES = ("local", "far", "new")
+
+
+def token_class(last_seen: Optional[int], position: int, window: int) -> int:
+    """LOCAL, FAR or NEW for a token at ``position`` last seen at ``last_seen`` (None: never)."""
+    if last_seen is None:
+        return NEW
+    return LOCAL if position - last_seen <= window else FAR
+
+
+def token_classes(tokens: Sequence[int], window: int, start: int = 0) -> List[int]:
+    """The class of each of ``tokens[start:]`` by its last occurrence in ``tokens`` before it."""
+    if window < 1:
+        raise TarmError(f"the local window must be >= 1 token, got {window}")
+    last: Dict[int, int] = {}
+    classes = []
+    for pos, tok in enumerate(tokens):
+        if pos >= start:
+            classes.append(token_class(last.get(tok), pos, window))
+        last[tok] = pos
+    return classes
 
 
 class Mapped:
@@ -67,7 +87,7 @@ class TokenClasses:
 
     def __init__(self, window: int, pad: int):
         if window < 1:
-            raise TarmError(f"--eval-token-classes must be >= 1 (the local window in tokens), got {window}")
+            raise TarmError(f"--eval-local-window must be >= 1 (tokens), got {window}")
         self.window, self.pad = window, pad
         self.last: Dict[int, Dict[int, int]] = {}  # row -> token -> its last position in the document
         self.position: Dict[int, int] = {}  # row -> targets read of its document so far
@@ -89,8 +109,7 @@ class TokenClasses:
                     tok = row[j]
                     if tok == self.pad:
                         continue
-                    seen = last.get(tok)
-                    classes[b, j] = NEW if seen is None else LOCAL if pos - seen <= self.window else FAR
+                    classes[b, j] = token_class(last.get(tok), pos, self.window)
                     last[tok] = pos
                     pos += 1
                 self.position[b] = pos

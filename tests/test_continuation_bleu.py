@@ -103,6 +103,20 @@ def two_models(tmp_path_factory):
     return data, ckpts
 
 
+def test_reference_tokens_are_classed_by_their_window_and_accuracy_by_class():
+    # context a b c d | reference a e b a, window 3: a was 4 back (far), e new,
+    # b was 5 back (far), a was 2 back (local, the reference's own a)
+    a, b, c, d, e = 10, 11, 12, 13, 14
+    inputs = torch.tensor([[2, a, b, c, d]])  # </s>, then the context
+    refs = torch.tensor([[a, e, b, a]])
+    classes = cb.reference_classes(inputs, refs, window=3)
+    assert classes.tolist() == [[1, 2, 1, 0]]  # far, new, far, local
+    gen = torch.tensor([[a, 0, 0, a]])
+    acc = cb.class_accuracy(gen, refs, classes)
+    assert acc == {"local": {"accuracy": 1.0, "tokens": 1}, "far": {"accuracy": 0.5, "tokens": 2},
+                   "new": {"accuracy": 0.0, "tokens": 1}}
+
+
 def test_cli_generates_and_scores_each_checkpoint(two_models, tmp_path):
     data, ckpts = two_models
     out_json, out_md = str(tmp_path / "r.json"), str(tmp_path / "r.md")
@@ -124,6 +138,11 @@ def test_cli_generates_and_scores_each_checkpoint(two_models, tmp_path):
     assert result["segment_length"] == L and result["docs"] == len(tokens) // (3 * L)
     for r in result["models"]:
         assert 0 <= r["bleu"] <= 100 and 0 <= r["chrf"] <= 100 and 0 <= r["token_accuracy"] <= 1
+        classes = r["class_accuracy"]
+        assert sum(c["tokens"] for c in classes.values()) == result["docs"] * L  # every reference token once
+        hits = sum(c["accuracy"] * c["tokens"] for c in classes.values() if c["tokens"])
+        n = result["docs"] * L
+        assert hits == pytest.approx(r["token_accuracy"] * n, abs=2e-4 * n)  # accuracies rounded to 4 decimals
     with open(out_md) as f:
         md = f.read()
     assert md == p.stdout and "| tarm | 4 | 0.5 |" in md and "| none | 0 |" in md

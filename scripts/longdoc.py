@@ -566,7 +566,7 @@ def calibration_report(args):
     each kept checkpoint scored on the validation split by depth (eval-lm), beside
     fairseq-train's validation by update. Writes calibration.md and calibration.png."""
     runs = os.path.join(args.out, "runs")
-    curves = {}
+    curves, train_curves = {}, {}
     for name in sorted(os.listdir(runs)):
         run_dir = os.path.join(runs, name)
         kept = sorted((int(m.group(1)), f) for f in os.listdir(run_dir)
@@ -576,6 +576,7 @@ def calibration_report(args):
         with open(os.path.join(run_dir, "train.log")) as f:
             train_valid = {int(r["valid_num_updates"]): float(r["valid_loss"])
                            for r in map(json.loads, re.findall(r"\| valid \| (\{.*\})", f.read()))}
+        train_curves[name] = train_valid
         points = {}
         for update, ckpt in kept:
             path = os.path.join(run_dir, f"eval_valid_{update}.log")
@@ -587,7 +588,12 @@ def calibration_report(args):
         curves[name] = points
     names = sorted(curves)
     updates = sorted({u for c in curves.values() for u in c})
-    lines = ["Validation by update: eval-lm's loss (bits, all tokens) and perplexity at depth >= 8 of each kept "
+    validated = sorted({u for v in train_curves.values() for u in v})
+    lines = ["fairseq-train's validation loss (bits/token, all tokens) at every update it validated:", "",
+             "| update | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    lines += [f"| {u} | " + " | ".join(f"{train_curves[n][u]:.3f}" if u in train_curves[n] else "-"
+                                      for n in names) + " |" for u in validated]
+    lines += ["", "Validation by update: eval-lm's loss (bits, all tokens) and perplexity at depth >= 8 of each kept "
              "checkpoint (fairseq-train's own validation loss in brackets where it validated there).", "",
              "| update | " + " | ".join(f"{n}: bits | {n}: depth >= 8" for n in names) + " |",
              "|---" * (1 + 2 * len(names)) + "|"]
@@ -611,7 +617,7 @@ def calibration_report(args):
                 g = 100 * (1 - curves[r][u]["deep_ppl"] / curves[b][u]["deep_ppl"])
                 lines.append(f"- update {u}: {g:+.1f}% ({'met' if g >= 3 else 'not met'})")
     with open(os.path.join(args.out, "calibration.json"), "w") as f:
-        json.dump(curves, f, indent=1)
+        json.dump({"eval_lm": curves, "train_valid_bits": train_curves}, f, indent=1)
     with open(os.path.join(args.out, "calibration.md"), "w") as f:
         f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:])}\n\n" + "\n".join(lines) + "\n")
     import matplotlib
@@ -620,10 +626,13 @@ def calibration_report(args):
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for n in names:
+    for i, n in enumerate(names):
         us = sorted(curves[n])
-        a1.plot(us, [curves[n][u]["valid_bits"] for u in us], marker="o", label=n)
-        a2.plot(us, [curves[n][u]["deep_ppl"] for u in us], marker="o", label=n)
+        a1.plot(us, [curves[n][u]["valid_bits"] for u in us], marker="o", color=f"C{i}", label=f"{n} (eval-lm)")
+        tv = sorted(train_curves[n])
+        a1.plot(tv, [train_curves[n][u] for u in tv], ls="--", color=f"C{i}", alpha=0.6,
+                label=f"{n} (fairseq-train)")
+        a2.plot(us, [curves[n][u]["deep_ppl"] for u in us], marker="o", color=f"C{i}", label=n)
     a1.set_ylabel("validation loss (bits/token)")
     a2.set_ylabel(f"validation perplexity, depth >= {DEEP}")
     for a in (a1, a2):

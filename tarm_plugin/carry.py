@@ -22,8 +22,9 @@ the call's ``memory`` before it and keeps the returned memory after it
 
 fairseq's trainer saves and restores only the model (and optimizer) on
 resume, so the store rides in the model's checkpoint: the task attaches it as
-the model's submodule ``carried``, whose ``get/set_extra_state`` hold it.
-The model's ``forward`` never reads it.
+the model's submodule ``carried``, whose ``get/set_extra_state`` hold it
+(checkpoints from before the store, which held it as the model's own extra
+state, load into it). The model's ``forward`` never reads it.
 """
 
 import logging
@@ -133,6 +134,15 @@ class MemoryStore(nn.Module):
         if world > 1:
             state["per_rank"] = {k: v.cpu() for k, v in self._per_rank.items()}
         return state
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """fairseq's checkpoint upgrade (the model calls it on its submodules): a
+        checkpoint from before the store held the carried memory as the model's own
+        extra state; it is the store's now."""
+        parent = name.rpartition(".")[0]
+        old = state_dict.pop((parent + "." if parent else "") + "_extra_state", None)
+        if old is not None:
+            state_dict.setdefault(name + "._extra_state", old)
 
     def set_extra_state(self, state):
         self.clear()

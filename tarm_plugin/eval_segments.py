@@ -35,18 +35,12 @@ import torch
 
 from .eval_batches import CLASS_NAMES, Mapped, MemoryHorizon, ResetEverySegment, TokenClasses
 from .errors import TarmError
-from .scoring import token_nll
+from .scoring import loss_by, token_nll
 
 logger = logging.getLogger(__name__)
 
 
 SPANS = 8  # the position table's spans of a segment
-
-
-def totals(index: torch.Tensor, nll: torch.Tensor, minlength: int = 0):
-    """(summed nll, token count) per value of ``index``, as lists: one transfer per batch."""
-    return (torch.bincount(index, weights=nll.double(), minlength=minlength).tolist(),
-            torch.bincount(index, minlength=minlength).tolist())
 
 
 def bucket(i: int) -> str:
@@ -93,7 +87,7 @@ class SegmentPerplexity:
             depth = (seg_depth * L + within) // self.unit
         real = target.ne(self.pad) & depth.ge(0)
         nll = nll[real]
-        sums, counts = totals(depth[real], nll)
+        sums, counts = loss_by(depth[real], nll)
         for d, n in enumerate(counts):
             if n:
                 key = d if self.per_sample else bucket(d)
@@ -101,7 +95,7 @@ class SegmentPerplexity:
                 self.tokens[key] += n
         self.L = L
         span = ((torch.arange(target.size(1), device=target.device) % L) * SPANS // L).expand_as(real)[real]
-        sums, counts = totals(span, nll, minlength=SPANS)
+        sums, counts = loss_by(span, nll, minlength=SPANS)
         for j in range(SPANS):
             self.span_nll[j] += sums[j]
             self.span_tokens[j] += counts[j]
@@ -109,7 +103,7 @@ class SegmentPerplexity:
             cls = self.sample["token_class"].to(target.device)[real]
             if bool(cls.lt(0).any()):
                 raise RuntimeError("a scored token has no token class")
-            sums, counts = totals(cls, nll, minlength=len(CLASS_NAMES))
+            sums, counts = loss_by(cls, nll, minlength=len(CLASS_NAMES))
             for c in range(len(CLASS_NAMES)):
                 self.class_nll[c] += sums[c]
                 self.class_tokens[c] += counts[c]

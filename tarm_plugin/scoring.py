@@ -1,5 +1,6 @@
-"""Per-token loss of a fairseq LM output: the one definition shared by the
-criterion (training and validation) and eval-lm's per-segment table."""
+"""Per-token loss of a fairseq LM output and its sums by group: the one definition
+shared by the criterion (training and validation, the loss by segment) and
+eval-lm's tables (by depth, position, token class)."""
 
 import torch
 import torch.nn.functional as F
@@ -21,3 +22,10 @@ def token_nll(model, net_output, target: torch.Tensor, pad: int) -> torch.Tensor
             # no ignore_index here: tail targets are shifted ids, and padding never reaches a tail
             nll = nll.index_add(0, idx, F.cross_entropy(tail_logits.float(), tail_target, reduction="none"))
     return nll.view_as(target)
+
+
+def loss_by(index: torch.Tensor, nll: torch.Tensor, minlength: int = 0):
+    """(summed nll, token count) per value of ``index`` (>= 0, one per token of ``nll``),
+    as lists: one transfer per batch."""
+    return (torch.bincount(index, weights=nll.double(), minlength=minlength).tolist(),
+            torch.bincount(index, minlength=minlength).tolist())

@@ -79,6 +79,13 @@ def test_a_keyed_batch_without_a_store_is_refused(dict_dir):
         bare(torch.randint(4, 60, (2, L)), memory_key="train", segment_length=L)
     with pytest.raises(ValueError, match="already"):
         MemoryStore().attach(model_with(dict_dir))
+    # a checkpoint with a store loads into a model without one (the weights, not the store)
+    with_store = build(dict_dir, "--segment-length", str(L))[1]
+    with torch.no_grad():
+        with_store(torch.randint(4, 60, (2, L)), memory_key="train", segment_length=L)
+    assert "carried._extra_state" in with_store.state_dict()
+    bare.load_state_dict(with_store.state_dict())
+    assert torch.equal(bare.memory.initial, with_store.memory.initial)
 
 
 def test_the_store_rides_in_the_model_checkpoint(dict_dir):

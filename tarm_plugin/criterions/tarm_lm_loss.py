@@ -27,7 +27,7 @@ from omegaconf import II
 
 from ..errors import TarmError
 from ..memory import memory_stats
-from ..scoring import token_nll
+from ..scoring import loss_by, token_nll
 
 
 @dataclass
@@ -58,14 +58,13 @@ class TarmLmLoss(FairseqCriterion):
         }
         logging_output.update(self.memory_logs(model, net_output))
         L = sample["net_input"].get("segment_length") or target.size(1)
-        if model.training:
-            bsz, T = target.shape
-            if T % L == 0:
-                seg_loss = nll.view(bsz, T // L, L).sum(dim=(0, 2))
-                seg_tokens = real.view(bsz, T // L, L).sum(dim=(0, 2))
-                for i in range(T // L):
-                    logging_output[f"seg{i}_loss"] = seg_loss[i].data
-                    logging_output[f"seg{i}_ntokens"] = int(seg_tokens[i])
+        if model.training:  # the loss of each sample's i-th segment
+            T = target.size(1)
+            segment = (torch.arange(T, device=target.device) // L).expand_as(target)
+            sums, counts = loss_by(segment[real], nll[real].detach(), minlength=-(-T // L))
+            for i, (seg_loss, seg_tokens) in enumerate(zip(sums, counts)):
+                logging_output[f"seg{i}_loss"] = seg_loss
+                logging_output[f"seg{i}_ntokens"] = seg_tokens
         return loss, ntokens, logging_output
 
     @staticmethod

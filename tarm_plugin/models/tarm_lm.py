@@ -14,7 +14,7 @@ recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
 ``extra["memory"]`` = E_n, to pass to the next call as ``memory=``. A bare
 call starts from E_0; rows and segments whose ``reset`` flag is set read E_0
 (a stream or document starts there). The model keeps nothing between calls:
-the task's batches name their streams (``memory_key``) and the task's
+the task's batches name their streams, and the task's
 :class:`~tarm_plugin.carry.MemoryStore` passes the carried memory in.
 """
 
@@ -168,9 +168,10 @@ class TarmLanguageModel(TransformerLanguageModel):
         ``extra["memory"]``) if given, else E_0. ``reset`` [B] (first segment)
         or [B, n] (per segment), bool: rows that read E_0 there (a stream or
         document starts). ``extra["memory"]`` is E after the last segment."""
-        if unused.get("memory_key") is not None:  # a task batch, but no store passed its memory in
-            raise TarmError("this batch names a memory stream (memory_key) but nothing carries it: "
-                            "build the model with the task (task.build_model attaches its memory store)")
+        foreign = sorted(k for k, v in unused.items() if v is not None and k != "src_lengths")
+        if foreign:  # e.g. a task batch naming its stream, with no store to pass its memory in
+            raise TarmError(f"model inputs {', '.join(foreign)} are not the model's: build the model "
+                            "with its task (task.build_model attaches the store that takes them)")
         bsz = src_tokens.size(0)
         L = self.check_segment_length(segment_length or self.default_segment_length or src_tokens.size(1))
         segments = src_tokens.split(L, dim=1)
@@ -331,16 +332,13 @@ class TarmLanguageModel(TransformerLanguageModel):
 
     # ------------------------------------------------------------- checkpoints
     def upgrade_state_dict_named(self, state_dict, name):
-        """Checkpoints from before the task's memory store held the carried memory as
-        the model's own extra state: it is the store's (``carried``) now, or dropped
-        for a model built without one."""
+        """Extra state of submodules this model does not have (what the task attaches,
+        when the model is built without it) is dropped: the weights still load."""
         super().upgrade_state_dict_named(state_dict, name)
-        prefix, has_store = (name + "." if name else ""), hasattr(self, "carried")
-        old = state_dict.pop(prefix + "_extra_state", None)
-        if old is not None and has_store:
-            state_dict.setdefault(prefix + "carried._extra_state", old)
-        if not has_store:
-            for key in [k for k in state_dict if k.startswith(prefix + "carried.")]:
+        mine = {k for k in self.state_dict() if k.endswith("_extra_state")}
+        prefix = name + "." if name else ""
+        for key in [k for k in state_dict if k.startswith(prefix) and k.endswith("_extra_state")]:
+            if key[len(prefix):] not in mine:
                 del state_dict[key]
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):

@@ -32,7 +32,7 @@ All numbers are ratios or rates measured in one run on the machine it runs on
           saved for backward; targets (k = 16 with the flag against k = 1
           without): peak memory <= 1.5x, time per token <= 1.4x
 
-Usage: python benchmarks/bench.py [--out docs/performance.json] [--rounds 5]
+Usage: python benchmarks/bench.py [--out results/performance/performance.json] [--rounds 5]
 """
 
 import argparse
@@ -487,7 +487,7 @@ def bench_bptt(data, ks, layers, steps):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="docs/performance.json")
+    p.add_argument("--out", default="results/performance/performance.json")
     p.add_argument("--data", default="runs/bench_dict")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3)

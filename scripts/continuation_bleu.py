@@ -3,7 +3,7 @@
     python scripts/continuation_bleu.py --data data-bin/ptb --split test \\
         --path none=checkpoints/ptb_m0/checkpoint_best.pt rmt=checkpoints/ptb_rmt/checkpoint_best.pt \\
                tarm=checkpoints/ptb_tarm_a0.2/checkpoint_best.pt \\
-        --context-segments 4 --out docs/continuation.json docs/continuation.md
+        --context-segments 4 --out results/continuation/ptb.json results/continuation/ptb.md
 
 The split's token stream (as ``tarm_language_modeling`` reads it) is cut into
 non-overlapping held-out documents of ``N + 1`` segments of ``L`` tokens

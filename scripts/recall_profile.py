@@ -12,7 +12,7 @@ D filler segments follow, the questions are in segment D + 2 and read E_{D+1}. B
   gate    mean g_t of a --memory-gate run (for a fixed rate a it is a)
 
     python scripts/recall_profile.py --out runs/recall_curriculum --distances 16 64 \\
-        --md docs/recall_curriculum/profile.md
+        --md results/recall_curriculum/profile.md
 """
 
 import argparse

@@ -20,7 +20,7 @@
 #   SETTING: no_memory | rmt | tarm_a0.5 | tarm_a0.2 | tarm_learned | tarm_gate
 #   FAIRSEQ_FLAGS: passed last to every training call (they override the script's own)
 #   env: SCHEDULE 5k (default: MAX_UPDATE 3000, DECAY_UPDATES 2000, the issue-12 runs of
-#        docs/quadratic12) or 12k (8000 + 4000, issue 23); MAX_UPDATE, DECAY_UPDATES override
+#        results/quadratic12) or 12k (8000 + 4000, issue 23); MAX_UPDATE, DECAY_UPDATES override
 #        it. VALID_EVERY (default 250: validation and checkpoint interval), THREADS (default 1),
 #        PHASES (default "stable decay"; "decay" continues a finished stable phase),
 #        STOP_AT (stop each setting at this update; the same command without it continues),

@@ -16,6 +16,7 @@ Settings (same model, data, tokens per update and updates for all):
   rmt         m memory tokens, a = 1 (RMT)
   tarm_a0.5   a = 0.5;  tarm_a0.2: a = 0.2
   tarm_gate   the content-dependent gate, starting at a = 0.5
+  assoc       the associative memory (--memory-kind assoc), m memory tokens that write
   context4x   m = 0, segments of 4L (attention over 4x the context), 1 segment per sample
 
 Each run also evaluates the validation split and records fairseq-train's own
@@ -53,6 +54,7 @@ SETTINGS = {  # name: (model flags, segment length multiple, segments per sample
     "tarm_a0.5": (["--memory-ema-alpha", "0.5"], 1, 1),
     "tarm_a0.2": (["--memory-ema-alpha", "0.2"], 1, 1),
     "tarm_gate": (["--memory-gate", "--memory-ema-alpha", "0.5"], 1, 1),
+    "assoc": (["--memory-kind", "assoc"], 1, 1),  # the associative memory (docs/model.md)
     "context4x": (["--num-memory-tokens", "0"], 4, 0),
 }
 DEEP = 8  # "deep" tokens: 8 or more segments into their document

@@ -67,7 +67,7 @@ def test_memory_horizon_batches():
     assert last["start_indices"].tolist() == [4, 4]
     with pytest.raises(TarmError, match="--eval-memory-horizon"):
         MemoryHorizon(-1, pad=PAD)
-    with pytest.raises(TarmError, match="--eval-token-classes"):
+    with pytest.raises(TarmError, match="--eval-local-window"):
         TokenClasses(0, pad=PAD)
 
 

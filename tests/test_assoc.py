@@ -190,3 +190,23 @@ def test_two_process_resume_carries_every_ranks_state(ptb_small, tmp_path):
         assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
     a, b = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "b" / "checkpoint_last.pt")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_no_token_sees_a_later_token(dict_dir):
+    """Changing one token changes no output before it, in its batch or any earlier one, and
+    nothing in the other row (the writes reach only later segments)."""
+    from test_model import run_stream as run_keyed, stream_batches
+
+    model = assoc_model(dict_dir)
+    batches = stream_batches()
+    ref = run_keyed(model, batches)
+    for b in range(len(batches)):
+        for p in range(batches[0].size(1)):
+            changed = [x.clone() for x in batches]
+            changed[b][0, p] = (changed[b][0, p] - 4 + 7) % 56 + 4
+            out = run_keyed(model, changed)
+            for bb in range(len(batches)):
+                earlier = slice(None) if bb < b else (slice(0, p) if bb == b else slice(0, 0))
+                assert torch.allclose(out[bb][0, earlier], ref[bb][0, earlier], atol=1e-6, rtol=0)
+                assert torch.equal(out[bb][1], ref[bb][1])
+            assert not torch.allclose(out[b][0, p], ref[b][0, p])

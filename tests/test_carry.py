@@ -123,5 +123,5 @@ def test_a_checkpoint_from_before_the_store_loads_and_evaluates_the_same(tmp_pat
              "tarm_language_modeling", "--gen-subset", "valid", "--batch-size", "2", "--cpu"])
     assert p.returncode == 0, p.stderr[-2000:]
     got = float(re.findall(r"Loss \(base 2\): ([\d.]+)", p.stdout + p.stderr)[-1])
-    with open(os.path.join(FIXTURE, "expected.json")) as f:
-        assert got == json.load(f)["valid_loss_base2"]
+    with open(os.path.join(FIXTURE, "expected.json")) as f:  # the same 4 printed decimals (another
+        assert got == pytest.approx(json.load(f)["valid_loss_base2"], abs=1.01e-4)  # CPU may round the last)

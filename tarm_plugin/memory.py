@@ -391,16 +391,24 @@ def memory_stats(read: Tensor, written: Sequence[Tensor], averaged: Sequence[Ten
     ``mem_dE``    mean relative change ||E_t - E_{t-1}|| / ||E_{t-1}|| per segment;
     ``mem_dM``    mean relative change of the written memory ||M_t - M_{t-1}|| / ||M_{t-1}||
                   (needs two segments in the batch).
+    Norms are per row, over the whole state. A row whose previous state is all zero (the
+    associative memory's E_0) has no relative change and is left out of the mean.
     Scalars stay tensors (no device sync here).
     """
 
-    def rel(new: Tensor, old: Tensor) -> Tensor:
-        new, old = new.float(), old.float()
-        return ((new - old).flatten(1).norm(dim=1) / old.flatten(1).norm(dim=1).clamp_min(1e-12)).mean()
+    def rel(pairs) -> Tensor:
+        total = count = 0.0
+        for new, old in pairs:
+            new, old = new.float(), old.float()
+            den = old.flatten(1).norm(dim=1)
+            ok = den > 0
+            total = total + torch.where(ok, (new - old).flatten(1).norm(dim=1) / den.clamp_min(1e-12), 0.0).sum()
+            count = count + ok.sum()
+        return total / torch.clamp(torch.as_tensor(count, dtype=torch.float32), min=1.0)
 
     out = {"mem_norm": read.float().norm(dim=-1).mean()}
     prev = [read] + list(averaged[:-1])
-    out["mem_dE"] = sum(rel(e, p) for e, p in zip(averaged, prev)) / len(averaged)
+    out["mem_dE"] = rel(zip(averaged, prev))
     if len(written) > 1:
-        out["mem_dM"] = sum(rel(written[t], written[t - 1]) for t in range(1, len(written))) / (len(written) - 1)
+        out["mem_dM"] = rel((written[t], written[t - 1]) for t in range(1, len(written)))
     return out

@@ -210,3 +210,14 @@ def test_no_token_sees_a_later_token(dict_dir):
                 assert torch.allclose(out[bb][0, earlier], ref[bb][0, earlier], atol=1e-6, rtol=0)
                 assert torch.equal(out[bb][1], ref[bb][1])
             assert not torch.allclose(out[b][0, p], ref[b][0, p])
+
+
+def test_memory_stats_leave_out_a_row_that_starts_from_zero():
+    """The associative state starts at 0: no relative change from there (not 1e12)."""
+    from tarm_plugin.memory import memory_stats
+
+    read = torch.zeros(2, 3)
+    read[1] = 1.0
+    e1 = torch.full((2, 3), 2.0)
+    stats = memory_stats(read, [e1], [e1])
+    assert torch.isclose(stats["mem_dE"], torch.tensor(1.0))  # row 1: 1 -> 2; row 0 left out

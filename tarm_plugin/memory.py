@@ -115,7 +115,7 @@ class MemoryKind(nn.Module):
     :meth:`before_layer` may change every position's input to each layer;
     :meth:`written` makes M_t from the outputs at the ``after`` positions, and
     :meth:`update` makes E_t from E_{t-1} and M_t. A kind is built by
-    ``from_config(cfg, dim, num_layers, init_std, write_norm)`` from the model's
+    ``from_config(cfg, dim, num_layers, init_std, write_norm, dropout)`` from the model's
     flags (its own flags in ``OPTIONS``, name -> default) and registered with
     :func:`register_memory_kind`.
     """
@@ -158,19 +158,15 @@ class MemoryKind(nn.Module):
         carries nothing reads E_0 itself, never a detached copy.
         """
         init = self.initial_memory(bsz)
+        if carried is not None and carried.shape != init.shape:
+            raise ValueError(f"memory of shape {tuple(carried.shape)} given where this model's state "
+                             f"for {bsz} rows is {tuple(init.shape)}")
         if carried is None or not self.carries:
             return init
         carried = carried.to(device=init.device, dtype=init.dtype)
         if reset is None:
             return carried + 0.0 * init  # keep E_0 in the graph
         return torch.where(reset.to(init.device).view(-1, *[1] * (init.dim() - 1)), init, carried)
-
-    def check_state(self, memory: Tensor, bsz: int) -> None:
-        """Refuse a memory that is not a state of this kind for ``bsz`` rows."""
-        want = (bsz,) + tuple(self.initial_memory(1).shape[1:])
-        if tuple(memory.shape) != want:
-            raise ValueError(f"memory of shape {tuple(memory.shape)} given where this model's state "
-                             f"for {bsz} rows is {want}")
 
     def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep,
              reset: Optional[Tensor] = None, batch_independent: bool = True) -> MemoryTrace:
@@ -349,7 +345,7 @@ class RecurrentMemory(MemoryKind):
 
     def average(self, prev: Tensor, written: Tensor) -> Tensor:
         """E_t from E_{t-1} and M_t."""
-        return ema_update(prev, written, self.step_rate(prev, written))
+        return self.update(prev, written)[0]
 
     def update(self, prev: Tensor, written: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         rate = self.step_rate(prev, written)

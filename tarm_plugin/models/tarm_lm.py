@@ -199,12 +199,10 @@ class TarmLanguageModel(TransformerLanguageModel):
 
     def read_memory(self, bsz: int, memory: Optional[torch.Tensor]) -> torch.Tensor:
         """E_{t-1} for the first segment: ``memory`` if given, else E_0."""
-        if memory is not None:
-            try:
-                self.memory.check_state(memory, bsz)
-            except ValueError as e:
-                raise TarmError(str(e)) from None
-        return self.memory.read(memory, None, bsz)
+        try:
+            return self.memory.read(memory, None, bsz)
+        except ValueError as e:  # not a state of this model's memory for bsz rows
+            raise TarmError(str(e)) from None
 
     def checkpointed_segment_step(self, tokens: torch.Tensor, read: torch.Tensor):
         """:meth:`segment_step` keeping only its inputs and outputs for the backward

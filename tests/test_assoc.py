@@ -172,26 +172,6 @@ def test_documents_resume_exactly_and_eval_lm_equals_validation(doc_bin, tmp_pat
     assert eval_loss(p) == pytest.approx(valid_loss(log), abs=1e-3)
 
 
-@pytest.mark.cli
-def test_two_process_resume_carries_every_ranks_state(ptb_small, tmp_path):
-    from test_cli import train, train_losses
-    from test_resume_ddp import FLAGS, params, torchrun
-
-    data, _ = ptb_small
-    flags = [*FLAGS, *ASSOC_CLI]
-    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(29671)))
-    train(data, tmp_path / "b", *flags, max_update=5, launcher=torchrun(29672))
-    saved = torch.load(tmp_path / "b" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
-    per_rank = saved["model"]["carried._extra_state"]["per_rank"]["train"]
-    assert per_rank.shape[:3] == (2, 4, 2) and not torch.equal(per_rank[0], per_rank[1])  # ranks, rows, layers
-    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=10, launcher=torchrun(29673)))
-    assert sorted(resumed) == list(range(6, 11))
-    for u in resumed:
-        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
-    a, b = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "b" / "checkpoint_last.pt")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
-
-
 def test_no_token_sees_a_later_token(dict_dir):
     """Changing one token changes no output before it, in its batch or any earlier one, and
     nothing in the other row (the writes reach only later segments)."""

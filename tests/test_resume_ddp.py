@@ -28,14 +28,24 @@ def params(path):
     return {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
 
 
-def test_two_process_resume_matches_straight_run(ptb_small, tmp_path):
+# test_cli.train passes --memory-ema-alpha 0.5 (a tokens flag): assoc sets it back to its default
+# kind: (flags, first port, the per-rank memory's leading shape: ranks, rows, slots or layers)
+KINDS = {"tokens": ([], 29641, (2, 4, 4)),
+         "assoc": (["--memory-kind", "assoc", "--memory-ema-alpha", "1", "--assoc-key-dim", "8",
+                    "--assoc-dpfp-nu", "1"], 29671, (2, 4, 2))}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_two_process_resume_matches_straight_run(ptb_small, tmp_path, kind):
     data, _ = ptb_small
-    straight = train_losses(train(data, tmp_path / "a", *FLAGS, max_update=10, launcher=torchrun(29641)))
-    train(data, tmp_path / "b", *FLAGS, max_update=5, launcher=torchrun(29642))
+    flags, port, shape = KINDS[kind]
+    flags = [*FLAGS, *flags]
+    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(port)))
+    train(data, tmp_path / "b", *flags, max_update=5, launcher=torchrun(port + 1))
     saved = torch.load(tmp_path / "b" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     per_rank = saved["model"]["carried._extra_state"]["per_rank"]["train"]
-    assert per_rank.shape[0] == 2 and not torch.equal(per_rank[0], per_rank[1]), "each rank's own memory"
-    resumed = train_losses(train(data, tmp_path / "b", *FLAGS, max_update=10, launcher=torchrun(29643)))
+    assert per_rank.shape[:3] == shape and not torch.equal(per_rank[0], per_rank[1]), "each rank's own memory"
+    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=10, launcher=torchrun(port + 2)))
     assert sorted(resumed) == list(range(6, 11))
     for u in resumed:
         assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"

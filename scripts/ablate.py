@@ -15,112 +15,82 @@ Usage: python scripts/ablate.py --data data-bin/ptb --out runs/ablation [--jobs 
 """
 
 import argparse
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from commands import tool
+import lab
 
-SETTINGS = {  # name: (num_memory_tokens, memory_ema_alpha, rate)
-    "no_memory": (0, 1.0, "fixed"),
-    "rmt": (8, 1.0, "fixed"),
-    "tarm_a0.7": (8, 0.7, "fixed"),
-    "tarm_a0.5": (8, 0.5, "fixed"),
-    "tarm_a0.2": (8, 0.2, "fixed"),
-    "tarm_learned": (8, 0.5, "learned"),  # a = sigmoid(b) per slot and channel, from 0.5
-    "tarm_gate": (8, 0.5, "gate"),  # g_t = sigmoid(W [M_t; E_t-1] + b), starting as a = 0.5
-}
+M = 8  # memory tokens of every memory setting
+SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "rmt", "tarm_a0.7", "tarm_a0.5", "tarm_a0.2",
+                                          "tarm_learned", "tarm_gate")}
+
+
+def describe(name):
+    """(m, a, rate) of a setting, as its result.json and table name them."""
+    flags = SETTINGS[name]
+    if not lab.has_memory(flags):
+        return 0, 1.0, "fixed"
+    alpha = float(flags[flags.index("--memory-ema-alpha") + 1])
+    rate = "learned" if "--memory-ema-learned" in flags else "gate" if "--memory-gate" in flags else "fixed"
+    return M, alpha, rate
 
 # one small model, equal for every setting (chosen so one run takes ~10 min on one CPU core);
 # scripts/main.sh and examples/ptb/tarm_ptb.yaml train the tarm_a0.2 setting of it
 # (tests/test_scripts.py checks that the three agree)
-MODEL = ("--arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 "
+MODEL = ("--decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 "
          "--decoder-attention-heads 4 --dropout 0.1 --tokens-per-sample 32").split()
-TASK = "--task tarm_language_modeling --segment-length 32".split()
+TASK = "--segment-length 32".split()
 
 
-def train_cmd(args, run_dir, m, alpha, seed, rate="fixed"):
-    learned = {"learned": ["--memory-ema-learned"], "gate": ["--memory-gate"]}.get(rate, [])
-    return [
-        tool("fairseq-train"), args.data, "--user-dir", args.user_dir, *TASK, *MODEL,
+def train_cmd(args, run_dir, name, seed):
+    return lab.train_command(
+        args.data, run_dir, seed, *TASK, *MODEL,
         "--bptt-segments", str(args.bptt_segments), "--batch-size", str(args.batch_size),
         *(["--checkpoint-segments"] if args.checkpoint_segments else []),
-        "--num-memory-tokens", str(m), "--memory-ema-alpha", str(alpha), *learned,
-        "--memory-write-input", args.write_input,
+        *lab.setting_flags(SETTINGS[name], M), "--memory-write-input", args.write_input,
         *([] if args.memory_dropout is None else ["--memory-dropout", str(args.memory_dropout)]),
-        "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
         "--lr", str(args.lr), "--lr-scheduler", "polynomial_decay", "--warmup-updates", "100",
-        "--total-num-update", str(args.max_update), "--max-update", str(args.max_update),
-        "--clip-norm", "0.25", "--seed", str(seed), "--cpu", "--num-workers", "0",
+        "--total-num-update", str(args.max_update), "--max-update", str(args.max_update), "--clip-norm", "0.25",
         "--validate-interval-updates", str(args.valid_every), "--save-interval-updates",
-        str(args.valid_every), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
-        "--save-dir", run_dir, "--log-format", "json", "--log-interval", "50", "--no-progress-bar",
-    ]
+        str(args.valid_every), "--keep-interval-updates", "1", user_dir=args.user_dir)
 
 
 def eval_cmd(args, run_dir):
-    return [tool("fairseq-eval-lm"), args.data, "--user-dir", args.user_dir,
-            "--task", "tarm_language_modeling", "--segment-length", "32", "--batch-size", "16",
-            "--path", os.path.join(run_dir, "checkpoint_best.pt"), "--gen-subset", "test",
-            "--cpu", "--num-workers", "0"]
+    return lab.eval_command(args.data, os.path.join(run_dir, "checkpoint_best.pt"), "test",
+                            "--segment-length", "32", batch_size=16, user_dir=args.user_dir)
 
 
 def parse_valid(log_path, key="valid_loss"):
-    """[(num_updates, value of ``key``)] from a fairseq JSON log's validation lines
-    (default: the validation loss, base 2). A run killed and resumed validates some
-    updates again: the later line is the run's, as its later training went on from it."""
-    points = {}
-    with open(log_path) as f:
-        for line in f:
-            m = re.search(r"\| valid \| (\{.*\})", line)
-            if m:
-                rec = json.loads(m.group(1))
-                points[int(rec["valid_num_updates"])] = float(rec[key])
-    return sorted(points.items())
+    """[(num_updates, value of ``key``)] of a fairseq JSON log's validation records."""
+    return lab.valid_curve(log_path, key)
 
 
 def parse_rates(log_path, stat="rate"):
     """The last logged learned averaging rate (``stat="rate"``) or gate (``"gate"``)
     {mean, min, max}; empty if the log has none (a fixed a)."""
     last = {}
-    with open(log_path) as f:
-        for line in f:
-            m = re.search(r"\| train(?:_inner)? \| (\{.*\})", line)
-            if m:
-                rec = json.loads(m.group(1))
-                got = {k: float(rec[f"{p}mem_{stat}_{k}"]) for k in ("mean", "min", "max")
-                       for p in ("", "train_") if f"{p}mem_{stat}_{k}" in rec}
-                last = got or last
+    for rec in lab.log_records(log_path, "train_inner", "train"):
+        got = {k: float(rec[f"{p}mem_{stat}_{k}"]) for k in ("mean", "min", "max")
+               for p in ("", "train_") if f"{p}mem_{stat}_{k}" in rec}
+        last = got or last
     return last
 
 
-def parse_eval(log_path):
-    text = open(log_path).read()
-    loss = re.findall(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", text)
-    count = re.findall(r"Evaluated ([\d,]+) tokens", text)
-    if not loss:
-        raise RuntimeError(f"no perplexity in {log_path}")
-    return float(loss[-1][0]), float(loss[-1][1]), int(count[-1].replace(",", ""))
-
-
 def one_run(args, name, seed):
-    m, alpha, rate = SETTINGS[name]
+    m, alpha, rate = describe(name)
     run_dir = os.path.join(args.out, f"{name}_s{seed}")
     os.makedirs(run_dir, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    result_path = os.path.join(run_dir, "result.json")
-    if os.path.exists(result_path) and not args.force:
-        return json.load(open(result_path))
-    with open(os.path.join(run_dir, "train.log"), "w") as log:
-        subprocess.run(train_cmd(args, run_dir, m, alpha, seed, rate), stdout=log, stderr=subprocess.STDOUT,
-                       env=env, check=True)
-    with open(os.path.join(run_dir, "eval.log"), "w") as log:
-        subprocess.run(eval_cmd(args, run_dir), stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
-    test_loss, test_ppl, n_tokens = parse_eval(os.path.join(run_dir, "eval.log"))
+    result = None if args.force else lab.load_result(run_dir)
+    if result is not None:
+        return result
+    lab.run_logged(train_cmd(args, run_dir, name, seed), os.path.join(run_dir, "train.log"), "w",
+                   threads=args.threads, who="ablate")
+    lab.run_logged(eval_cmd(args, run_dir), os.path.join(run_dir, "eval.log"), "w", threads=args.threads,
+                   who="ablate")
+    test = lab.read_eval_lm(os.path.join(run_dir, "eval.log"))
+    test_loss, test_ppl, n_tokens = test["loss_bits"], test["ppl_printed"], test["tokens"]
     valid = parse_valid(os.path.join(run_dir, "train.log"))
     result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha, "rate": rate,
               "write_input": args.write_input, "memory_dropout": args.memory_dropout,
@@ -134,7 +104,7 @@ def one_run(args, name, seed):
     gates = parse_rates(os.path.join(run_dir, "train.log"), "gate")
     if gates:
         result["gate"] = gates  # the last logged mean/min/max of g_t
-    json.dump(result, open(result_path, "w"), indent=1)
+    lab.save_result(run_dir, result)
     print(f"{name} seed {seed}: test ppl {test_ppl:.2f}", flush=True)
     return result
 
@@ -155,7 +125,7 @@ def table(results, settings):
         n = min(len(c) for c in curves)
         spread = statistics.mean(statistics.stdev(c[i] for c in curves) for i in range(n)) if len(runs) > 1 else float("nan")
         rises = statistics.mean(sum(b > a for a, b in zip(c, c[1:])) for c in curves)
-        m, a, rate = SETTINGS[name]
+        m, a, rate = describe(name)
         a = f"{rate} from {a}" if rate in ("learned", "gate") else a
         lines.append(f"| {name} | {m} | {a} | {statistics.mean(ppl):.2f} +- {sd:.2f} | {len(runs)} | "
                      f"{best:.2f} | {spread:.4f} | {rises:.1f} |")
@@ -166,7 +136,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data-bin/ptb")
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--user-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tarm_plugin"))
+    p.add_argument("--user-dir", default=lab.PLUGIN)
     p.add_argument("--settings", nargs="+", default=[s for s in SETTINGS if s != "tarm_gate"], choices=list(SETTINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--max-update", type=int, default=1200)
@@ -195,7 +165,7 @@ def main():
     jobs = [(name, seed) for seed in args.seeds for name in args.settings]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: one_run(args, *job), jobs))
-    json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
+    lab.save_json(os.path.join(args.out, "results.json"), results)
     md = table(results, args.settings)
     cmd = "python " + " ".join(sys.argv)
     with open(os.path.join(args.out, "results.md"), "w") as f:

@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 logging.basicConfig(level=logging.WARNING)  # before fairseq's import-time INFO lines
 
-from commands import load_checkpoint  # noqa: E402
+from lab import load_checkpoint  # noqa: E402
 from tarm_plugin.errors import TarmError  # noqa: E402
 
 

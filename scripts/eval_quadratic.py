@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from commands import load_checkpoint
+from lab import load_checkpoint
 from quadratic_answers import (accuracy_by, answer_accuracy, answer_kind, count_misses, miss_type,
                                normalize_answer, split_by_kind, value_segments)
 

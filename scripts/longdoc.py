@@ -36,27 +36,18 @@ Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --
 
 import argparse
 import json
-import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
-from commands import tool
+import lab
+from lab import cell
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {  # name: (model flags, segment length multiple, segments per sample multiple)
-    "no_memory": (["--num-memory-tokens", "0"], 1, 1),
-    "prefix": (["--memory-ema-alpha", "0"], 1, 1),
-    "rmt": (["--memory-ema-alpha", "1"], 1, 1),
-    "tarm_a0.5": (["--memory-ema-alpha", "0.5"], 1, 1),
-    "tarm_a0.2": (["--memory-ema-alpha", "0.2"], 1, 1),
-    "tarm_gate": (["--memory-gate", "--memory-ema-alpha", "0.5"], 1, 1),
-    "assoc": (["--memory-kind", "assoc"], 1, 1),  # the associative memory (docs/model.md)
-    "context4x": (["--num-memory-tokens", "0"], 4, 0),
-}
+ROOT = lab.ROOT
+SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "prefix", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", "assoc")}
+SETTINGS["context4x"] = lab.SETTINGS["no_memory"]  # m = 0, one segment of 4L per sample
 DEEP = 8  # "deep" tokens: 8 or more segments into their document
 RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_size", "layers", "dim",
              "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")
@@ -65,50 +56,42 @@ CALIBRATION_FLAGS = ("validate_every", "keep_every")
 
 def has_memory(setting):
     """A setting with memory tokens (no_memory and context4x set none)."""
-    return "--num-memory-tokens" not in SETTINGS[setting][0]
+    return lab.has_memory(SETTINGS[setting])
 
 
 def settings_flags(args, setting):
     """(model/task flags, segment length) of a setting; tokens per sample are k*L for all
     (context4x: one segment of 4L, with k = 4)."""
-    flags, times_l, per_k = SETTINGS[setting]
-    L = args.segment_length * times_l
-    out = ["--segment-length", str(L), "--bptt-segments", str(args.bptt_segments if per_k else 1)]
-    if has_memory(setting):
-        out += ["--num-memory-tokens", str(args.memory_tokens)]
-        if args.checkpoint_segments:
-            out += ["--checkpoint-segments"]
-    return out + flags, L
+    wide = setting == "context4x"
+    L = args.segment_length * (4 if wide else 1)
+    out = ["--segment-length", str(L), "--bptt-segments", str(1 if wide else args.bptt_segments)]
+    if has_memory(setting) and args.checkpoint_segments:
+        out += ["--checkpoint-segments"]
+    return out + lab.setting_flags(SETTINGS[setting], args.memory_tokens), L
 
 
 def train_cmd(args, run_dir, setting, seed):
     flags, _ = settings_flags(args, setting)
     sep = ["--doc-separator", args.doc_separator] if args.doc_separator else []
-    return [tool("fairseq-train"), args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
-            "--task", "tarm_language_modeling", "--sample-break-mode", "doc", *sep, *flags,
-            "--arch", "tarm_lm", "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
-            "--decoder-ffn-embed-dim", str(args.ffn), "--decoder-attention-heads", str(args.heads),
-            "--share-decoder-input-output-embed", "--tokens-per-sample", str(4 * args.segment_length),
-            "--dropout", str(args.dropout), "--batch-size", str(args.batch_size),
-            "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-            "--lr", str(args.lr), "--lr-scheduler", "cosine", "--warmup-updates", str(args.warmup),
-            "--warmup-init-lr", "1e-7", "--max-update", str(args.max_update), "--clip-norm", "0.25",
-            "--seed", str(seed), "--cpu", "--num-workers", "0",
-            # by default one validation, at the end (the runs are compared on the test split; each
-            # costs minutes); a calibration validates every --validate-every updates
-            "--validate-interval-updates", str(args.validate_every or args.max_update), "--validate-interval", "1000000",
-            "--save-interval-updates", str(args.save_every), "--keep-interval-updates", "1",
-            # --keep-every N: fairseq keeps the checkpoints of updates divisible by N besides the last
-            *(["--keep-interval-updates-pattern", str(args.keep_every)] if args.keep_every else []),
-            "--no-epoch-checkpoints", "--save-dir", run_dir, "--log-format", "json", "--log-interval", "50",
-            "--no-progress-bar"]
+    return lab.train_command(
+        args.data, run_dir, seed, "--sample-break-mode", "doc", *sep, *flags,
+        "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
+        "--decoder-ffn-embed-dim", str(args.ffn), "--decoder-attention-heads", str(args.heads),
+        "--share-decoder-input-output-embed", "--tokens-per-sample", str(4 * args.segment_length),
+        "--dropout", str(args.dropout), "--batch-size", str(args.batch_size),
+        "--lr", str(args.lr), "--lr-scheduler", "cosine", "--warmup-updates", str(args.warmup),
+        "--warmup-init-lr", "1e-7", "--max-update", str(args.max_update), "--clip-norm", "0.25",
+        # by default one validation, at the end (the runs are compared on the test split; each
+        # costs minutes); a calibration validates every --validate-every updates
+        "--validate-interval-updates", str(args.validate_every or args.max_update), "--validate-interval", "1000000",
+        "--save-interval-updates", str(args.save_every), "--keep-interval-updates", "1",
+        # --keep-every N: fairseq keeps the checkpoints of updates divisible by N besides the last
+        *(["--keep-interval-updates-pattern", str(args.keep_every)] if args.keep_every else []))
 
 
 def eval_cmd(args, run_dir, split, *flags, data=None, checkpoint="checkpoint_last.pt"):
-    return [tool("fairseq-eval-lm"), data or args.data, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
-            "--task", "tarm_language_modeling", "--path", os.path.join(run_dir, checkpoint),
-            "--gen-subset", split, "--batch-size", str(args.batch_size), "--cpu", "--num-workers", "0",
-            "--eval-segment-ppl", "--eval-depth-unit", str(args.segment_length), *flags]
+    return lab.eval_command(data or args.data, os.path.join(run_dir, checkpoint), split, "--eval-segment-ppl",
+                            "--eval-depth-unit", str(args.segment_length), *flags, batch_size=args.batch_size)
 
 
 def test_flags(args, run_dir):
@@ -213,44 +196,10 @@ def memory_ablation(args, run_dir, result):
 
 
 def run_logged(cmd, log_path, mode="a"):
-    env = dict(os.environ, OMP_NUM_THREADS=str(os.environ.get("OMP_NUM_THREADS", "2")))
-    with open(log_path, mode) as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if p.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f"longdoc: command failed ({log_path}):\n{tail}")
+    lab.run_logged(cmd, log_path, mode, who="longdoc")
 
 
-def read_eval(path):
-    with open(path) as f:
-        return parse_eval(f.read())
-
-
-def save_result(run_dir, result):
-    with open(os.path.join(run_dir, "result.json"), "w") as f:
-        json.dump(result, f, indent=1)
-
-
-def parse_eval(text):
-    """eval-lm's totals and its by-depth table from its log."""
-    rows = re.findall(r"eval_segments(?: \| |:)\s+(\d+(?:-\d+)?)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
-    count = int(re.findall(r"Evaluated ([\d,]+) tokens", text)[-1].replace(",", ""))
-    bits = float(re.findall(r"Loss \(base 2\): ([\d.]+)", text)[-1])
-    spans = re.findall(r"eval_segments(?: \| |:)\s*pos (\d+-\d+)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
-    classes = re.findall(r"eval_segments(?: \| |:)\s*class (\w+)\s+([\d,]+)\s+([\d.]+)\s+[\d.]+$", text, re.M)
-    return {"tokens": count, "loss_bits": bits, "ppl": 2 ** bits,
-            "by_class": {c: {"tokens": int(n.replace(",", "")), "loss_bits": float(b)} for c, n, b in classes},
-            "by_depth": [{"depth": d, "tokens": int(n.replace(",", "")), "loss_bits": float(b)} for d, n, b in rows],
-            "by_position": [{"positions": p, "tokens": int(n.replace(",", "")), "loss_bits": float(b)}
-                            for p, n, b in spans]}
-
-
-def last_valid_loss(log_text):
-    recs = [json.loads(m) for m in re.findall(r"\| valid \| (\{.*\})", log_text)]
-    return float(recs[-1]["valid_loss"]) if recs else None
+read_eval, save_result = lab.read_eval_lm, lab.save_result
 
 
 def deep_loss(by_depth, deep=DEEP):
@@ -280,8 +229,8 @@ def one_run(args, setting, seed):
         run_logged(eval_cmd(args, run_dir, split, *(test_flags(args, run_dir) if split == "test" else [])),
                    path, mode="w")
         evals[split] = read_eval(path)
-    with open(log_path) as f:
-        valid_train = last_valid_loss(f.read())
+    curve = lab.valid_curve(log_path)
+    valid_train = curve[-1][1] if curve else None
     n, bits = deep_loss(evals["test"]["by_depth"])
     result = {"setting": setting, "seed": seed, "config": config(args), "test": evals["test"],
               "valid_eval_lm_bits": evals["valid"]["loss_bits"], "valid_fairseq_train_bits": valid_train,
@@ -295,19 +244,6 @@ def config(args):
     out = {k: getattr(args, k) for k in RUN_FLAGS}
     out.update({k: getattr(args, k) for k in CALIBRATION_FLAGS if getattr(args, k)})  # runs before them match
     return out
-
-
-def mean_std(values):
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def cell(values, digits=2):
-    m, s = mean_std(values)
-    if math.isnan(m):
-        return "-"
-    return f"{m:.{digits}f}" + (f" +- {s:.{digits}f}" if len(values) > 1 else "")
 
 
 def markdown(results, args):
@@ -405,39 +341,6 @@ def document_sums(run_dir, deep=DEEP, cls=None):
     return out
 
 
-def bootstrap_gain(a, b, resamples, seed=0):
-    """% lower perplexity of ``a`` than ``b`` (document sums of the same tokens) and its 95%
-    interval, resampling documents with replacement (paired: the same documents for both)."""
-    import numpy as np
-
-    docs = sorted(set(a) & set(b))
-    if not docs or any(a[d][0] != b[d][0] for d in docs):
-        raise SystemExit("longdoc: bootstrap over documents needs the same scored tokens in both runs")
-    n = np.array([a[d][0] for d in docs], dtype=float)
-    sa, sb = np.array([a[d][1] for d in docs]), np.array([b[d][1] for d in docs])
-
-    def gain(idx):
-        tok = n[idx].sum(-1)
-        return 100 * (1 - np.exp((sa[idx].sum(-1) - sb[idx].sum(-1)) / tok))
-
-    idx = np.random.RandomState(seed).randint(0, len(docs), size=(resamples, len(docs)))
-    lo, hi = np.percentile(gain(idx), [2.5, 97.5])
-    return float(gain(np.arange(len(docs)))), float(lo), float(hi)
-
-
-def separation(a, b):
-    """The rule of docs/results.md for lower-is-better values per seed {seed: value}:
-    'separated', 'ahead in every seed', or 'not separated' (a against b)."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return "one seed"
-    (ma, sa), (mb, sb) = mean_std([a[s] for s in seeds]), mean_std([b[s] for s in seeds])
-    every = all(a[s] < b[s] for s in seeds)
-    if every and mb - ma > math.sqrt(sa ** 2 + sb ** 2):
-        return "separated"
-    return "ahead in every seed" if every else "not separated"
-
-
 def long_context_tables(results, args):
     """Gains with 95% bootstrap intervals over test documents (against no memory and the
     prefix control, at depth >= 8 and on far tokens), the token classes, the memory horizon,
@@ -463,7 +366,7 @@ def long_context_tables(results, args):
                     if a is None or b is None:
                         cells.append("-")
                         continue
-                    g, lo, hi = bootstrap_gain(a, b, args.bootstrap)
+                    g, lo, hi = lab.bootstrap_gain(a, b, args.bootstrap)
                     cells.append(f"{g:.1f}% [{lo:.1f}, {hi:.1f}]")
                 rows.append(f"| {s} | " + " | ".join(cells) + " |")
             out += ["", f"Gain over {base} on {title}: % lower test perplexity, 95% interval from "
@@ -506,9 +409,9 @@ def long_context_tables(results, args):
         for s in ("tarm_a0.5", "tarm_a0.2", "tarm_gate"):
             if s in by:
                 mine = {seed: r["deep_ppl"] for seed, r in by[s].items()}
-                verdict = separation(mine, rmt)
-                if verdict == "not separated" and separation(rmt, mine) != "not separated":
-                    verdict = "rmt " + separation(rmt, mine)
+                verdict = lab.separation(mine, rmt)
+                if verdict == "not separated" and lab.separation(rmt, mine) != "not separated":
+                    verdict = "rmt " + lab.separation(rmt, mine)
                 out.append(f"| {s} | {', '.join(f'{mine[x]:.2f}' for x in sorted(mine))} | "
                            f"{', '.join(f'{rmt[x]:.2f}' for x in sorted(rmt) if x in mine)} | {verdict} |")
     return out
@@ -517,13 +420,7 @@ def long_context_tables(results, args):
 def figure(results, args, path):
     """Loss by depth per setting (mean over seeds), the same against no memory, and the
     loss against no memory by position within the segment."""
-    import logging
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's import logs at DEBUG
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = lab.pyplot()
 
     def mean_by(rs, table, key):
         labels = [x[key] for x in rs[0]["test"][table]]
@@ -575,9 +472,7 @@ def calibration_report(args):
                       for m in [re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", f)] if m)
         if not kept:
             continue
-        with open(os.path.join(run_dir, "train.log")) as f:
-            train_valid = {int(r["valid_num_updates"]): float(r["valid_loss"])
-                           for r in map(json.loads, re.findall(r"\| valid \| (\{.*\})", f.read()))}
+        train_valid = dict(lab.valid_curve(os.path.join(run_dir, "train.log")))
         train_curves[name] = train_valid
         points = {}
         for update, ckpt in kept:
@@ -622,11 +517,7 @@ def calibration_report(args):
         json.dump({"eval_lm": curves, "train_valid_bits": train_curves}, f, indent=1)
     with open(os.path.join(args.out, "calibration.md"), "w") as f:
         f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:])}\n\n" + "\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = lab.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for i, n in enumerate(names):
         us = sorted(curves[n])

@@ -34,8 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablate import parse_valid  # noqa: E402  (the same JSON-log reader as the ablation table)
-from commands import load_checkpoint  # noqa: E402
+from lab import load_checkpoint, valid_curve as parse_valid  # noqa: E402  (fairseq JSON-log records)
 
 
 def valid_curve(log_path):

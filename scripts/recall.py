@@ -43,7 +43,6 @@ Usage: python scripts/recall.py --out runs/recall [--experiment distance capacit
 """
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -52,22 +51,18 @@ import subprocess
 import sys
 import time
 
-from commands import load_checkpoint, tool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import lab
+from lab import load_checkpoint, read_json, save_json, tool
 
 MEM = ["--memory-write-input", "memory"]
-SETTINGS = {  # name: model flags (every other flag is shared)
-    "no_memory": ["--num-memory-tokens", "0"],
-    "rmt": MEM + ["--memory-ema-alpha", "1"],
-    "rmt_learned_write": ["--memory-write-input", "learned", "--memory-ema-alpha", "1"],
-    "tarm_a0.8": MEM + ["--memory-ema-alpha", "0.8"],
-    "tarm_a0.7": MEM + ["--memory-ema-alpha", "0.7"],
-    "tarm_a0.5": MEM + ["--memory-ema-alpha", "0.5"],
-    "tarm_a0.2": MEM + ["--memory-ema-alpha", "0.2"],
-    "tarm_learned_rate": MEM + ["--memory-ema-learned", "--memory-ema-alpha", "0.5"],
-    "tarm_gate": MEM + ["--memory-gate", "--memory-ema-alpha", "0.5"],
-    "assoc": ["--memory-kind", "assoc"],  # the associative memory (ARMT-style), its default key dim and nu
+SETTINGS = {  # name: model flags (every other flag is shared); the token memories write what they read
+    "no_memory": lab.SETTINGS["no_memory"],
+    "rmt": MEM + lab.SETTINGS["rmt"],
+    "rmt_learned_write": ["--memory-write-input", "learned"] + lab.SETTINGS["rmt"],
+    **{s: MEM + lab.SETTINGS[s] for s in ("tarm_a0.8", "tarm_a0.7", "tarm_a0.5", "tarm_a0.2")},
+    "tarm_learned_rate": MEM + lab.SETTINGS["tarm_learned"],
+    "tarm_gate": MEM + lab.SETTINGS["tarm_gate"],
+    "assoc": lab.SETTINGS["assoc"],  # the associative memory (ARMT-style), its default key dim and nu
 }
 # capacity and length generalisation run a subset by default, to fit the CPU budget
 REDUCED = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned_rate"]
@@ -133,7 +128,7 @@ def build_data(args, train_distances, n_facts, test_distances, name=None, valid_
         meta_path = os.path.join(path, "recall.json")
         if not os.path.exists(meta_path):
             return False
-        meta = json.load(open(meta_path))
+        meta = read_json(meta_path)
         return meta["test_distances"] == list(test_distances) and meta.get("valid_samples", 64) == valid_samples
 
     if built(out):
@@ -166,10 +161,10 @@ def build_data(args, train_distances, n_facts, test_distances, name=None, valid_
            "--validpref", valid, "--testpref", ",".join(tests), "--destdir", tmp, "--workers", "1"]
     with open(os.path.join(tmp, "preprocess.log"), "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=child_env())
-    json.dump({"train_distances": list(train_distances), "facts": n_facts, "seed": seed,
+    save_json(os.path.join(tmp, "recall.json"),
+              {"train_distances": list(train_distances), "facts": n_facts, "seed": seed,
                "test_distances": list(test_distances), "splits": {str(k): v for k, v in splits.items()},
-               "valid_samples": valid_samples},
-              open(os.path.join(tmp, "recall.json"), "w"), indent=1)
+               "valid_samples": valid_samples})
     if built(out):  # the other invocation was first: the same data (same seed)
         shutil.rmtree(tmp)
     else:
@@ -196,35 +191,18 @@ def train_cmd(args, data_dir, run_dir, setting, seed, loss_start=None, loss_last
     L = str(args.segment_length)
     scored = ["--loss-start-segment", str(loss_start)] if loss_start is not None else []
     scored += ["--loss-last-segments", str(loss_last)] if loss_last else []
-    flags = list(SETTINGS[setting])
-    if "--num-memory-tokens" not in flags:
-        flags = ["--num-memory-tokens", str(args.memory_tokens)] + flags
-    return [
-        tool("fairseq-train"), data_dir, "--user-dir", os.path.join(ROOT, "tarm_plugin"),
-        "--task", "tarm_language_modeling", "--sample-break-mode", "eos",
-        *scored, "--segment-length", L, "--tokens-per-sample", L,
-        "--arch", "tarm_lm", "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
+    return lab.train_command(
+        data_dir, run_dir, seed, "--sample-break-mode", "eos", *scored, "--segment-length", L,
+        "--tokens-per-sample", L, "--decoder-layers", str(args.layers), "--decoder-embed-dim", str(args.dim),
         "--decoder-ffn-embed-dim", str(4 * args.dim), "--decoder-attention-heads", "4", "--dropout", "0",
-        *flags, *args.extra_model_args,
-        "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+        *lab.setting_flags(SETTINGS[setting], args.memory_tokens), *args.extra_model_args,
         "--lr", str(args.lr), "--lr-scheduler", "inverse_sqrt", "--warmup-updates", str(args.warmup),
-        "--clip-norm", "1.0", "--batch-size", str(args.batch_size),
-        "--max-update", str(max_update or args.max_update),
-        "--seed", str(seed), "--cpu", "--num-workers", "0", "--disable-validation",
-        "--no-epoch-checkpoints", "--save-dir", run_dir, *extra,
-        "--log-format", "json", "--log-interval", "50", "--no-progress-bar",
-    ]
+        "--clip-norm", "1.0", "--batch-size", str(args.batch_size), "--max-update", str(max_update or args.max_update),
+        "--disable-validation", *extra)
 
 
 def run_logged(cmd, log_path, mode):
-    """Run ``cmd`` with its output in ``log_path`` (opened with ``mode``), the command
-    line first; a failure stops with the log's path."""
-    with open(log_path, mode) as log:
-        log.write("# " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
-    if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-train failed ({proc.returncode}): see {log_path}")
+    lab.run_logged(cmd, log_path, mode, threads=1, who="recall")
 
 
 # ----------------------------------------------------------------- evaluation
@@ -301,7 +279,7 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
     run_dir = run_dir_for(args, setting, train_distances, n_facts, seed)
     result_path = os.path.join(run_dir, "result.json")
     if os.path.exists(result_path):
-        cached = json.load(open(result_path))
+        cached = read_json(result_path)
         if cached.get("config") != config(args):
             sys.exit(f"recall: error: {run_dir} holds a run with other data/model flags; use another --out")
         if set(map(str, test_distances)) <= set(cached["test"]):
@@ -318,7 +296,7 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
               "eval_seconds": round(time.time() - t1, 1), "max_update": args.max_update,
               "last_train_inner": last_train_record(os.path.join(run_dir, "train.log")),
               "command": " ".join(cmd), "config": config(args)}
-    json.dump(result, open(result_path, "w"), indent=1)
+    save_json(result_path, result)
     return result, True
 
 
@@ -329,21 +307,12 @@ def config(args):
 
 
 def load_results(args):
-    runs = os.path.join(args.out, "runs")
-    paths = sorted(os.path.join(runs, x, "result.json") for x in os.listdir(runs)) if os.path.isdir(runs) else []
-    results = [json.load(open(p)) for p in paths if os.path.exists(p)]
+    results = lab.results_under(os.path.join(args.out, "runs"))
     return [r for r in results if (r.get("curriculum") == curriculum_config(args)
                                    if r.get("experiment") == "curriculum" else r.get("config") == config(args))]
 
 
-def last_train_record(log_path):
-    """The last ``train_inner`` record of a fairseq JSON log (loss, memory statistics), or {}."""
-    rec = {}
-    with open(log_path) as f:
-        for line in f:
-            if "| train_inner |" in line:
-                rec = json.loads(line[line.index("{"):])
-    return rec
+last_train_record = lab.last_record  # the last train_inner record of a log (loss, memory statistics), or {}
 
 
 # ---------------------------------------------------------------- curriculum
@@ -382,13 +351,13 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
     continue from its last finished chunk)."""
     record_path = os.path.join(stage_dir, "stage.json")
     if os.path.exists(record_path):
-        return json.load(open(record_path))
+        return read_json(record_path)
     data_dir, _ = stage_data(args, stage, n_facts)
     os.makedirs(stage_dir, exist_ok=True)
     progress_path, log_path = os.path.join(stage_dir, "progress.json"), os.path.join(stage_dir, "train.log")
     progress = {"updates": 0, "checks": [], "train_seconds": 0.0, "eval_seconds": 0.0}
     if os.path.exists(progress_path):
-        progress = json.load(open(progress_path))
+        progress = read_json(progress_path)
     # fairseq loads --finetune-from-model only while the save dir has no checkpoint_last.pt:
     # every later chunk continues the stage's own run (optimizer, LR schedule, data order)
     extra = ["--finetune-from-model", previous] if previous else []
@@ -410,7 +379,7 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
         progress["checks"].append({"updates": updates, **valid})
         progress["train_seconds"] = round(progress["train_seconds"] + t1 - t0, 1)
         progress["eval_seconds"] = round(progress["eval_seconds"] + time.time() - t1, 1)
-        json.dump(progress, open(progress_path, "w"), indent=1)
+        save_json(progress_path, progress)
         print(f"  {setting} seed {seed} stage {stage}: {updates} updates, valid per-fact "
               f"{valid['fact_acc'] * 100:.1f}%", flush=True)
     last = progress["checks"][-1]
@@ -419,7 +388,7 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
               "train_seconds": progress["train_seconds"], "eval_seconds": progress["eval_seconds"],
               "checks": [{"updates": c["updates"], "fact_acc": c["fact_acc"]} for c in progress["checks"]],
               "last_train_inner": last_train_record(log_path)}
-    json.dump(record, open(record_path, "w"), indent=1)
+    save_json(record_path, record)
     return record
 
 
@@ -429,15 +398,15 @@ def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
     run_dir = curriculum_dir(args, setting, n_facts, seed)
     result_path = os.path.join(run_dir, "result.json")
     config_path = os.path.join(run_dir, "curriculum.json")
-    if os.path.exists(config_path) and json.load(open(config_path)) != curriculum_config(args):
+    if os.path.exists(config_path) and read_json(config_path) != curriculum_config(args):
         sys.exit(f"recall: error: {run_dir} holds a curriculum with other data/model/curriculum flags; "
                  "use another --out")
     if os.path.exists(result_path):
-        cached = json.load(open(result_path))
+        cached = read_json(result_path)
         if set(map(str, test_distances)) <= set(cached["test"]):
             return cached, False
     os.makedirs(run_dir, exist_ok=True)
-    json.dump(curriculum_config(args), open(config_path, "w"), indent=1)
+    save_json(config_path, curriculum_config(args))
     records, previous = [], None
     for stage in stages:
         stage_dir = os.path.join(run_dir, f"stage{stage}")
@@ -452,19 +421,14 @@ def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
               "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
               "eval_seconds": round(sum(r["eval_seconds"] for r in records) + time.time() - t0, 1),
               "curriculum": curriculum_config(args)}
-    json.dump(result, open(result_path, "w"), indent=1)
+    save_json(result_path, result)
     return result, True
 
 
 # ------------------------------------------------------------------- report
 def cell(values, digits=1, scale=100.0):
-    """'mean +- std (n)' of a metric over seeds (std needs two seeds)."""
-    if not values:
-        return ""
-    mean = statistics.mean(values) * scale
-    if len(values) < 2:
-        return f"{mean:.{digits}f} (n=1)"
-    return f"{mean:.{digits}f} +- {statistics.stdev(values) * scale:.{digits}f}"
+    """'mean +- std' of a metric over seeds in %; one seed: 'mean (n=1)'; none: ''."""
+    return lab.cell(values, digits, scale, single=" (n=1)") if values else ""
 
 
 def collect(results, exp, args):
@@ -583,11 +547,7 @@ def curriculum_tables(results, args):
 
 
 def figure(results, args, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = lab.pyplot()
     exps = [e for e in args.experiment if collect(results, e, args)]
     if not exps:
         return None
@@ -713,7 +673,7 @@ def main(argv=None):
     results = load_results(args)
     wall = time.time() - start
     run_time = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
-    json.dump(results, open(os.path.join(args.out, "results.json"), "w"), indent=1)
+    save_json(os.path.join(args.out, "results.json"), results)
     md = markdown(results, args)
     fig = figure(results, args, os.path.join(args.out, "recall.png"))
     header = (f"Command: `python scripts/{os.path.basename(__file__)} {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"

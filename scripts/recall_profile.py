@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recall  # noqa: E402
-from commands import load_checkpoint  # noqa: E402
+from lab import load_checkpoint  # noqa: E402
 
 
 def profile(checkpoint, data_dir, splits, batch_size=100):

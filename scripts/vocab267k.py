@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from commands import tool
+from lab import tool
 
 N_TYPES = 267_735
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -107,9 +107,9 @@ def served(monkeypatch):
 @pytest.fixture
 def commands(served, monkeypatch):
     """The project's scripts (recall.py, longdoc.py) call fairseq's commands by their path
-    beside their Python (scripts/commands.py): use the test's."""
+    beside their Python (scripts/lab.py): use the test's."""
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import commands as where
+    import lab as where
 
     monkeypatch.setattr(where, "BIN", served)
 

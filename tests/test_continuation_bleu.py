@@ -12,7 +12,7 @@ from conftest import PLUGIN, ROOT, run
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import continuation_bleu as cb  # noqa: E402
-from commands import load_checkpoint  # noqa: E402
+from lab import load_checkpoint  # noqa: E402
 
 TEXT = os.path.join(ROOT, "examples", "text")
 SCRIPT = os.path.join(ROOT, "scripts", "continuation_bleu.py")

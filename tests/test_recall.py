@@ -253,7 +253,7 @@ def test_curriculum_end_to_end_tiny(tmp_path, commands):
     log1 = open(os.path.join(run_dir, "stage1", "train.log")).read()
     log2 = open(os.path.join(run_dir, "stage2", "train.log")).read()
     assert "--loss-last-segments 1" in log1 and "--loss-start-segment" not in log1
-    assert "Loaded checkpoint" not in log1.split("\n# ")[0]  # stage 1 starts from scratch
+    assert "Loaded checkpoint" not in log1.split("\n$ ")[0]  # stage 1 starts from scratch
     assert f"{run_dir}/stage1/checkpoint_last.pt (epoch 1 @ 2 updates)" in log1  # its 2nd chunk continues it
     assert f"loading pretrained model from {run_dir}/stage1/checkpoint_last.pt" in log2
     assert f"{run_dir}/stage2/checkpoint_last.pt (epoch 1 @ 2 updates)" in log2

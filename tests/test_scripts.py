@@ -129,9 +129,9 @@ def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir
     args = type("A", (), {"data": dict_dir, "user_dir": os.path.join(ROOT, "tarm_plugin"), "bptt_segments": 2,
                           "batch_size": 4, "checkpoint_segments": False, "write_input": "memory",
                           "memory_dropout": None, "lr": 1e-3, "max_update": 10, "valid_every": 5})
-    m, alpha, rate = ablate.SETTINGS["tarm_gate"]
-    cmd = ablate.train_cmd(args, str(tmp_path), m, alpha, 1, rate)
-    assert cmd[0] == os.path.join(os.path.dirname(sys.executable), "fairseq-train")  # scripts/commands.py
+    assert ablate.describe("tarm_gate") == (8, 0.5, "gate")
+    cmd = ablate.train_cmd(args, str(tmp_path), "tarm_gate", 1)
+    assert cmd[0] == os.path.join(os.path.dirname(sys.executable), "fairseq-train")  # scripts/lab.py
     flags = cmd[cmd.index("--num-memory-tokens"):cmd.index("--criterion")]
     _, model = build(dict_dir, *flags)
     assert model.memory.gated and not model.memory.learned_rate and model.memory.alpha == 0.5
@@ -211,8 +211,7 @@ def test_ptb_recipe_is_the_same_in_main_sh_the_hydra_config_and_the_ablation():
     assert (main["model.num_memory_tokens"], main["model.memory_ema_alpha"], main["optimization.max_update"]) \
         == (8, 0.2, 1200)  # main.sh's defaults were read
     args = ablate.parse_args([])
-    m, alpha, rate = ablate.SETTINGS["tarm_a0.2"]
-    ablation = train_recipe(ablate.train_cmd(args, "checkpoints/x", m, alpha, 1, rate)[1:])
+    ablation = train_recipe(ablate.train_cmd(args, "checkpoints/x", "tarm_a0.2", 1)[1:])
 
     def differ(a, b, ignore):
         return {k: (a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - ignore) if a.get(k) != b.get(k)}

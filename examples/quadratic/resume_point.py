@@ -16,16 +16,8 @@ import os
 import shutil
 import sys
 
-import torch
-
-
-def updates(path):
-    """The update count stored in a fairseq checkpoint, None if it cannot be read."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        return int(state["optimizer_history"][-1]["num_updates"])
-    except Exception:  # a truncated file: torch raises whatever its zip reader hits
-        return None
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from lab import checkpoint_updates as updates  # noqa: E402  (the experiment library)
 
 
 def main():

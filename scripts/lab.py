@@ -1,0 +1,294 @@
+"""The experiment library: what the ablation (ablate.py), long documents (longdoc.py),
+recall (recall.py) and quadratic (plot.py, eval_quadratic.py, examples/quadratic/) share,
+so that each of them only says what is its own (its settings, data and tables).
+
+  settings   the named memory settings, as fairseq flags (``setting_flags``)
+  commands   fairseq-train / fairseq-eval-lm command lines with the flags every experiment
+             passes (``train_command``, ``eval_command``), found beside this Python
+  runs       a command run with its output logged (``run_logged``), a run's cached
+             result.json (``load_result``, ``save_result``, ``results_under``)
+  logs       fairseq's JSON log records (``log_records``, ``valid_curve``), eval-lm's
+             totals and tables (``eval_lm``)
+  checkpoints  ``load_checkpoint``: a trained model and its task, as fairseq loads them
+  reports    mean +- std cells, the separation rule of docs/results.md, a paired bootstrap
+             over documents, binomial intervals, matplotlib set up for files
+
+Plain functions over paths and dicts; an experiment script imports what it needs
+(``import lab``: the scripts directory is on sys.path when a script runs).
+"""
+
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN = os.path.join(ROOT, "tarm_plugin")
+BIN = os.path.dirname(sys.executable)
+
+# ------------------------------------------------------------------- settings
+# name: fairseq model flags. Memory settings get --num-memory-tokens from the experiment
+# (its m); a setting naming --num-memory-tokens itself has no memory.
+SETTINGS = {
+    "no_memory": ["--num-memory-tokens", "0"],
+    "prefix": ["--memory-ema-alpha", "0"],  # the same learned tokens read by every segment, nothing carried
+    "rmt": ["--memory-ema-alpha", "1"],
+    "tarm_a0.8": ["--memory-ema-alpha", "0.8"],
+    "tarm_a0.7": ["--memory-ema-alpha", "0.7"],
+    "tarm_a0.5": ["--memory-ema-alpha", "0.5"],
+    "tarm_a0.2": ["--memory-ema-alpha", "0.2"],
+    "tarm_learned": ["--memory-ema-learned", "--memory-ema-alpha", "0.5"],  # a = sigmoid(b), from 0.5
+    "tarm_gate": ["--memory-gate", "--memory-ema-alpha", "0.5"],  # content gate, starting as a = 0.5
+    "assoc": ["--memory-kind", "assoc"],  # the associative memory (docs/model.md)
+}
+
+
+def has_memory(flags):
+    """Whether model flags (a SETTINGS value) leave the memory tokens to the experiment."""
+    return "--num-memory-tokens" not in flags
+
+
+def setting_flags(flags, memory_tokens):
+    """Model flags with ``--num-memory-tokens memory_tokens`` first for a memory setting."""
+    return (["--num-memory-tokens", str(memory_tokens)] if has_memory(flags) else []) + list(flags)
+
+
+# ------------------------------------------------------------------- commands
+def tool(name):
+    """The path of command ``name`` beside this Python (the venv's bin, so that
+    ``.venv/bin/python scripts/x.py`` needs no activated venv), or the bare name."""
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else name
+
+
+def train_command(data, save_dir, seed, *flags, user_dir=PLUGIN, log_interval=50):
+    """fairseq-train of the plugin's task, model and criterion with Adam on the CPU, a
+    JSON log and no epoch checkpoints; ``flags`` are the experiment's (data layout, model
+    size, memory, LR schedule, budget, validation and checkpoint intervals)."""
+    return [tool("fairseq-train"), data, "--user-dir", user_dir, "--task", "tarm_language_modeling", "--arch",
+            "tarm_lm", *flags, "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+            "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-epoch-checkpoints", "--save-dir", save_dir,
+            "--log-format", "json", "--log-interval", str(log_interval), "--no-progress-bar"]
+
+
+def eval_command(data, checkpoint, split, *flags, batch_size, user_dir=PLUGIN):
+    """fairseq-eval-lm of a plugin checkpoint on ``split`` on the CPU."""
+    return [tool("fairseq-eval-lm"), data, "--user-dir", user_dir, "--task", "tarm_language_modeling", *flags,
+            "--batch-size", str(batch_size), "--path", checkpoint, "--gen-subset", split, "--cpu",
+            "--num-workers", "0"]
+
+
+# ----------------------------------------------------------------------- runs
+def run_logged(cmd, log_path, mode="a", threads=None, who="lab"):
+    """Run ``cmd`` with its output in ``log_path`` (opened with ``mode``), the command line
+    first, on ``threads`` CPU threads (default: OMP_NUM_THREADS as set, else 2); a failure
+    stops the experiment with one line naming the log, and the log's tail."""
+    threads = str(threads or os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    with open(log_path, mode) as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if p.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"{who}: command failed ({log_path}):\n{tail}")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_json(path, obj):
+    """Written aside and moved in: a kill leaves the old file or the new one, never half."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def load_result(run_dir):
+    """A run's result.json, or None if it has not finished."""
+    path = os.path.join(run_dir, "result.json")
+    return read_json(path) if os.path.exists(path) else None
+
+
+def save_result(run_dir, result):
+    save_json(os.path.join(run_dir, "result.json"), result)
+
+
+def results_under(runs_dir, name="result.json"):
+    """Every run's result under ``runs_dir`` (one directory per run), in name order."""
+    if not os.path.isdir(runs_dir):
+        return []
+    paths = (os.path.join(runs_dir, x, name) for x in sorted(os.listdir(runs_dir)))
+    return [read_json(p) for p in paths if os.path.exists(p)]
+
+
+# ----------------------------------------------------------------------- logs
+def log_records(log_path, *kinds):
+    """The JSON records of a fairseq JSON log's lines of ``kinds`` (default: valid; also
+    train_inner, train), in the log's order."""
+    marks = [f"| {k} | " for k in kinds or ("valid",)]
+    out = []
+    with open(log_path) as f:
+        for line in f:
+            mark = next((m for m in marks if m in line), None)
+            if mark:
+                out.append(json.loads(line[line.index(mark) + len(mark):]))
+    return out
+
+
+def valid_curve(log_path, key="valid_loss"):
+    """[(num_updates, value of ``key``)] of the validation records (default: the loss,
+    base 2). A run killed and resumed validates some updates again: the later record is
+    the run's, as its later training went on from it."""
+    return sorted({int(r["valid_num_updates"]): float(r[key]) for r in log_records(log_path)}.items())
+
+
+def last_record(log_path, kind="train_inner"):
+    """The last record of ``kind`` in a fairseq JSON log (loss, memory statistics), or {}."""
+    recs = log_records(log_path, kind)
+    return recs[-1] if recs else {}
+
+
+def eval_lm(text):
+    """fairseq-eval-lm's totals (tokens, loss in bits, perplexity) and the plugin's tables
+    by depth, by position within the segment and by token class, from its output."""
+    row = r"([\d,]+)\s+([\d.]+)\s+[\d.]+$"
+    depth = re.findall(r"eval_segments(?: \| |:)\s+(\d+(?:-\d+)?)\s+" + row, text, re.M)
+    spans = re.findall(r"eval_segments(?: \| |:)\s*pos (\d+-\d+)\s+" + row, text, re.M)
+    classes = re.findall(r"eval_segments(?: \| |:)\s*class (\w+)\s+" + row, text, re.M)
+    counts, losses = re.findall(r"Evaluated ([\d,]+) tokens", text), re.findall(r"Loss \(base 2\): ([\d.]+)", text)
+    if not counts or not losses:
+        raise ValueError("no fairseq-eval-lm totals in this output")
+    bits = float(losses[-1])
+    printed = re.findall(r"Perplexity: ([\d.]+)", text)
+    num = lambda n: int(n.replace(",", ""))  # noqa: E731
+    return {"tokens": num(counts[-1]), "loss_bits": bits, "ppl": 2 ** bits,
+            "ppl_printed": float(printed[-1]) if printed else 2 ** bits,  # eval-lm's own, to 2 decimals
+            "by_class": {c: {"tokens": num(n), "loss_bits": float(b)} for c, n, b in classes},
+            "by_depth": [{"depth": d, "tokens": num(n), "loss_bits": float(b)} for d, n, b in depth],
+            "by_position": [{"positions": p, "tokens": num(n), "loss_bits": float(b)} for p, n, b in spans]}
+
+
+def read_eval_lm(path):
+    with open(path) as f:
+        return eval_lm(f.read())
+
+
+# ---------------------------------------------------------------- checkpoints
+def load_checkpoint(path, data, batch_size=None):
+    """(model in eval mode, task) of a tarm_lm checkpoint, loaded by fairseq's checkpoint_utils
+    with the plugin imported as ``--user-dir`` imports it (the task attaches its memory store
+    as in training); the task reads ``data`` (a data-bin), in batches of ``batch_size``
+    samples if given (else the checkpoint's). A TarmError names ``--path`` if the checkpoint
+    holds another model."""
+    from argparse import Namespace
+
+    from fairseq import checkpoint_utils, utils
+
+    utils.import_user_module(Namespace(user_dir=PLUGIN))
+    from tarm_plugin.errors import TarmError
+
+    overrides = {"data": data}
+    if batch_size is not None:
+        overrides.update(batch_size=batch_size, batch_size_valid=batch_size)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides)
+    if not hasattr(models[0], "memory"):
+        raise TarmError(f"--path {path}: not a tarm_lm checkpoint")
+    return models[0].eval(), task
+
+
+def checkpoint_updates(path):
+    """The update count stored in a fairseq checkpoint, None if it cannot be read (a
+    truncated file: torch raises whatever its zip reader hits)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return int(state["optimizer_history"][-1]["num_updates"])
+    except Exception:
+        return None
+
+
+# -------------------------------------------------------------------- reports
+def mean_std(values):
+    """(mean, sample std) over seeds; std 0 for one value, both nan for none."""
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(values, digits=2, scale=1.0, single=""):
+    """'mean +- std' of a value over seeds, times ``scale``; one value: the mean and
+    ``single`` (e.g. ' (n=1)'); none: '-'."""
+    if not values:
+        return "-"
+    m, s = mean_std([v * scale for v in values])
+    return f"{m:.{digits}f}" + (f" +- {s:.{digits}f}" if len(values) > 1 else single)
+
+
+def markdown_table(header, rows):
+    """Markdown lines of a table: ``header`` and ``rows`` are lists of cells."""
+    return ["| " + " | ".join(map(str, header)) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
+
+
+def separation(a, b):
+    """The rule of docs/results.md for lower-is-better values per seed {seed: value}:
+    'separated', 'ahead in every seed', 'not separated' (a against b), or 'one seed'."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return "one seed"
+    (ma, sa), (mb, sb) = mean_std([a[s] for s in seeds]), mean_std([b[s] for s in seeds])
+    every = all(a[s] < b[s] for s in seeds)
+    if every and mb - ma > math.sqrt(sa ** 2 + sb ** 2):
+        return "separated"
+    return "ahead in every seed" if every else "not separated"
+
+
+def bootstrap_gain(a, b, resamples, seed=0):
+    """% lower perplexity of ``a`` than ``b`` ({document: (tokens, nll)} of the same tokens)
+    and its 95% interval, resampling documents with replacement (paired: the same
+    documents for both)."""
+    import numpy as np
+
+    docs = sorted(set(a) & set(b))
+    if not docs or any(a[d][0] != b[d][0] for d in docs):
+        raise SystemExit("bootstrap over documents needs the same scored tokens in both runs")
+    n = np.array([a[d][0] for d in docs], dtype=float)
+    sa, sb = np.array([a[d][1] for d in docs]), np.array([b[d][1] for d in docs])
+
+    def gain(idx):
+        return 100 * (1 - np.exp((sa[idx].sum(-1) - sb[idx].sum(-1)) / n[idx].sum(-1)))
+
+    idx = np.random.RandomState(seed).randint(0, len(docs), size=(resamples, len(docs)))
+    lo, hi = np.percentile(gain(idx), [2.5, 97.5])
+    return float(gain(np.arange(len(docs)))), float(lo), float(hi)
+
+
+def wilson_interval(right, total, z=1.96):
+    """The Wilson score interval (95% by default) of a proportion ``right / total``."""
+    if total <= 0:
+        raise ValueError("wilson_interval needs at least one trial")
+    p = right / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pyplot():
+    """matplotlib's pyplot drawing to files (Agg), its import's debug logging quiet."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's import logs at DEBUG
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -1,0 +1,86 @@
+"""The experiment library (scripts/lab.py): fairseq log records, eval-lm's output, the
+settings registry and the report helpers that every experiment script shares."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import lab  # noqa: E402
+
+EVAL_LM = """\
+2026-01-01 | INFO | tarm_plugin.eval_segments | eval_segments | depth  tokens  loss  ppl
+2026-01-01 | INFO | tarm_plugin.eval_segments | eval_segments |     0  1,000  6.5000  90.51
+2026-01-01 | INFO | tarm_plugin.eval_segments | eval_segments |   2-3  2,500  6.0000  64.00
+2026-01-01 | INFO | tarm_plugin.eval_segments | eval_segments | pos 0-15  800  6.9000  119.43
+2026-01-01 | INFO | tarm_plugin.eval_segments | eval_segments | class far  300  4.0000  16.00
+2026-01-01 | INFO | fairseq_cli.eval_lm | Evaluated 3,500 tokens in 1.0s (3500.00 tokens/s)
+2026-01-01 | INFO | fairseq_cli.eval_lm | Loss (base 2): 6.1429, Perplexity: 70.67
+"""
+
+
+def test_log_records_keep_the_logs_order_and_the_later_validation_of_an_update_wins(tmp_path):
+    log = tmp_path / "train.log"
+    lines = [("train_inner", {"loss": "9", "num_updates": "50"}), ("valid", {"valid_loss": "8.0", "valid_num_updates": "100"}),
+             ("train", {"train_loss": "8.5"}), ("valid", {"valid_loss": "7.5", "valid_num_updates": "200"}),
+             ("valid", {"valid_loss": "7.4", "valid_num_updates": "200"})]  # resumed: validated again
+    log.write_text("$ fairseq-train ...\n" + "".join(f"2026 | INFO | {k} | {json.dumps(r)}\n" for k, r in lines))
+    assert [r.get("loss") or r.get("train_loss") for r in lab.log_records(log, "train_inner", "train")] == ["9", "8.5"]
+    assert len(lab.log_records(log)) == 3
+    assert lab.valid_curve(log) == [(100, 8.0), (200, 7.4)]
+    assert lab.last_record(log, "train") == {"train_loss": "8.5"} and lab.last_record(log, "nothing") == {}
+
+
+def test_eval_lm_reads_totals_and_every_table():
+    ev = lab.eval_lm(EVAL_LM)
+    assert (ev["tokens"], ev["loss_bits"], ev["ppl_printed"]) == (3500, 6.1429, 70.67)
+    assert ev["ppl"] == pytest.approx(2 ** 6.1429)
+    assert ev["by_depth"] == [{"depth": "0", "tokens": 1000, "loss_bits": 6.5}, {"depth": "2-3", "tokens": 2500, "loss_bits": 6.0}]
+    assert ev["by_position"] == [{"positions": "0-15", "tokens": 800, "loss_bits": 6.9}]
+    assert ev["by_class"] == {"far": {"tokens": 300, "loss_bits": 4.0}}
+    with pytest.raises(ValueError, match="eval-lm totals"):
+        lab.eval_lm("Traceback: killed before the totals")
+
+
+def test_settings_registry_gives_memory_settings_their_m():
+    assert lab.setting_flags(lab.SETTINGS["rmt"], 10) == ["--num-memory-tokens", "10", "--memory-ema-alpha", "1"]
+    assert lab.setting_flags(lab.SETTINGS["no_memory"], 10) == ["--num-memory-tokens", "0"]
+    assert lab.has_memory(lab.SETTINGS["assoc"]) and not lab.has_memory(lab.SETTINGS["no_memory"])
+    cmd = lab.train_command("data-bin/x", "save", 3, "--lr", "1e-3")
+    assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--save-dir") + 1] == "save"
+    assert cmd[cmd.index("--user-dir") + 1] == lab.PLUGIN and "--lr" in cmd
+
+
+def test_report_helpers():
+    assert lab.cell([]) == "-" and lab.cell([1.0]) == "1.00" and lab.cell([0.5], 1, 100, " (n=1)") == "50.0 (n=1)"
+    assert lab.cell([1.0, 3.0], 1) == f"2.0 +- {math.sqrt(2):.1f}"
+    assert lab.separation({1: 1.0, 2: 1.1}, {1: 2.0, 2: 2.1}) == "separated"
+    assert lab.separation({1: 1.0, 2: 1.9}, {1: 2.0, 2: 1.95}) == "ahead in every seed"
+    assert lab.separation({1: 1.0, 2: 3.0}, {1: 2.0, 2: 2.0}) == "not separated"
+    assert lab.separation({1: 1.0}, {1: 2.0}) == "one seed"
+    lo, hi = lab.wilson_interval(999, 1000)
+    assert (round(100 * lo, 1), round(100 * hi, 1)) == (99.4, 100.0)  # docs/checks.md's interval for 999 of 1,000
+    assert lab.wilson_interval(0, 10)[0] == 0.0
+    # paired bootstrap: equal runs gain 0 with a degenerate interval; a run with 1 nat less per
+    # token everywhere is 1 - e^-1 = 63.2% lower in perplexity, in every resample
+    docs = {d: (10 + d, 5.0 * (10 + d)) for d in range(20)}
+    assert lab.bootstrap_gain(docs, docs, 200) == (0.0, 0.0, 0.0)
+    better = {d: (n, s - n) for d, (n, s) in docs.items()}
+    g, lo, hi = lab.bootstrap_gain(better, docs, 200)
+    assert g == pytest.approx(100 * (1 - math.exp(-1))) and lo == pytest.approx(g) and hi == pytest.approx(g)
+    with pytest.raises(SystemExit, match="same scored tokens"):
+        lab.bootstrap_gain({0: (5, 1.0)}, {0: (6, 1.0)}, 10)
+
+
+def test_a_failed_command_stops_with_its_log(tmp_path):
+    log = tmp_path / "x.log"
+    with pytest.raises(SystemExit, match=f"longdoc: command failed \\({log}\\)"):
+        lab.run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], str(log), who="longdoc")
+    assert log.read_text().startswith("$ ") and "boom" in log.read_text()
+    lab.save_json(str(tmp_path / "r.json"), {"a": 1})
+    assert lab.read_json(str(tmp_path / "r.json")) == {"a": 1} and not os.path.exists(tmp_path / "r.json.tmp")

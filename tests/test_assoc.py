@@ -151,22 +151,16 @@ ASSOC_CLI = ["--memory-kind", "assoc", "--memory-ema-alpha", "1", "--assoc-key-d
 
 @pytest.mark.cli
 def test_documents_resume_exactly_and_eval_lm_equals_validation(doc_bin, tmp_path):
-    from test_cli import eval_lm, eval_numbers, train, train_losses
+    from test_cli import assert_resumed_equals_straight, eval_lm, eval_numbers, train
     from test_documents import DOC, doc_tokens
     from test_eval_lm import eval_loss, valid_loss
-    from test_resume_ddp import params
 
     data = doc_bin["blank"]
     flags = [*DOC, *ASSOC_CLI, "--save-interval-updates", "4", "--seed", "3", "--dropout", "0"]
     log = train(data, tmp_path / "a", *flags, max_update=8)
-    straight = train_losses(log)
     train(data, tmp_path / "b", *flags, "--disable-validation", max_update=4)
-    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=8))
-    assert sorted(resumed) == list(range(5, 9))
-    for u in resumed:
-        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
-    a, b = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "b" / "checkpoint_last.pt")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    resumed = train(data, tmp_path / "b", *flags, max_update=8)
+    assert_resumed_equals_straight(log, resumed, 5, 8, tmp_path / "a", tmp_path / "b")
     p = eval_lm(data, str(tmp_path / "a" / "checkpoint_last.pt"), "--gen-subset", "valid")
     assert eval_numbers(p)[0] == doc_tokens(doc_bin["raw"], "valid")
     assert eval_loss(p) == pytest.approx(valid_loss(log), abs=1e-3)

@@ -267,35 +267,28 @@ def test_eval_lm_scores_every_document_token_once_and_equals_validation(doc_bin,
 def test_separator_symbol_and_resume_mid_epoch(doc_bin, tmp_path):
     """'<doc>' lines separate documents (empty lines are text then); a run stopped
     mid-epoch and resumed gives the straight run's losses."""
-    from test_cli import train, train_losses
+    from test_cli import assert_resumed_equals_straight, train
 
     data = doc_bin["sep"]
     flags = [*DOC, "--doc-separator", "<doc>", "--save-interval-updates", "6", "--disable-validation",
              "--seed", "3", "--dropout", "0"]
-    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=14))
+    straight = train(data, tmp_path / "a", *flags, max_update=14)
     train(data, tmp_path / "b", *flags, max_update=6)
-    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=14))
-    assert sorted(resumed) == list(range(7, 15))
-    for u in resumed:
-        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
+    assert_resumed_equals_straight(straight, train(data, tmp_path / "b", *flags, max_update=14), 7, 14)
 
 
 @pytest.mark.cli
 def test_two_process_resume_matches_straight_run(doc_bin, tmp_path):
-    from test_cli import train, train_losses
-    from test_resume_ddp import params, torchrun
+    from test_cli import assert_resumed_equals_straight, train
+    from test_resume_ddp import torchrun
 
     data = doc_bin["blank"]
     flags = [*DOC, "--save-interval-updates", "4", "--disable-validation", "--seed", "3", "--dropout", "0",
              "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo"]
-    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=8, launcher=torchrun(29661)))
+    straight = train(data, tmp_path / "a", *flags, max_update=8, launcher=torchrun(29661))
     train(data, tmp_path / "b", *flags, max_update=4, launcher=torchrun(29662))
-    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=8, launcher=torchrun(29663)))
-    assert sorted(resumed) == list(range(5, 9))
-    for u in resumed:
-        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
-    a, b = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "b" / "checkpoint_last.pt")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    resumed = train(data, tmp_path / "b", *flags, max_update=8, launcher=torchrun(29663))
+    assert_resumed_equals_straight(straight, resumed, 5, 8, tmp_path / "a", tmp_path / "b")
 
 
 @pytest.mark.cli

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from test_cli import train, train_losses
+from test_cli import assert_resumed_equals_straight, train, train_losses
 
 pytestmark = pytest.mark.cli
 
@@ -23,11 +23,6 @@ def torchrun(port):
             os.path.join(ROOT, "scripts", "fairseq_train_cpu_ddp.sh")]
 
 
-def params(path):
-    state = torch.load(path, map_location="cpu", weights_only=False)["model"]
-    return {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
-
-
 # test_cli.train passes --memory-ema-alpha 0.5 (a tokens flag): assoc sets it back to its default
 # kind: (flags, first port, the per-rank memory's leading shape: ranks, rows, slots or layers)
 KINDS = {"tokens": ([], 29641, (2, 4, 4)),
@@ -40,19 +35,13 @@ def test_two_process_resume_matches_straight_run(ptb_small, tmp_path, kind):
     data, _ = ptb_small
     flags, port, shape = KINDS[kind]
     flags = [*FLAGS, *flags]
-    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(port)))
+    straight = train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(port))
     train(data, tmp_path / "b", *flags, max_update=5, launcher=torchrun(port + 1))
     saved = torch.load(tmp_path / "b" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     per_rank = saved["model"]["carried._extra_state"]["per_rank"]["train"]
     assert per_rank.shape[:3] == shape and not torch.equal(per_rank[0], per_rank[1]), "each rank's own memory"
-    resumed = train_losses(train(data, tmp_path / "b", *flags, max_update=10, launcher=torchrun(port + 2)))
-    assert sorted(resumed) == list(range(6, 11))
-    for u in resumed:
-        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
-    # the weights after the resumed updates are those of the straight run: the loss
-    # log's 3 decimals could hide a memory restarted from E_0, these do not
-    a, b = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "b" / "checkpoint_last.pt")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    resumed = train(data, tmp_path / "b", *flags, max_update=10, launcher=torchrun(port + 2))
+    assert_resumed_equals_straight(straight, resumed, 6, 10, tmp_path / "a", tmp_path / "b")
 
 
 def test_resume_from_a_save_interval_checkpoint_with_update_freq(ptb_small, tmp_path):
@@ -60,16 +49,12 @@ def test_resume_from_a_save_interval_checkpoint_with_update_freq(ptb_small, tmp_
     --max-update wrote), 2 batches per update: the memory is gathered then too."""
     data, _ = ptb_small
     flags = [*FLAGS, "--update-freq", "2"]
-    straight = train_losses(train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(29645)))
+    straight = train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(29645))
     train(data, tmp_path / "b", *flags, max_update=7, launcher=torchrun(29646))
     interval = tmp_path / "b" / "checkpoint_1_5.pt"
-    resumed = train_losses(train(data, tmp_path / "c", *flags, "--restore-file", str(interval),
-                                 max_update=10, launcher=torchrun(29647)))
-    assert sorted(resumed) == list(range(6, 11))
-    for u in resumed:
-        assert resumed[u] == pytest.approx(straight[u], abs=2e-3), f"update {u}"
-    a, c = params(tmp_path / "a" / "checkpoint_last.pt"), params(tmp_path / "c" / "checkpoint_last.pt")
-    assert max(float((a[k] - c[k]).abs().max()) for k in a) < 1e-6
+    resumed = train(data, tmp_path / "c", *flags, "--restore-file", str(interval), max_update=10,
+                    launcher=torchrun(29647))
+    assert_resumed_equals_straight(straight, resumed, 6, 10, tmp_path / "a", tmp_path / "c")
 
 
 def test_other_world_size_resumes_from_initial_memory(ptb_small, tmp_path):

@@ -182,25 +182,16 @@ def read_eval_lm(path):
 
 # ---------------------------------------------------------------- checkpoints
 def load_checkpoint(path, data, batch_size=None):
-    """(model in eval mode, task) of a tarm_lm checkpoint, loaded by fairseq's checkpoint_utils
-    with the plugin imported as ``--user-dir`` imports it (the task attaches its memory store
-    as in training); the task reads ``data`` (a data-bin), in batches of ``batch_size``
-    samples if given (else the checkpoint's). A TarmError names ``--path`` if the checkpoint
-    holds another model."""
+    """``tarm_plugin.load_checkpoint`` (model in eval mode, task), with the plugin imported
+    as ``--user-dir`` imports it."""
     from argparse import Namespace
 
-    from fairseq import checkpoint_utils, utils
+    from fairseq import utils
 
     utils.import_user_module(Namespace(user_dir=PLUGIN))
-    from tarm_plugin.errors import TarmError
+    import tarm_plugin
 
-    overrides = {"data": data}
-    if batch_size is not None:
-        overrides.update(batch_size=batch_size, batch_size_valid=batch_size)
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides)
-    if not hasattr(models[0], "memory"):
-        raise TarmError(f"--path {path}: not a tarm_lm checkpoint")
-    return models[0].eval(), task
+    return tarm_plugin.load_checkpoint(path, data, batch_size)
 
 
 def checkpoint_updates(path):

@@ -12,5 +12,6 @@ from .errors import TarmError, install_excepthook
 install_excepthook()
 
 from . import assoc, criterions, models, tasks  # noqa: E402,F401  (register with fairseq; assoc: a memory kind)
+from .models.tarm_lm import load_checkpoint  # noqa: E402,F401  (a trained model and its task)
 
 __version__ = "0.1.0"

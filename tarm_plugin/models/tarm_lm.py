@@ -353,6 +353,23 @@ class TarmLanguageModel(TransformerLanguageModel):
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
+def load_checkpoint(path, data, batch_size=None):
+    """(model in eval mode, task) of a tarm_lm checkpoint, as fairseq-eval-lm loads them
+    (fairseq's checkpoint_utils; the task built from the checkpoint's settings, its memory
+    store attached): the task reads ``data`` (a data-bin), in batches of ``batch_size``
+    samples if given (else the checkpoint's). A TarmError names ``--path`` if the
+    checkpoint holds another model."""
+    from fairseq import checkpoint_utils
+
+    overrides = {"data": data}
+    if batch_size is not None:
+        overrides.update(batch_size=batch_size, batch_size_valid=batch_size)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides)
+    if not getattr(models[0], "carries_memory", False):
+        raise TarmError(f"--path {path}: not a tarm_lm checkpoint")
+    return models[0].eval(), task
+
+
 def segment_resets(reset: Optional[torch.Tensor], bsz: int, n: int, device) -> Optional[torch.Tensor]:
     """``reset`` as [B, n] (bool): a [B] flag applies to the first segment only."""
     if reset is None:

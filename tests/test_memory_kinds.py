@@ -1,6 +1,7 @@
 """Memory kinds: ``--memory-kind tokens`` (RMT, averaging, learned rate, gate, prefix) is
 unchanged against outputs committed before memory kinds existed (bit for bit on the machine
-that wrote them; to 1e-5 elsewhere, where other CPU kernels may round differently).
+that wrote them; to 1e-5 of each tensor's scale elsewhere, where other CPU kernels round
+differently).
 
 tests/fixtures/tokens_reference/outputs.pt was written by ``python tests/test_memory_kinds.py``
 at commit 23ca6ae + the task's memory store (the model then had only token memory)."""
@@ -56,8 +57,11 @@ def test_token_memory_is_unchanged(dict_dir, setting):
     want = torch.load(REFERENCE, weights_only=True)[setting]
     got = outputs(dict_dir, SETTINGS[setting])
     for name, tensor in want.items():
-        # bit for bit on the machine that wrote it; another CPU's kernels may differ in the last bits
-        assert torch.allclose(got[name], tensor, rtol=1e-5, atol=1e-7), f"{setting}: {name} changed"
+        # bit for bit on the machine that wrote it; another CPU's kernels round differently (seen:
+        # 1.2e-6 on logits of magnitude 4, float32's last bits): 1e-5 of the tensor's scale, where
+        # a change of the rule moves values by far more
+        scale = float(tensor.abs().max()) if tensor.numel() else 0.0  # no_memory: an empty memory
+        assert torch.allclose(got[name], tensor, rtol=1e-5, atol=1e-5 * scale), f"{setting}: {name} changed"
 
 
 if __name__ == "__main__":  # write the reference (only ever from the code it pins)

@@ -98,6 +98,13 @@ def run_logged(cmd, log_path, mode="a", threads=None, who="lab"):
         raise SystemExit(f"{who}: command failed ({log_path}):\n{tail}")
 
 
+def code_version():
+    """The commit of the code that runs (``git describe --always --dirty``), for the record
+    of a run that other sessions' code may continue; None outside a git checkout."""
+    p = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    return p.stdout.strip() or None if p.returncode == 0 else None
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

@@ -235,7 +235,7 @@ def one_run(args, setting, seed):
     result = {"setting": setting, "seed": seed, "config": config(args), "test": evals["test"],
               "valid_eval_lm_bits": evals["valid"]["loss_bits"], "valid_fairseq_train_bits": valid_train,
               "deep_tokens": n, "deep_loss_bits": bits, "deep_ppl": 2 ** bits,
-              "train_minutes_this_invocation": round(minutes, 1)}
+              "train_minutes_this_invocation": round(minutes, 1), "code": lab.code_version()}
     save_result(run_dir, result)
     return memory_horizon(args, run_dir, memory_ablation(args, run_dir, result))
 

@@ -295,7 +295,7 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
               "test": {str(k): v for k, v in test.items()}, "train_seconds": round(t1 - t0, 1),
               "eval_seconds": round(time.time() - t1, 1), "max_update": args.max_update,
               "last_train_inner": last_train_record(os.path.join(run_dir, "train.log")),
-              "command": " ".join(cmd), "config": config(args)}
+              "command": " ".join(cmd), "config": config(args), "code": lab.code_version()}
     save_json(result_path, result)
     return result, True
 
@@ -420,7 +420,7 @@ def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
               "test": {str(k): v for k, v in test.items()},
               "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
               "eval_seconds": round(sum(r["eval_seconds"] for r in records) + time.time() - t0, 1),
-              "curriculum": curriculum_config(args)}
+              "curriculum": curriculum_config(args), "code": lab.code_version()}
     save_json(result_path, result)
     return result, True
 

@@ -16,6 +16,8 @@
 Usage:
   python scripts/plot.py curves --runs runs/ablation --out docs/fig_valid_ppl.png
   python scripts/plot.py quadratic --runs runs/quadratic12 --out docs/fig_quadratic.png
+  python scripts/plot.py quadratic --runs runs/quadratic23 --seed-runs runs/quadratic23_s2 runs/quadratic23_s3 \
+      --out /tmp/q.png   # also a table by seed: test exact match with its Wilson 95% interval
   python scripts/plot.py memory --path runs/ablation/tarm_a0.2_s1/checkpoint_best.pt \
       --data data-bin/ptb --out docs/fig_memory.png
 """
@@ -34,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import load_checkpoint, valid_curve as parse_valid  # noqa: E402  (fairseq JSON-log records)
+from lab import load_checkpoint, valid_curve as parse_valid, wilson_interval  # noqa: E402
 
 
 def valid_curve(log_path):
@@ -184,6 +186,33 @@ def accuracy_cell(by, key):
     return f"{100 * by[key]['accuracy']:.1f}% ({by[key]['samples']})" if key in by else "-"
 
 
+def interval(test):
+    """'[lo, hi]': the Wilson 95% interval of a test exact match, in %."""
+    n = test["samples"]
+    lo, hi = wilson_interval(round(test["accuracy"] * n), n)
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def seeds_table(run_dirs):
+    """Markdown: per setting and seed (one cpu_runs.sh OUT per seed, in order), the final test
+    exact match with its Wilson 95% interval, the best validation exact match and the two-root
+    answers by where the steps computed x1."""
+    lines = ["| setting | seed | updates | test EM [95% interval] | best valid EM | two roots: x1 read in "
+             + " | ".join(WHERE_X1) + " |", "|---|---|---|---|---|" + "---|" * len(WHERE_X1)]
+    for seed, runs_dir in enumerate(run_dirs, 1):
+        for name in sorted(os.listdir(runs_dir), key=lambda n: ((QUADRATIC_ORDER + [n]).index(n), n)):
+            run_dir = os.path.join(runs_dir, name)
+            test = read_test(os.path.join(run_dir, "test.json"))
+            if test is None or not os.path.isfile(os.path.join(run_dir, "train.log")):
+                continue
+            curve = valid_accuracy(os.path.join(run_dir, "train.log"))
+            x1 = test.get("two_roots_by_x1_segment", {})
+            lines.append(f"| {name} | {seed} | {curve[-1][0] if curve else '-'} | {100 * test['accuracy']:.1f}% "
+                         f"{interval(test)} | {max(a for _, a in curve):.1f}% | "
+                         + " | ".join(accuracy_cell(x1, w) for w in WHERE_X1) + " |")
+    return "\n".join(lines)
+
+
 def quadratic_table(runs):
     """Markdown: per setting and phase (cpu_runs.sh: stable, then decay), the updates, best
     valid exact match up to then, test exact match of that best checkpoint, overall and by kind;
@@ -198,7 +227,7 @@ def quadratic_table(runs):
             best = f"{max(seen):.1f}%" if seen else "-"
             if test:
                 cells = [accuracy_cell(test["by_kind"], k) for k, _ in KINDS]
-                em = f"**{100 * test['accuracy']:.1f}%**"
+                em = f"**{100 * test['accuracy']:.1f}%** {interval(test)}"
                 misses = sorted(test.get("misses", {}).items(), key=lambda kv: -kv[1])
                 cells.append(", ".join(f"{k} {n}" for k, n in misses) or "-")
                 if test.get("two_roots_by_x1_segment"):
@@ -312,6 +341,8 @@ def plot_quadratic(args):
     print(quadratic_table(runs))
     if by_update:
         print("\n" + by_x1_table(runs))
+    if args.seed_runs:
+        print("\nBy seed (seed 1: --runs, then --seed-runs in order):\n\n" + seeds_table([args.runs, *args.seed_runs]))
     print(f"wrote {args.out}")
 
 
@@ -331,6 +362,8 @@ def main():
     q.add_argument("--out", default="docs/fig_quadratic.png")
     q.add_argument("--target", type=float, default=95.0, help="the dashed line, in %% (95: issue 12's target)")
     q.add_argument("--zoom", type=float, default=90.0, help="where the right panel's y axis starts, in %%")
+    q.add_argument("--seed-runs", nargs="*", default=[],
+                   help="the OUT of the same runs with SEED=2, 3, ...: a table by seed with Wilson intervals")
     args = p.parse_args()
     {"curves": plot_curves, "memory": plot_memory, "quadratic": plot_quadratic}[args.cmd](args)
 

@@ -90,7 +90,8 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
     assert [plot.stable_end(tmp_path / n) for n in ("rmt", "no_memory", "tarm_gate")] == [500, None, 8000]
     out = tmp_path / "fig.png"
-    plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out), "target": 99.8, "zoom": 90.0}))
+    plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out), "target": 99.8, "zoom": 90.0,
+                                       "seed_runs": []}))
     assert out.stat().st_size > 1000
     import matplotlib.pyplot as plt
     left, right, by_x1 = plt.gcf().axes
@@ -101,8 +102,9 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     plt.close("all")
     rows = capsys.readouterr().out.splitlines()
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
-    assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** | 50.0% (8) | - | 100.0% (2) | - |"
-    assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"
+    # test exact match with its Wilson 95% interval (6 and 9 of 10 right)
+    assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** [31.3, 83.2] | 50.0% (8) | - | 100.0% (2) | - |"
+    assert rows[4] == "| rmt | decay | 1000 | 97.5% | **90.0%** [59.6, 98.2] | 87.5% (8) | - | 100.0% (2) | x2 only 1 |"
     assert rows[5].startswith("| tarm_gate | stable | 500 | 20.0% | (running) |")
     assert rows[9] == "| rmt | decay | 100.0% (6) | - | 50.0% (2) |"  # by where x1 was computed
     assert rows[11:15] == ["| setting | updates | valid EM | two roots: x1 read in segment 4 | segments 3-4 | segment 3 |",
@@ -110,6 +112,15 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
                            "| rmt | 500 | 60.0% | 100.0% (6) | - | 0.0% (2) |",
                            "| rmt | 1000 | 60.0% | 100.0% (6) | - | 50.0% (2) |"]
     assert rows[15].startswith("wrote")
+    # seeds side by side: seed 2 is a copy of seed 1 without its finished test
+    import shutil
+
+    shutil.copytree(tmp_path / "rmt", tmp_path / "s2" / "rmt")
+    os.remove(tmp_path / "s2" / "rmt" / "test.json")
+    (tmp_path / "s2" / "rmt" / "test.json").write_text(result(1.0, 1.0, 1.0))
+    table = plot.seeds_table([str(tmp_path), str(tmp_path / "s2")]).splitlines()
+    assert table[2:] == ["| rmt | 1 | 1000 | 90.0% [59.6, 98.2] | 97.5% | 100.0% (6) | - | 50.0% (2) |",
+                         "| rmt | 2 | 1000 | 100.0% [72.2, 100.0] | 97.5% | - | - | - |"]
 
 
 def test_a_run_continued_from_another_is_drawn_from_where_it_branched():

@@ -12,13 +12,17 @@
 #   cd ../frozen_<sha> && for w in a b; do
 #     RUNS=/work/main/runs DATA=/work/main/data-bin nohup bash scripts/longdoc_matrix.sh $w \
 #       > /work/main/runs/longdoc_matrix_$w.out 2>&1 & done
+# Across machines: a finished run is committed to results/longdoc/matrix_<MAX_UPDATE>/<corpus>/runs/
+# (its logs, result.json, losses per document; no checkpoints: `longdoc_matrix.sh save`), and
+# each worker first copies those back under RUNS, so that a new machine skips them too.
+#   bash scripts/longdoc_matrix.sh save   # copy the finished runs under RUNS into results/ (then commit)
 # env: RUNS (where runs/longdoc_<corpus>_<MAX_UPDATE> go; default ./runs), DATA (the data-bins
 # code/ and prose/, scripts/prepare_longdoc.py; default ./data-bin), PY (default .venv/bin/python
 # of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 2400: the
 # calibrated budget, docs/longdoc.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKER=${1:?usage: longdoc_matrix.sh a|b}
+WORKER=${1:?usage: longdoc_matrix.sh a|b|save}
 RUNS=${RUNS:-runs}
 DATA=${DATA:-data-bin}
 PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
@@ -27,6 +31,28 @@ MAX_UPDATE=${MAX_UPDATE:-2400}
 export OMP_NUM_THREADS=1
 # a validation every 400 updates and a kept checkpoint every 800 (the curves per run, docs/longdoc.md)
 COMMON=(--doc-separator '<doc>' --max-update "$MAX_UPDATE" --validate-every 400 --keep-every 800)
+SAVED=results/longdoc/matrix_$MAX_UPDATE
+copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM with a result.json, no checkpoints
+    local from=$1 to=$2 run; shift 2
+    for run in "$from"/runs/*/; do
+        [[ -f $run/result.json ]] || continue
+        mkdir -p "$to/runs/$(basename "$run")"
+        find "$run" -maxdepth 1 -type f ! -name '*.pt' -exec cp -p "$@" {} "$to/runs/$(basename "$run")/" \;
+    done
+}
+if [[ $WORKER == save ]]; then
+    for corpus in code prose; do
+        [[ ! -d $RUNS/longdoc_${corpus}_$MAX_UPDATE/runs ]] || copy_finished "$RUNS/longdoc_${corpus}_$MAX_UPDATE" "$SAVED/$corpus"
+        for f in results.md results.json longdoc.png calibration.md calibration.json calibration.png; do
+            [[ ! -f $RUNS/longdoc_${corpus}_$MAX_UPDATE/$f ]] || cp -p "$RUNS/longdoc_${corpus}_$MAX_UPDATE/$f" "$SAVED/$corpus/"
+        done
+    done
+    echo "longdoc_matrix: finished runs copied to $SAVED (commit them)"
+    exit 0
+fi
+for corpus in code prose; do  # what earlier sessions finished (on another machine, maybe)
+    [[ ! -d $SAVED/$corpus/runs ]] || copy_finished "$SAVED/$corpus" "$RUNS/longdoc_${corpus}_$MAX_UPDATE" -n
+done
 case "$WORKER" in
     a) QUEUE=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
               "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
@@ -34,7 +60,7 @@ case "$WORKER" in
     b) QUEUE=("code context4x 1" "code rmt 1" "code tarm_gate 1"
               "code prefix 2" "code tarm_a0.5 2" "code context4x 2" "code no_memory 3" "code rmt 3"
               "code tarm_gate 3" "prose prefix 1" "prose context4x 1") ;;
-    *) echo "longdoc_matrix.sh: worker must be a or b, got '$WORKER'" >&2; exit 2 ;;
+    *) echo "longdoc_matrix.sh: worker must be a, b or save, got '$WORKER'" >&2; exit 2 ;;
 esac
 for job in "${QUEUE[@]}"; do
     read -r corpus setting seed <<< "$job"

@@ -19,7 +19,7 @@
 # env: RUNS (where runs/longdoc_<corpus>_<MAX_UPDATE> go; default ./runs), DATA (the data-bins
 # code/ and prose/, scripts/prepare_longdoc.py; default ./data-bin), PY (default .venv/bin/python
 # of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 2400: the
-# calibrated budget, docs/longdoc.md).
+# calibrated budget, docs/longdoc.md), SAVED (default results/longdoc/matrix_$MAX_UPDATE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKER=${1:?usage: longdoc_matrix.sh a|b|save}
@@ -31,7 +31,7 @@ MAX_UPDATE=${MAX_UPDATE:-2400}
 export OMP_NUM_THREADS=1
 # a validation every 400 updates and a kept checkpoint every 800 (the curves per run, docs/longdoc.md)
 COMMON=(--doc-separator '<doc>' --max-update "$MAX_UPDATE" --validate-every 400 --keep-every 800)
-SAVED=results/longdoc/matrix_$MAX_UPDATE
+SAVED=${SAVED:-results/longdoc/matrix_$MAX_UPDATE}
 copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM with a result.json, no checkpoints
     local from=$1 to=$2 run; shift 2
     for run in "$from"/runs/*/; do

@@ -82,3 +82,36 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: 
     # other flags with the same --out: refused, naming the file
     with pytest.raises(SystemExit, match="made with other settings"):
         longdoc.main([*argv, "--lr", "5e-4"])
+
+
+def test_matrix_saves_finished_runs_and_a_new_machine_restores_them(tmp_path):
+    """longdoc_matrix.sh save copies finished runs (no checkpoints, no unfinished run) to the
+    committed tree; a worker on a machine without them copies them back first (never over a
+    local file) and its longdoc.py calls then skip them."""
+    import subprocess
+
+    runs = tmp_path / "runs" / "longdoc_code_2400" / "runs"
+    for name, finished in (("rmt_s1", True), ("prefix_s1", False)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "train.log").write_text(f"{name} log\n")
+        (runs / name / "checkpoint_last.pt").write_text("weights")
+        if finished:
+            (runs / name / "result.json").write_text('{"setting": "rmt"}')
+            (runs / name / "docs_test.json").write_text('{"rows": []}')
+    (runs.parent / "results.md").write_text("table\n")
+    saved = tmp_path / "saved"
+    env = dict(os.environ, RUNS=str(tmp_path / "runs"), SAVED=str(saved), DATA=str(tmp_path / "no_data"))
+    script = os.path.join(ROOT, "scripts", "longdoc_matrix.sh")
+    subprocess.run(["bash", script, "save"], env=env, check=True, capture_output=True)
+    kept = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
+    assert kept == ["code/results.md", "code/runs/rmt_s1/docs_test.json", "code/runs/rmt_s1/result.json",
+                    "code/runs/rmt_s1/train.log"]
+    # a new machine: nothing under RUNS but one local file, which the restore leaves alone
+    fresh = tmp_path / "fresh"
+    (fresh / "longdoc_code_2400" / "runs" / "rmt_s1").mkdir(parents=True)
+    (fresh / "longdoc_code_2400" / "runs" / "rmt_s1" / "train.log").write_text("local\n")
+    p = subprocess.run(["bash", script, "a"], env=dict(env, RUNS=str(fresh)), check=True, capture_output=True, text=True)
+    assert "missing" in p.stdout  # no data-bin here: every job skipped with a line
+    restored = fresh / "longdoc_code_2400" / "runs"
+    assert sorted(p.name for p in (restored / "rmt_s1").iterdir()) == ["docs_test.json", "result.json", "train.log"]
+    assert (restored / "rmt_s1" / "train.log").read_text() == "local\n" and not (restored / "prefix_s1").exists()

@@ -211,13 +211,11 @@ def deep_loss(by_depth, deep=DEEP):
 
 def one_run(args, setting, seed):
     run_dir = os.path.join(args.out, "runs", f"{setting}_s{seed}")
-    result_path = os.path.join(run_dir, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
+    result = lab.load_result(run_dir)
+    if result is not None:
         if result.get("config") == config(args):
             return memory_horizon(args, run_dir, memory_ablation(args, run_dir, complete_test(args, run_dir, result)))
-        raise SystemExit(f"longdoc: {result_path} was made with other settings; use another --out")
+        raise SystemExit(f"longdoc: {run_dir}/result.json was made with other settings; use another --out")
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
     log_path = os.path.join(run_dir, "train.log")
@@ -513,8 +511,7 @@ def calibration_report(args):
             if u in curves[b] and u in curves[r]:
                 g = 100 * (1 - curves[r][u]["deep_ppl"] / curves[b][u]["deep_ppl"])
                 lines.append(f"- update {u}: {g:+.1f}% ({'met' if g >= 3 else 'not met'})")
-    with open(os.path.join(args.out, "calibration.json"), "w") as f:
-        json.dump({"eval_lm": curves, "train_valid_bits": train_curves}, f, indent=1)
+    lab.save_json(os.path.join(args.out, "calibration.json"), {"eval_lm": curves, "train_valid_bits": train_curves})
     with open(os.path.join(args.out, "calibration.md"), "w") as f:
         f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:])}\n\n" + "\n".join(lines) + "\n")
     plt = lab.pyplot()
@@ -607,17 +604,12 @@ def unigram_bits(args, split="test"):
 def finished_runs(args):
     """Every finished run under --out made with these flags (other invocations' settings
     and seeds too: several may run side by side, e.g. one thread each)."""
-    results = []
     runs = os.path.join(args.out, "runs")
-    for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
-        path = os.path.join(runs, name, "result.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                r = json.load(f)
-            if r.get("config") == config(args):
-                if not r["test"].get("by_position"):  # finished by an older longdoc.py: in the log?
-                    r["test"]["by_position"] = read_eval(os.path.join(runs, name, "eval_test.log"))["by_position"]
-                results.append(r)
+    results = [r for r in lab.results_under(runs) if r.get("config") == config(args)]
+    for r in results:
+        if not r["test"].get("by_position"):  # finished by an older longdoc.py: in the log?
+            log = os.path.join(runs, f"{r['setting']}_s{r['seed']}", "eval_test.log")
+            r["test"]["by_position"] = read_eval(log)["by_position"]
     return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
 
 
@@ -633,8 +625,7 @@ def main(argv=None):
                 one_run(args, setting, seed)
     results = finished_runs(args)
     args.settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    lab.save_json(os.path.join(args.out, "results.json"), results)
     table = markdown(results, args)
     unigram = unigram_bits(args)
     table += (f"\nA unigram model of the training split scores the test split at {unigram:.3f} bits/token "

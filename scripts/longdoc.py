@@ -213,7 +213,7 @@ def one_run(args, setting, seed):
     run_dir = os.path.join(args.out, "runs", f"{setting}_s{seed}")
     result = lab.load_result(run_dir)
     if result is not None:
-        if result.get("config") == config(args):
+        if made_with(result, args):
             return memory_horizon(args, run_dir, memory_ablation(args, run_dir, complete_test(args, run_dir, result)))
         raise SystemExit(f"longdoc: {run_dir}/result.json was made with other settings; use another --out")
     os.makedirs(run_dir, exist_ok=True)
@@ -242,6 +242,14 @@ def config(args):
     out = {k: getattr(args, k) for k in RUN_FLAGS}
     out.update({k: getattr(args, k) for k in CALIBRATION_FLAGS if getattr(args, k)})  # runs before them match
     return out
+
+
+def made_with(result, args):
+    """Whether a run's result was made with these flags. The data-bin counts by its name
+    (``code``), not its path: the same runs are read from another checkout or machine, and
+    by a path spelled otherwise (relative, absolute)."""
+    name = lambda c: dict(c, data=os.path.basename(os.path.normpath(c["data"])))  # noqa: E731
+    return "config" in result and name(result["config"]) == name(config(args))
 
 
 def markdown(results, args):
@@ -605,7 +613,7 @@ def finished_runs(args):
     """Every finished run under --out made with these flags (other invocations' settings
     and seeds too: several may run side by side, e.g. one thread each)."""
     runs = os.path.join(args.out, "runs")
-    results = [r for r in lab.results_under(runs) if r.get("config") == config(args)]
+    results = [r for r in lab.results_under(runs) if made_with(r, args)]
     for r in results:
         if not r["test"].get("by_position"):  # finished by an older longdoc.py: in the log?
             log = os.path.join(runs, f"{r['setting']}_s{r['seed']}", "eval_test.log")

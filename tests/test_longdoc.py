@@ -115,3 +115,18 @@ def test_matrix_saves_finished_runs_and_a_new_machine_restores_them(tmp_path):
     restored = fresh / "longdoc_code_2400" / "runs"
     assert sorted(p.name for p in (restored / "rmt_s1").iterdir()) == ["docs_test.json", "result.json", "train.log"]
     assert (restored / "rmt_s1" / "train.log").read_text() == "local\n" and not (restored / "prefix_s1").exists()
+
+
+def test_finished_runs_are_found_by_their_data_bins_name_not_its_path(tmp_path):
+    """A run made with DATA=/abs/path/code is read by an invocation with data-bin/code
+    (another checkout or machine); one made on another corpus or budget is not."""
+    (tmp_path / "data-bin" / "code").mkdir(parents=True)
+    (tmp_path / "data-bin" / "code" / "dict.txt").write_text("a 1\n")
+    args = longdoc.parse_args(["--data", str(tmp_path / "data-bin" / "code"), "--out", str(tmp_path / "out")])
+    for name, data, budget in (("rmt_s1", "/elsewhere/data-bin/code/", 1200), ("prefix_s1", "/x/prose", 1200),
+                               ("tarm_gate_s1", "/x/code", 2400)):
+        (tmp_path / "out" / "runs" / name).mkdir(parents=True)
+        config = dict(longdoc.config(args), data=data, max_update=budget)
+        (tmp_path / "out" / "runs" / name / "result.json").write_text(json.dumps(
+            {"setting": name[:-3], "seed": 1, "config": config, "test": {"by_position": [1]}}))
+    assert [r["setting"] for r in longdoc.finished_runs(args)] == ["rmt"]

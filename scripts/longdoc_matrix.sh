@@ -37,7 +37,7 @@ copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM wit
     for run in "$from"/runs/*/; do
         [[ -f $run/result.json ]] || continue
         mkdir -p "$to/runs/$(basename "$run")"
-        find "$run" -maxdepth 1 -type f ! -name '*.pt' -exec cp -p "$@" {} "$to/runs/$(basename "$run")/" \;
+        find "$run" -maxdepth 1 -type f ! -name '*.pt' ! -name tarm.lock -exec cp -p "$@" {} "$to/runs/$(basename "$run")/" \;
     done
 }
 if [[ $WORKER == save ]]; then

@@ -95,6 +95,7 @@ def test_matrix_saves_finished_runs_and_a_new_machine_restores_them(tmp_path):
         (runs / name).mkdir(parents=True)
         (runs / name / "train.log").write_text(f"{name} log\n")
         (runs / name / "checkpoint_last.pt").write_text("weights")
+        (runs / name / "tarm.lock").write_text("pid of the run")  # the save dir's lock stays behind
         if finished:
             (runs / name / "result.json").write_text('{"setting": "rmt"}')
             (runs / name / "docs_test.json").write_text('{"rows": []}')

@@ -62,9 +62,7 @@ def eval_cmd(args, run_dir):
                             "--segment-length", "32", batch_size=16, user_dir=args.user_dir)
 
 
-def parse_valid(log_path, key="valid_loss"):
-    """[(num_updates, value of ``key``)] of a fairseq JSON log's validation records."""
-    return lab.valid_curve(log_path, key)
+parse_valid = lab.valid_curve  # [(num_updates, validation loss)] of a fairseq JSON log
 
 
 def parse_rates(log_path, stat="rate"):

@@ -186,6 +186,12 @@ def accuracy_cell(by, key):
     return f"{100 * by[key]['accuracy']:.1f}% ({by[key]['samples']})" if key in by else "-"
 
 
+def setting_names(runs_dir):
+    """The run directories' names under a cpu_runs.sh OUT, in the canonical setting order."""
+    names = os.listdir(runs_dir) if os.path.isdir(runs_dir) else []
+    return sorted(names, key=lambda n: ((QUADRATIC_ORDER + [n]).index(n), n))
+
+
 def interval(test):
     """'[lo, hi]': the Wilson 95% interval of a test exact match, in %."""
     n = test["samples"]
@@ -200,15 +206,16 @@ def seeds_table(run_dirs):
     lines = ["| setting | seed | updates | test EM [95% interval] | best valid EM | two roots: x1 read in "
              + " | ".join(WHERE_X1) + " |", "|---|---|---|---|---|" + "---|" * len(WHERE_X1)]
     for seed, runs_dir in enumerate(run_dirs, 1):
-        for name in sorted(os.listdir(runs_dir), key=lambda n: ((QUADRATIC_ORDER + [n]).index(n), n)):
+        for name in setting_names(runs_dir):
             run_dir = os.path.join(runs_dir, name)
             test = read_test(os.path.join(run_dir, "test.json"))
             if test is None or not os.path.isfile(os.path.join(run_dir, "train.log")):
                 continue
             curve = valid_accuracy(os.path.join(run_dir, "train.log"))
             x1 = test.get("two_roots_by_x1_segment", {})
+            best = f"{max(a for _, a in curve):.1f}%" if curve else "-"
             lines.append(f"| {name} | {seed} | {curve[-1][0] if curve else '-'} | {100 * test['accuracy']:.1f}% "
-                         f"{interval(test)} | {max(a for _, a in curve):.1f}% | "
+                         f"{interval(test)} | {best} | "
                          + " | ".join(accuracy_cell(x1, w) for w in WHERE_X1) + " |")
     return "\n".join(lines)
 
@@ -283,8 +290,7 @@ def unshared_curves(runs):
 
 def plot_quadratic(args):
     runs = {}
-    names = sorted(os.listdir(args.runs), key=lambda n: ((QUADRATIC_ORDER + [n]).index(n), n)) if os.path.isdir(args.runs) else []
-    for name in names:
+    for name in setting_names(args.runs):
         log = os.path.join(args.runs, name, "train.log")
         if not os.path.isfile(log):
             continue

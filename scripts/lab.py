@@ -24,6 +24,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = os.path.join(ROOT, "tarm_plugin")
@@ -111,10 +112,16 @@ def read_json(path):
 
 
 def save_json(path, obj):
-    """Written aside and moved in: a kill leaves the old file or the new one, never half."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+    """Written aside and moved in: a kill leaves the old file or the new one, never half. The
+    aside file is this writer's own: two matrix workers report into one results.json."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def load_result(run_dir):

@@ -4,6 +4,7 @@ settings registry and the report helpers that every experiment script shares."""
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -83,4 +84,14 @@ def test_a_failed_command_stops_with_its_log(tmp_path):
         lab.run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], str(log), who="longdoc")
     assert log.read_text().startswith("$ ") and "boom" in log.read_text()
     lab.save_json(str(tmp_path / "r.json"), {"a": 1})
-    assert lab.read_json(str(tmp_path / "r.json")) == {"a": 1} and not os.path.exists(tmp_path / "r.json.tmp")
+    assert lab.read_json(str(tmp_path / "r.json")) == {"a": 1} and sorted(os.listdir(tmp_path)) == ["r.json", "x.log"]
+
+
+def test_two_writers_of_one_json_never_collide(tmp_path):
+    # the two matrix workers report into one results.json: a shared aside name made one's move fail
+    path = str(tmp_path / "results.json")
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(lab.__file__)!r}); import lab\n" \
+           f"for i in range(300): lab.save_json({path!r}, {{'i': i}})"
+    writers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    assert [w.wait() for w in writers] == [0, 0]
+    assert lab.read_json(path) == {"i": 299} and os.listdir(tmp_path) == ["results.json"]

@@ -28,27 +28,25 @@ exists is skipped. Writes under --out:
       segment, --eval-reset-memory: what the carried memory adds)
   results.json, results.md (tables of every finished run under --out, mean +- std over
                             seeds: by depth, gains, by position within the segment, the
-                            memory ablation, the checks), longdoc.png
+                            memory ablation, the checks), longdoc.png: scripts/longdoc_report.py
 
 Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --out runs/longdoc_code
            [--settings no_memory rmt ...] [--seeds 1 2 3] [--max-update 1200]
 """
 
 import argparse
-import json
 import os
 import re
-import statistics
 import sys
 import time
 
 import lab
-from lab import cell
+import longdoc_report
+from longdoc_report import deep_loss
 
 ROOT = lab.ROOT
 SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "prefix", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", "assoc")}
 SETTINGS["context4x"] = lab.SETTINGS["no_memory"]  # m = 0, one segment of 4L per sample
-DEEP = 8  # "deep" tokens: 8 or more segments into their document
 RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_size", "layers", "dim",
              "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")
 CALIBRATION_FLAGS = ("validate_every", "keep_every")
@@ -202,13 +200,6 @@ def run_logged(cmd, log_path, mode="a"):
 read_eval, save_result = lab.read_eval_lm, lab.save_result
 
 
-def deep_loss(by_depth, deep=DEEP):
-    """(tokens, loss in bits) over the buckets that start at depth >= deep."""
-    rows = [r for r in by_depth if int(r["depth"].split("-")[0]) >= deep]
-    n = sum(r["tokens"] for r in rows)
-    return n, (sum(r["tokens"] * r["loss_bits"] for r in rows) / n if n else float("nan"))
-
-
 def one_run(args, setting, seed):
     run_dir = os.path.join(args.out, "runs", f"{setting}_s{seed}")
     result = lab.load_result(run_dir)
@@ -252,224 +243,10 @@ def made_with(result, args):
     return "config" in result and name(result["config"]) == name(config(args))
 
 
-def markdown(results, args):
-    by = {}
-    for r in results:
-        by.setdefault(r["setting"], []).append(r)
-    settings = [s for s in args.settings if s in by]
-    depths = []
-    for r in results:
-        for row in r["test"]["by_depth"]:
-            if row["depth"] not in depths:
-                depths.append(row["depth"])
-    depths.sort(key=lambda d: int(d.split("-")[0]))
-    seeds = sorted({r["seed"] for r in results})
-    out = [f"Test perplexity by depth into the document (units of {args.segment_length} tokens = one "
-           f"segment of L); mean +- std over seeds {', '.join(map(str, seeds))} where more than one ran.", ""]
-    out.append("| setting | seeds | all tokens | depth >= 8 | " + " | ".join(depths) + " |")
-    out.append("|---" * (4 + len(depths)) + "|")
-    for s in settings:
-        rs = by[s]
-        row = [s, ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"])),
-               cell([r["test"]["ppl"] for r in rs]), cell([r["deep_ppl"] for r in rs])]
-        for d in depths:
-            vals = [2 ** x["loss_bits"] for r in rs for x in r["test"]["by_depth"] if x["depth"] == d]
-            row.append(cell(vals, 1))
-        out.append("| " + " | ".join(row) + " |")
-    base = {r["seed"]: r for r in by.get("no_memory", [])}
-    ref = {r["seed"]: r for r in by.get("context4x", [])}
-    if base:
-        out += ["", "Gain at depth >= 8 segments against no memory, per seed (perplexity, % lower), and the "
-                "share of the 4x-context reference's gain there that the setting recovers:", "",
-                "| setting | " + " | ".join(f"seed {s}: gain" for s in seeds) + " | share of 4x gain (per seed) |",
-                "|---" * (2 + len(seeds)) + "|"]
-        for s in settings:
-            if s == "no_memory":
-                continue
-            gains, shares = [], []
-            for seed in seeds:
-                r = next((x for x in by[s] if x["seed"] == seed), None)
-                if r is None or seed not in base:
-                    gains.append("-")
-                    continue
-                b = base[seed]["deep_ppl"]
-                gains.append(f"{100 * (b - r['deep_ppl']) / b:.1f}%")
-                if seed in ref and s != "context4x":
-                    full = b - ref[seed]["deep_ppl"]
-                    shares.append(f"{(b - r['deep_ppl']) / full:.2f}" if full > 0 else "n/a")
-            out.append(f"| {s} | " + " | ".join(gains) + f" | {', '.join(shares) or '-'} |")
-    with_spans = [s for s in settings if s != "context4x" and all(r["test"].get("by_position") for r in by[s])]
-    if "no_memory" in with_spans and len(with_spans) > 1:
-        labels = [x["positions"] for x in by["no_memory"][0]["test"]["by_position"]]
-        out += ["", f"Test loss (bits) by position within the segment of {args.segment_length} tokens, "
-                "all depths; mean over seeds (the first positions have the least context inside the "
-                "segment):", "", "| setting | " + " | ".join(labels) + " |", "|---" * (1 + len(labels)) + "|"]
-        for s in with_spans:
-            cells = [cell([x["loss_bits"] for r in by[s] for x in r["test"]["by_position"] if x["positions"] == p], 3)
-                     for p in labels]
-            out.append(f"| {s} | " + " | ".join(cells) + " |")
-    ablated = [s for s in settings if any("test_reset_memory" in r for r in by[s])]
-    if ablated:
-        out += ["", "What the carried memory adds: test perplexity with the memory carried from segment to "
-                "segment (as trained) and with E_0 read at every segment (`--eval-reset-memory`), the same "
-                "checkpoints; mean over seeds:", "",
-                "| setting | seeds | all: carried | all: E_0 each segment | depth >= 8: carried | "
-                "depth >= 8: E_0 each segment | depth >= 8: % lower carried |", "|---|---|---|---|---|---|---|"]
-        for s in ablated:
-            rs = [r for r in by[s] if "test_reset_memory" in r]
-            carried, reset = [r["deep_ppl"] for r in rs], [r["test_reset_memory"]["deep_ppl"] for r in rs]
-            gain = [100 * (b - a) / b for a, b in zip(carried, reset)]
-            out.append(f"| {s} | {','.join(str(r['seed']) for r in rs)} | {cell([r['test']['ppl'] for r in rs])} | "
-                       f"{cell([r['test_reset_memory']['ppl'] for r in rs])} | {cell(carried)} | {cell(reset)} | "
-                       f"{cell(gain, 1)}% |")
-    out += long_context_tables(results, args)
-    out += ["", "Checks: eval-lm's validation loss against fairseq-train's last validation (bits):", "",
-            "| run | eval-lm valid | fairseq-train valid | test tokens scored |", "|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: (args.settings.index(r["setting"]), r["seed"])):
-        out.append(f"| {r['setting']}_s{r['seed']} | {r['valid_eval_lm_bits']:.4f} | "
-                   f"{r['valid_fairseq_train_bits']} | {r['test']['tokens']:,} |")
-    return "\n".join(out) + "\n"
-
-
-def document_sums(run_dir, deep=DEEP, cls=None):
-    """{document: (tokens, nll in nats)} of a run's test tokens at depth >= ``deep`` (units of
-    L), of token class ``cls`` if given (0 local, 1 far, 2 new), from docs_test.json."""
-    path = os.path.join(run_dir, "docs_test.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        rows = json.load(f)["rows"]
-    out = {}
-    for doc, depth, c, n, nll in rows:
-        if depth >= deep and (cls is None or c == cls):
-            t, s = out.get(doc, (0, 0.0))
-            out[doc] = (t + n, s + nll)
-    return out
-
-
-def long_context_tables(results, args):
-    """Gains with 95% bootstrap intervals over test documents (against no memory and the
-    prefix control, at depth >= 8 and on far tokens), the token classes, the memory horizon,
-    the seed's question by the separation rule, and the issue's targets."""
-    by = {}
-    for r in results:
-        by.setdefault(r["setting"], {})[r["seed"]] = r
-    dirs = {(r["setting"], r["seed"]): os.path.join(args.out, "runs", f"{r['setting']}_s{r['seed']}") for r in results}
-    out = []
-    seeds = sorted({r["seed"] for r in results})
-    for title, kw in (("depth >= 8 (all token classes)", {}), ("far tokens (all depths)", {"deep": 0, "cls": 1})):
-        for base in ("no_memory", "prefix"):
-            if base not in by:
-                continue
-            rows = []
-            for s in [x for x in by if x != base]:
-                cells = []
-                for seed in seeds:
-                    if seed not in by[s] or seed not in by[base]:
-                        cells.append("-")
-                        continue
-                    a, b = document_sums(dirs[(s, seed)], **kw), document_sums(dirs[(base, seed)], **kw)
-                    if a is None or b is None:
-                        cells.append("-")
-                        continue
-                    g, lo, hi = lab.bootstrap_gain(a, b, args.bootstrap)
-                    cells.append(f"{g:.1f}% [{lo:.1f}, {hi:.1f}]")
-                rows.append(f"| {s} | " + " | ".join(cells) + " |")
-            out += ["", f"Gain over {base} on {title}: % lower test perplexity, 95% interval from "
-                    f"{args.bootstrap} bootstrap resamples of the test documents (paired), per seed:", "",
-                    "| setting | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---" * (1 + len(seeds)) + "|",
-                    *rows]
-    classed = [s for s in by if all(r["test"].get("by_class") for r in by[s].values())]
-    if classed:
-        names = ("local", "far", "new")
-        ref = next(iter(by[classed[0]].values()))["test"]["by_class"]
-        out += ["", f"Test perplexity by token class (local: among the {args.segment_length} tokens before it; "
-                "far: earlier in its document, not within them; new: first occurrence; the same tokens for "
-                "every setting); mean +- std over seeds. Tokens: " +
-                ", ".join(f"{c} {ref[c]['tokens']:,}" for c in names if c in ref) + ".", "",
-                "| setting | seeds | " + " | ".join(names) + " |", "|---|---|---|---|---|"]
-        for s in classed:
-            rs = list(by[s].values())
-            out.append(f"| {s} | {','.join(str(x) for x in sorted(by[s]))} | " + " | ".join(
-                cell([2 ** r["test"]["by_class"][c]["loss_bits"] for r in rs if c in r["test"]["by_class"]])
-                for c in names) + " |")
-    with_h = [s for s in by if any(r.get("horizon") for r in by[s].values())]
-    if with_h:
-        ks = args.horizons
-        out += ["", f"Memory horizon: test perplexity at depth >= {DEEP} on the horizon subset (test documents of "
-                f"{args.horizon_docs[0]}-{args.horizon_docs[1]} segments), the memory built from E_0 over only the "
-                "K segments before each scored one (`--eval-memory-horizon K`), and carried as trained; "
-                "mean over seeds:", "",
-                "| setting | seeds | " + " | ".join(f"K = {k}" for k in ks) + " | carried |",
-                "|---" * (3 + len(ks)) + "|"]
-        for s in with_h:
-            rs = [r for r in by[s].values() if r.get("horizon")]
-            cells = [cell([2 ** deep_loss(r["horizon"]["K"][str(k)]["by_depth"])[1] for r in rs
-                           if str(k) in r["horizon"]["K"]]) for k in ks]
-            carried = cell([2 ** deep_loss(r["horizon"]["carried"]["by_depth"])[1] for r in rs])
-            out.append(f"| {s} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) + f" | {carried} |")
-    if "rmt" in by and any(s in by for s in ("tarm_a0.5", "tarm_a0.2", "tarm_gate")):
-        out += ["", "The seed's question at depth >= 8 (test perplexity per seed; the separation rule of "
-                "`docs/results.md`):", "", "| setting | per seed | rmt per seed | against rmt |", "|---|---|---|---|"]
-        rmt = {seed: r["deep_ppl"] for seed, r in by["rmt"].items()}
-        for s in ("tarm_a0.5", "tarm_a0.2", "tarm_gate"):
-            if s in by:
-                mine = {seed: r["deep_ppl"] for seed, r in by[s].items()}
-                verdict = lab.separation(mine, rmt)
-                if verdict == "not separated" and lab.separation(rmt, mine) != "not separated":
-                    verdict = "rmt " + lab.separation(rmt, mine)
-                out.append(f"| {s} | {', '.join(f'{mine[x]:.2f}' for x in sorted(mine))} | "
-                           f"{', '.join(f'{rmt[x]:.2f}' for x in sorted(rmt) if x in mine)} | {verdict} |")
-    return out
-
-
-def figure(results, args, path):
-    """Loss by depth per setting (mean over seeds), the same against no memory, and the
-    loss against no memory by position within the segment."""
-    plt = lab.pyplot()
-
-    def mean_by(rs, table, key):
-        labels = [x[key] for x in rs[0]["test"][table]]
-        return labels, [statistics.mean(x["loss_bits"] for r in rs for x in r["test"][table] if x[key] == k)
-                        for k in labels]
-
-    by = {s: [r for r in results if r["setting"] == s] for s in args.settings}
-    by = {s: rs for s, rs in by.items() if rs}
-    fig, (ax, diff, pos) = plt.subplots(3, 1, figsize=(7, 10), gridspec_kw={"height_ratios": [3, 2, 2]})
-    base = mean_by(by["no_memory"], "by_depth", "depth")[1] if "no_memory" in by else None
-    base_pos = (mean_by(by["no_memory"], "by_position", "positions")[1]
-                if "no_memory" in by and all(r["test"].get("by_position") for r in by["no_memory"]) else None)
-    for s, rs in by.items():
-        depths, mean = mean_by(rs, "by_depth", "depth")
-        xs = list(range(len(depths)))
-        ax.plot(xs, mean, marker="o", label=f"{s} (n={len(rs)})")
-        if base is not None and len(base) == len(mean):
-            diff.plot(xs, [m - b for m, b in zip(mean, base)], marker="o", label=s)
-        if base_pos is not None and s != "context4x" and all(r["test"].get("by_position") for r in rs):
-            spans, mean_pos = mean_by(rs, "by_position", "positions")
-            pos.plot(range(len(spans)), [m - b for m, b in zip(mean_pos, base_pos)], marker="o", label=s)
-            pos.set_xticks(range(len(spans)), spans)
-    for a in (ax, diff):
-        a.set_xticks(xs, depths, rotation=45)
-        a.grid(alpha=0.3)
-    ax.set_ylabel("test loss (bits/token)")
-    ax.set_title(f"{os.path.basename(os.path.normpath(args.data))}: loss by depth into the document")
-    ax.legend(fontsize=8)
-    diff.axhline(0, color="gray", lw=0.8)
-    diff.set_ylabel("minus no memory (bits)")
-    diff.set_xlabel(f"depth into the document (segments of {args.segment_length} tokens)")
-    pos.axhline(0, color="gray", lw=0.8)
-    pos.set_ylabel("minus no memory (bits)")
-    pos.set_xlabel(f"position within the segment of {args.segment_length} tokens (all depths)")
-    pos.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def calibration_report(args):
     """The budget's calibration: every run under --out with kept checkpoints (--keep-every),
-    each kept checkpoint scored on the validation split by depth (eval-lm), beside
-    fairseq-train's validation by update. Writes calibration.md and calibration.png."""
+    each kept checkpoint scored on the validation split by depth (eval-lm, once), beside
+    fairseq-train's validation by update. Writes calibration.md, .json and .png."""
     runs = os.path.join(args.out, "runs")
     curves, train_curves = {}, {}
     for name in sorted(os.listdir(runs)):
@@ -478,68 +255,16 @@ def calibration_report(args):
                       for m in [re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", f)] if m)
         if not kept:
             continue
-        train_valid = dict(lab.valid_curve(os.path.join(run_dir, "train.log")))
-        train_curves[name] = train_valid
-        points = {}
+        train_curves[name] = train_valid = dict(lab.valid_curve(os.path.join(run_dir, "train.log")))
+        curves[name] = {}
         for update, ckpt in kept:
             path = os.path.join(run_dir, f"eval_valid_{update}.log")
             if not os.path.exists(path) or "Loss (base 2)" not in open(path).read():
                 run_logged(eval_cmd(args, run_dir, "valid", checkpoint=ckpt), path, mode="w")
             ev = read_eval(path)
-            points[update] = {"valid_bits": ev["loss_bits"], "deep_ppl": 2 ** deep_loss(ev["by_depth"])[1],
-                              "train_valid_bits": train_valid.get(update)}
-        curves[name] = points
-    names = sorted(curves)
-    updates = sorted({u for c in curves.values() for u in c})
-    validated = sorted({u for v in train_curves.values() for u in v})
-    lines = ["fairseq-train's validation loss (bits/token, all tokens) at every update it validated:", "",
-             "| update | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
-    lines += [f"| {u} | " + " | ".join(f"{train_curves[n][u]:.3f}" if u in train_curves[n] else "-"
-                                      for n in names) + " |" for u in validated]
-    lines += ["", "Validation by update: eval-lm's loss (bits, all tokens) and perplexity at depth >= 8 of each kept "
-             "checkpoint (fairseq-train's own validation loss in brackets where it validated there).", "",
-             "| update | " + " | ".join(f"{n}: bits | {n}: depth >= 8" for n in names) + " |",
-             "|---" * (1 + 2 * len(names)) + "|"]
-    for u in updates:
-        cells = []
-        for n in names:
-            pnt = curves[n].get(u)
-            if pnt is None:
-                cells += ["-", "-"]
-                continue
-            tv = f" ({pnt['train_valid_bits']:.3f})" if pnt["train_valid_bits"] is not None else ""
-            cells += [f"{pnt['valid_bits']:.4f}{tv}", f"{pnt['deep_ppl']:.2f}"]
-        lines.append(f"| {u} | " + " | ".join(cells) + " |")
-    pairs = [(b, r) for b in names if b.startswith("no_memory_") for r in names
-             if r.startswith("context4x_") and r.split("_s")[-1] == b.split("_s")[-1]]
-    for b, r in pairs:
-        lines += ["", f"{r} against {b} at depth >= 8 on validation (% lower perplexity; the calibration "
-                  "condition is >= 3%):", ""]
-        for u in updates:
-            if u in curves[b] and u in curves[r]:
-                g = 100 * (1 - curves[r][u]["deep_ppl"] / curves[b][u]["deep_ppl"])
-                lines.append(f"- update {u}: {g:+.1f}% ({'met' if g >= 3 else 'not met'})")
-    lab.save_json(os.path.join(args.out, "calibration.json"), {"eval_lm": curves, "train_valid_bits": train_curves})
-    with open(os.path.join(args.out, "calibration.md"), "w") as f:
-        f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:])}\n\n" + "\n".join(lines) + "\n")
-    plt = lab.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, n in enumerate(names):
-        us = sorted(curves[n])
-        a1.plot(us, [curves[n][u]["valid_bits"] for u in us], marker="o", color=f"C{i}", label=f"{n} (eval-lm)")
-        tv = sorted(train_curves[n])
-        a1.plot(tv, [train_curves[n][u] for u in tv], ls="--", color=f"C{i}", alpha=0.6,
-                label=f"{n} (fairseq-train)")
-        a2.plot(us, [curves[n][u]["deep_ppl"] for u in us], marker="o", color=f"C{i}", label=n)
-    a1.set_ylabel("validation loss (bits/token)")
-    a2.set_ylabel(f"validation perplexity, depth >= {DEEP}")
-    for a in (a1, a2):
-        a.set_xlabel("update")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "calibration.png"), dpi=120)
-    print("\n".join(lines))
+            curves[name][update] = {"valid_bits": ev["loss_bits"], "deep_ppl": 2 ** deep_loss(ev["by_depth"])[1],
+                                    "train_valid_bits": train_valid.get(update)}
+    print("\n".join(longdoc_report.calibration(curves, train_curves, args.out, command())))
 
 
 def parse_args(argv=None):
@@ -587,28 +312,6 @@ def parse_args(argv=None):
     return args
 
 
-def unigram_bits(args, split="test"):
-    """Cross-entropy (bits/token) of the split's document tokens under the training
-    split's unigram distribution (counts + 1): the loss a model stuck at its
-    unigram stage would have."""
-    import numpy as np
-    from fairseq.data import Dictionary, data_utils
-
-    sys.path.insert(0, ROOT)
-    from tarm_plugin.datasets import document_spans, split_tokens
-
-    d = Dictionary.load(os.path.join(args.data, "dict.txt"))
-    sep = d.index(args.doc_separator) if args.doc_separator else None
-
-    def tokens(name):
-        data = data_utils.load_indexed_dataset(os.path.join(args.data, name), d)
-        t = split_tokens(data)
-        return np.concatenate([t[a:b] for a, b in document_spans(data, d.eos(), sep)])
-
-    counts = np.bincount(tokens("train"), minlength=len(d)).astype(np.float64) + 1
-    return float(-np.log2(counts[tokens(split)] / counts.sum()).mean())
-
-
 def finished_runs(args):
     """Every finished run under --out made with these flags (other invocations' settings
     and seeds too: several may run side by side, e.g. one thread each)."""
@@ -619,6 +322,10 @@ def finished_runs(args):
             log = os.path.join(runs, f"{r['setting']}_s{r['seed']}", "eval_test.log")
             r["test"]["by_position"] = read_eval(log)["by_position"]
     return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
+
+
+def command(argv=None):
+    return f"python scripts/longdoc.py {' '.join(sys.argv[1:] if argv is None else argv)}"
 
 
 def main(argv=None):
@@ -633,17 +340,7 @@ def main(argv=None):
                 one_run(args, setting, seed)
     results = finished_runs(args)
     args.settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
-    lab.save_json(os.path.join(args.out, "results.json"), results)
-    table = markdown(results, args)
-    unigram = unigram_bits(args)
-    table += (f"\nA unigram model of the training split scores the test split at {unigram:.3f} bits/token "
-              f"(perplexity {2 ** unigram:.1f}).\n")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"Command: python scripts/longdoc.py {' '.join(sys.argv[1:] if argv is None else argv)}\n\n")
-        f.write(table)
-    if results:
-        figure(results, args, os.path.join(args.out, "longdoc.png"))
-    print(table)
+    print(longdoc_report.write(results, args, command(argv)))
 
 
 if __name__ == "__main__":

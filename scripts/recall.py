@@ -30,8 +30,10 @@ Experiments (each run: one setting, one seed, one training data spec):
              until the validation per-fact accuracy reaches --curriculum-threshold or the
              stage has used --stage-updates; after the last stage, test at --curriculum-test
 
-Runs whose result.json exists are skipped (resume; a curriculum stage with a stage.json
-is not redone, one cut short continues from its last chunk). Writes under --out:
+The samples are made by scripts/recall_data.py, the tables and figure by
+scripts/recall_report.py. Runs whose result.json exists are skipped (resume; a curriculum
+stage with a stage.json is not redone, one cut short continues from its last chunk;
+--report-only trains nothing). Writes under --out:
   data/D<spec>_P<P>/        the generated text and its fairseq-preprocess'd data-bin
   runs/<setting>_D<spec>_P<P>_s<seed>/train.log, result.json, checkpoint_last.pt
   runs/curriculum_<setting>_C<stages>_P<P>_s<seed>/result.json, stage<s>/ (a fairseq save
@@ -44,15 +46,13 @@ Usage: python scripts/recall.py --out runs/recall [--experiment distance capacit
 
 import argparse
 import os
-import random
-import shutil
-import statistics
-import subprocess
 import sys
 import time
 
 import lab
-from lab import load_checkpoint, read_json, save_json, tool
+import recall_report
+from lab import load_checkpoint, read_json, save_json
+from recall_data import build_data, row_answer_positions, spec_name
 
 MEM = ["--memory-write-input", "memory"]
 SETTINGS = {  # name: model flags (every other flag is shared); the token memories write what they read
@@ -71,119 +71,7 @@ RUN_FLAGS = ("segment_length", "keys", "values", "filler", "train_samples", "tes
              "memory_tokens", "layers", "dim", "batch_size", "max_update", "lr", "warmup", "extra_model_args")
 
 
-# ----------------------------------------------------------------------- data
-def make_sample(rng: random.Random, n_facts: int, distance: int, L: int, n_keys: int,
-                n_values: int, n_filler: int):
-    """One sample as a token list (fairseq-preprocess appends </s>)."""
-    if 2 * n_facts + 1 > L:
-        raise ValueError(f"{n_facts} facts need 2P+1 = {2 * n_facts + 1} tokens, more than --segment-length {L}")
-    if n_facts > n_keys:
-        raise ValueError(f"{n_facts} facts need at least as many distinct keys")
-    keys = rng.sample(range(n_keys), n_facts)
-    # values drawn independently: with distinct values the last answer would follow by
-    # elimination, and a model that only remembered the set of values would look good
-    values = [rng.randrange(n_values) for _ in range(n_facts)]
-    filler = lambda n: [f"f{rng.randrange(n_filler)}" for _ in range(n)]  # noqa: E731
-    facts = [t for k, v in zip(keys, values) for t in (f"k{k}", f"v{v}")]
-    order = rng.sample(range(n_facts), n_facts)
-    question = [t for i in order for t in (f"k{keys[i]}", f"v{values[i]}")]
-    return facts + filler(L - len(facts)) + filler(distance * L) + question
-
-
-def answer_positions(n_facts: int, distance: int, L: int):
-    """Indices of the values in a sample's token list (= in the task's target row)."""
-    start = (distance + 1) * L
-    return [start + 2 * i + 1 for i in range(n_facts)]
-
-
-def row_answer_positions(lengths, n_facts: int):
-    """[B, P] indices of the values in each row, from the row's length in tokens (with its
-    </s>): the question is every row's last 2P + 1 tokens, whatever its distance D."""
-    import torch
-
-    first_key = lengths.long() - 2 * n_facts - 1
-    return first_key[:, None] + 1 + 2 * torch.arange(n_facts)
-
-
-def symbols(n_keys, n_values, n_filler):
-    return ([f"k{i}" for i in range(n_keys)] + [f"v{i}" for i in range(n_values)]
-            + [f"f{i}" for i in range(n_filler)])
-
-
-def spec_name(distances):
-    return "-".join(str(d) for d in distances)
-
-
-def build_data(args, train_distances, n_facts, test_distances, name=None, valid_samples=64):
-    """Generate and fairseq-preprocess one data-bin; returns (dir, {test D: split name}).
-
-    Train and valid samples cycle through ``train_distances`` (equal shares; the task
-    shuffles them). ``name`` (default ``D<spec>_P<P>``) names the directory and seeds the
-    data. Every data-bin uses the same dict.txt (all symbols), so a checkpoint loads on any
-    of them."""
-    out = os.path.join(args.out, "data", name or f"D{spec_name(train_distances)}_P{n_facts}")
-    splits = {d: "test" if i == 0 else f"test{i}" for i, d in enumerate(test_distances)}
-
-    def built(path):
-        meta_path = os.path.join(path, "recall.json")
-        if not os.path.exists(meta_path):
-            return False
-        meta = read_json(meta_path)
-        return meta["test_distances"] == list(test_distances) and meta.get("valid_samples", 64) == valid_samples
-
-    if built(out):
-        return out, splits
-    # built aside and moved in when complete: two invocations sharing --out (one per core)
-    # may build the same data-bin at once, and neither sees a half-built one
-    tmp = f"{out}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    raw = os.path.join(tmp, "raw")
-    os.makedirs(raw)
-    seed = (hash_seed(args.data_seed, spec_name(train_distances), n_facts) if name is None
-            else hash_seed(args.data_seed, name))
-    rng = random.Random(seed)
-    gen = lambda d: make_sample(rng, n_facts, d, args.segment_length, args.keys,  # noqa: E731
-                                args.values, args.filler)
-
-    def write(name, lines):
-        path = os.path.join(raw, name)
-        with open(path, "w") as f:
-            f.writelines(" ".join(x) + "\n" for x in lines)
-        return path
-
-    train = write("train.txt", [gen(train_distances[i % len(train_distances)]) for i in range(args.train_samples)])
-    valid = write("valid.txt", [gen(train_distances[i % len(train_distances)]) for i in range(valid_samples)])
-    tests = [write(f"test_D{d}.txt", [gen(d) for _ in range(args.test_samples)]) for d in test_distances]
-    dict_path = os.path.join(raw, "dict.txt")
-    with open(dict_path, "w") as f:
-        f.writelines(f"{s} 1\n" for s in symbols(args.keys, args.values, args.filler))
-    cmd = [tool("fairseq-preprocess"), "--only-source", "--srcdict", dict_path, "--trainpref", train,
-           "--validpref", valid, "--testpref", ",".join(tests), "--destdir", tmp, "--workers", "1"]
-    with open(os.path.join(tmp, "preprocess.log"), "w") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=child_env())
-    save_json(os.path.join(tmp, "recall.json"),
-              {"train_distances": list(train_distances), "facts": n_facts, "seed": seed,
-               "test_distances": list(test_distances), "splits": {str(k): v for k, v in splits.items()},
-               "valid_samples": valid_samples})
-    if built(out):  # the other invocation was first: the same data (same seed)
-        shutil.rmtree(tmp)
-    else:
-        shutil.rmtree(out, ignore_errors=True)  # other test distances, or an interrupted build
-        os.rename(tmp, out)
-    return out, splits
-
-
-def hash_seed(*parts):
-    import hashlib
-
-    return int(hashlib.md5(repr(parts).encode()).hexdigest()[:8], 16)
-
-
 # ------------------------------------------------------------------- training
-def child_env():
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-
-
 def train_cmd(args, data_dir, run_dir, setting, seed, loss_start=None, loss_last=None, max_update=None,
               extra=()):
     """The fairseq-train command of one run: scoring from segment ``loss_start`` on and/or each
@@ -425,163 +313,6 @@ def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
     return result, True
 
 
-# ------------------------------------------------------------------- report
-def cell(values, digits=1, scale=100.0):
-    """'mean +- std' of a metric over seeds in %; one seed: 'mean (n=1)'; none: ''."""
-    return lab.cell(values, digits, scale, single=" (n=1)") if values else ""
-
-
-def collect(results, exp, args):
-    """{setting: {column: [per-seed result dict at that column]}} for one experiment."""
-    table = {}
-    for r in results:
-        if (r.get("experiment") == "curriculum") != (exp == "curriculum"):
-            continue
-        train, p = tuple(r["train_distances"]), r["facts"]
-        if exp == "curriculum" and p == args.facts:
-            cols = {int(d): v for d, v in r["test"].items() if int(d) in args.curriculum_test}
-        elif exp == "distance" and len(train) == 1 and p == args.facts and train[0] in args.distances:
-            cols = {train[0]: r["test"][str(train[0])]}
-        elif exp == "capacity" and train == (args.capacity_distance,) and p in args.capacity_facts:
-            cols = {p: r["test"][str(args.capacity_distance)]}
-        elif exp == "lengthgen" and train == tuple(args.lengthgen_train) and p == args.facts:
-            cols = {int(d): v for d, v in r["test"].items()}
-        else:
-            continue
-        for col, v in cols.items():
-            table.setdefault(r["setting"], {}).setdefault(col, []).append(v)
-    return table
-
-
-TITLES = {"distance": ("train and test at distance D", "D"),
-          "capacity": ("facts P at fixed m", "P"),
-          "lengthgen": ("trained on D in {train}, tested at D", "D"),
-          "curriculum": ("stages {stages}: stage s trains on D uniform over 1..s until {threshold:g}% "
-                         "validation per-fact accuracy or {budget} updates; tested at D after the last", "D")}
-
-
-def title_of(exp, args):
-    title, _ = TITLES[exp]
-    return title.format(train=",".join(map(str, args.lengthgen_train)), stages=",".join(map(str, args.curriculum)),
-                        threshold=args.curriculum_threshold, budget=args.stage_updates)
-
-
-def markdown(results, args):
-    chance = 100.0 / args.values
-    out = []
-    for exp in args.experiment:
-        table = collect(results, exp, args)
-        if not table:
-            continue
-        title, col = title_of(exp, args), TITLES[exp][1]
-        cols = sorted({c for row in table.values() for c in row})
-        for metric, name in (("fact_acc", "per-fact accuracy %"), ("all_acc", "all facts right %"),
-                             ("p_right", "mean p(right value) %")):
-            out.append(f"### {exp}: {name} ({title}; chance {chance:.1f}% per fact)\n")
-            out.append("| setting | " + " | ".join(f"{col}={c}" for c in cols) + " |")
-            out.append("|---|" + "---|" * len(cols))
-            for s in SETTINGS:
-                if s in table:
-                    row = table[s]
-                    out.append(f"| {s} | " + " | ".join(cell([v[metric] for v in row.get(c, [])]) for c in cols) + " |")
-            out.append("")
-        if exp == "curriculum":
-            out += curriculum_tables(results, args)
-    titles = {"rate": "learned rate at the end of training (mean over seeds of the rate's mean, min, max)",
-              "gate": "gate at the end of training (mean over seeds of the last logged mean, min, max "
-                      "of the batches' gate values g_t)"}
-    for kind, title in titles.items():
-        rates = {}
-        for r in results:  # the learned rate's / the gate's summary at the end of training, per training data
-            rec = r.get("last_train_inner", {})
-            if f"mem_{kind}_mean" in rec:
-                name = f"{r['setting']} D={spec_name(r['train_distances'])} P={r['facts']}"
-                keys = [f"mem_{kind}_{k}" for k in ("mean", "min", "max")]
-                rates.setdefault(name, []).append(tuple(float(rec[k]) for k in keys))
-        if rates:
-            out.append(f"### {title}\n")
-            out.append("| run | mean | min | max | seeds |")
-            out.append("|---|---|---|---|---|")
-            for name, v in rates.items():
-                out.append(f"| {name} | " + " | ".join(f"{statistics.mean(x[i] for x in v):.3f}" for i in range(3))
-                           + f" | {len(v)} |")
-            out.append("")
-    return "\n".join(out)
-
-
-def curriculum_tables(results, args):
-    """The curriculum by seed (a seed that failed is a result, not only a wider std) and
-    its stage log, as markdown lines."""
-    runs = [r for r in results if r.get("experiment") == "curriculum" and r["facts"] == args.facts]
-    order = {s: i for i, s in enumerate(SETTINGS)}
-    runs.sort(key=lambda r: (order.get(r["setting"], len(order)), r["setting"], r["seed"]))
-    pct = lambda x: "" if x is None else f"{x * 100:.1f}"  # noqa: E731
-    tests = list(args.curriculum_test)
-    out = [f"### curriculum: per-fact accuracy % by seed (tested at D after the last stage; chance "
-           f"{100.0 / args.values:.1f}%)\n",
-           "| setting | seed | " + " | ".join(f"D={d}" for d in tests) + " | stages reached |",
-           "|---|---|" + "---|" * (len(tests) + 1)]
-    for setting in dict.fromkeys(r["setting"] for r in runs):
-        rows = [r for r in runs if r["setting"] == setting]
-        for r in rows:
-            reached = sum(st["reached"] for st in r["stages"])
-            out.append(f"| {setting} | {r['seed']} | " + " | ".join(
-                pct(r["test"].get(str(d), {}).get("fact_acc")) for d in tests) + f" | {reached}/{len(r['stages'])} |")
-        if len(rows) > 1:
-            means = [[r["test"][str(d)]["fact_acc"] for r in rows if str(d) in r["test"]] for d in tests]
-            out.append(f"| {setting} | mean | " + " | ".join(pct(statistics.mean(m)) if m else "" for m in means)
-                       + " | |")
-    out.append("")
-    out.append(f"### curriculum: stages (validation per-fact accuracy % on D uniform over 1..s at the "
-               f"updates the stage used, its minutes of training and checks; budget: not reached within "
-               f"{args.stage_updates} updates)\n")
-    out.append("| setting | seed | " + " | ".join(f"s={s}" for s in args.curriculum) + " | minutes |")
-    out.append("|---|---|" + "---|" * (len(args.curriculum) + 1))
-    for r in runs:
-        cells = [f"{pct(st['valid']['fact_acc'])} at {st['updates']}{'' if st['reached'] else ', budget'} "
-                 f"({(st['train_seconds'] + st['eval_seconds']) / 60:.1f})" for st in r["stages"]]
-        out.append(f"| {r['setting']} | {r['seed']} | " + " | ".join(cells)
-                   + f" | {(r['train_seconds'] + r['eval_seconds']) / 60:.1f} |")
-    out.append("")
-    return out
-
-
-def figure(results, args, path):
-    plt = lab.pyplot()
-    exps = [e for e in args.experiment if collect(results, e, args)]
-    if not exps:
-        return None
-    fig, axes = plt.subplots(1, len(exps), figsize=(5 * len(exps), 4), squeeze=False)
-    for ax, exp in zip(axes[0], exps):
-        table = collect(results, exp, args)
-        for s in SETTINGS:
-            if s not in table:
-                continue
-            cols = sorted(table[s])
-            acc = [[v["fact_acc"] * 100 for v in table[s][c]] for c in cols]
-            mean = [statistics.mean(a) for a in acc]
-            std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
-            # one colour per setting in every panel, whatever subset a panel shows
-            ax.errorbar(cols, mean, yerr=std, marker="o", capsize=3, label=s,
-                        color=f"C{list(SETTINGS).index(s)}")
-        ax.axhline(100.0 / args.values, color="grey", linestyle=":", label="chance")
-        title, col = TITLES[exp]
-        ax.set_title(f"{exp}: " + title_of(exp, args), fontsize=9, wrap=True)
-        ax.set_xlabel(col)
-        if col == "D":
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({c for s in table for c in table[s]}))
-        ax.set_xticklabels([str(c) for c in ax.get_xticks()])
-        ax.set_ylabel("per-fact accuracy % (mean +- std over seeds)")
-        ax.set_ylim(0, 102)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def distance_list(text):
     """'1,2,4' -> [1, 2, 4]"""
     try:
@@ -631,6 +362,8 @@ def parse_args(argv=None):
     g.add_argument("--stage-updates", type=int, default=1000, help="update budget of each stage")
     g.add_argument("--curriculum-valid-samples", type=int, default=256,
                    help="validation samples per stage (D uniform over 1..s)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild results.md and recall.png from the finished runs under --out")
     g = p.add_argument_group("appended to every training command")
     g.add_argument("--extra-model-args", nargs=argparse.REMAINDER, default=[],
                    help="appended to every fairseq-train command (must come last)")
@@ -656,7 +389,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
-    jobs = plan(args)
+    jobs = [] if args.report_only else plan(args)
     results, seen = [], set()
     for i, (exp, setting, train_d, p, test_d, seed) in enumerate(jobs, 1):
         key = (exp == "curriculum", setting, train_d, p, seed)
@@ -674,8 +407,8 @@ def main(argv=None):
     wall = time.time() - start
     run_time = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
     save_json(os.path.join(args.out, "results.json"), results)
-    md = markdown(results, args)
-    fig = figure(results, args, os.path.join(args.out, "recall.png"))
+    md = recall_report.markdown(results, args, list(SETTINGS))
+    fig = recall_report.figure(results, args, os.path.join(args.out, "recall.png"), list(SETTINGS))
     header = (f"Command: `python scripts/{os.path.basename(__file__)} {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
               f"Wall time of this invocation: {wall / 60:.1f} min; {len(results)} runs on disk, "
               f"{run_time / 60:.1f} min of training + evaluation in total "

@@ -169,6 +169,7 @@ def test_cli_refuses_gate_with_learned_rate(ptb_small, tmp_path):
 def test_recall_runs_and_reports_the_gate(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import recall
+    import recall_report
 
     assert recall.SETTINGS["tarm_gate"] == recall.MEM + ["--memory-gate", "--memory-ema-alpha", "0.5"]
     args = recall.parse_args(["--out", str(tmp_path)])
@@ -176,6 +177,6 @@ def test_recall_runs_and_reports_the_gate(tmp_path):
     gate = {"mem_gate_mean": "0.4", "mem_gate_min": "0.1", "mem_gate_max": "0.9"}
     results = [{"setting": "tarm_gate", "seed": s, "train_distances": [1], "facts": 3, "test": test,
                 "last_train_inner": gate} for s in (1, 2)]
-    md = recall.markdown(results, args)
+    md = recall_report.markdown(results, args, list(recall.SETTINGS))
     assert "### gate at the end of training" in md and "| tarm_gate D=1 P=3 | 0.400 | 0.100 | 0.900 | 2 |" in md
     assert "learned rate at the end" not in md

@@ -13,13 +13,15 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import recall  # noqa: E402
+import recall_data  # noqa: E402
+import recall_report  # noqa: E402
 
 
 def test_sample_layout():
     L, P, D = 8, 3, 2
     rng = random.Random(0)
     for _ in range(50):
-        s = recall.make_sample(rng, P, D, L, n_keys=5, n_values=4, n_filler=3)
+        s = recall_data.make_sample(rng, P, D, L, n_keys=5, n_values=4, n_filler=3)
         assert len(s) == (D + 1) * L + 2 * P  # + </s> from fairseq-preprocess fits the last segment
         keys, values = s[0:2 * P:2], s[1:2 * P:2]
         assert all(k[0] == "k" for k in keys) and all(v[0] == "v" for v in values)
@@ -28,11 +30,11 @@ def test_sample_layout():
         question = s[(D + 1) * L:]
         assert sorted(question[0::2]) == sorted(keys)
         facts = dict(zip(keys, values))
-        asked = [s[i - 1] for i in recall.answer_positions(P, D, L)]
+        asked = [s[i - 1] for i in recall_data.answer_positions(P, D, L)]
         assert asked == question[0::2]
-        assert [s[i] for i in recall.answer_positions(P, D, L)] == [facts[k] for k in asked]
+        assert [s[i] for i in recall_data.answer_positions(P, D, L)] == [facts[k] for k in asked]
     with pytest.raises(ValueError, match="segment-length"):
-        recall.make_sample(rng, 4, 1, 8, 5, 5, 3)
+        recall_data.make_sample(rng, 4, 1, 8, 5, 5, 3)
 
 
 def test_score_answers():
@@ -54,7 +56,7 @@ def test_answer_positions_in_the_task_targets(tmp_path, commands):
     args = recall.parse_args(["--out", str(tmp_path), "--segment-length", "8", "--facts", "3", "--keys", "6",
                               "--values", "5", "--filler", "4", "--train-samples", "16", "--test-samples", "6",
                               "--capacity-facts", "2"])
-    data_dir, splits = recall.build_data(args, (1, 2), 3, (1, 4))
+    data_dir, splits = recall_data.build_data(args, (1, 2), 3, (1, 4))
     assert splits == {1: "test", 4: "test1"}
     from fairseq.data import Dictionary, data_utils
     from tarm_plugin.datasets import SampleSegmentsDataset
@@ -67,12 +69,12 @@ def test_answer_positions_in_the_task_targets(tmp_path, commands):
                                    loss_start_segment=2)
         target = ds[0]["target"]
         assert target.shape == (6, (D + 2) * 8)
-        pos = recall.answer_positions(3, D, 8)
+        pos = recall_data.answer_positions(3, D, 8)
         assert all(d[int(t)].startswith("v") for t in target[:, pos].flatten())
         assert all(d[int(t)].startswith("k") for t in target[:, [p - 1 for p in pos]].flatten())
         assert (target[:, pos[-1] + 1] == d.eos()).all()
     # the same dictionary for every data-bin
-    other, _ = recall.build_data(args, (1,), 2, (1,))
+    other, _ = recall_data.build_data(args, (1,), 2, (1,))
     assert open(os.path.join(other, "dict.txt")).read() == open(os.path.join(data_dir, "dict.txt")).read()
 
 
@@ -111,13 +113,18 @@ def test_resume_and_tables(tmp_path):
     assert not ran and cached["test"]["1"]["fact_acc"] == 0.7
     results = recall.load_results(args)
     assert len(results) == 5
-    md = recall.markdown(results, args)
+    md = recall_report.markdown(results, args, list(recall.SETTINGS))
     assert "| rmt | 70.0 +- 20.0 |" in md  # distance D=1: mean +- std over the three seeds
     assert "| no_memory | 10.0 (n=1) |" in md  # capacity P=2
     assert "| rmt |  | 70.0 +- 20.0 |" in md  # capacity: no P=2 run for rmt; P=3 shares the distance runs
     assert "| rmt | 80.0 (n=1) | 20.0 (n=1) |" in md  # lengthgen: trained on D=1,2, tested at 1 and 16
     assert "chance 12.5% per fact" in md
-    assert os.path.exists(recall.figure(results, args, str(tmp_path / "fig.png")))
+    assert os.path.exists(recall_report.figure(results, args, str(tmp_path / "fig.png"), list(recall.SETTINGS)))
+    # --report-only: the same tables from the runs on disk, nothing trained (the default plan
+    # has 168 runs, most of them absent here)
+    recall.main(["--out", str(tmp_path), "--report-only"])
+    assert md in (tmp_path / "results.md").read_text() and (tmp_path / "recall.png").exists()
+    assert len(recall.load_results(args)) == 5 and not (tmp_path / "data").exists()
     # selecting other distances or settings keeps the same runs
     assert len(recall.load_results(recall.parse_args(["--out", str(tmp_path), "--distances", "1", "2"]))) == 5
     # a different configuration in the same --out is refused, not mixed into the table
@@ -182,10 +189,10 @@ def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_p
     batch = ds.collater([ds[0]])
     target, lengths = batch["target"], batch["net_input"]["src_lengths"]
     assert len(set(lengths.tolist())) == 4
-    pos = recall.row_answer_positions(lengths, P)
+    pos = recall_data.row_answer_positions(lengths, P)
     for b in range(40):
         D = (int(lengths[b]) - 2 * P - 1) // L - 1
-        assert pos[b].tolist() == recall.answer_positions(P, D, L)
+        assert pos[b].tolist() == recall_data.answer_positions(P, D, L)
         assert all(d[int(t)].startswith("v") for t in target[b, pos[b]])
         assert all(d[int(t)].startswith("k") for t in target[b, pos[b] - 1])
         assert int(target[b, pos[b][-1] + 1]) == d.eos()
@@ -216,9 +223,9 @@ def test_curriculum_tables(tmp_path):
     fake_result(args, "rmt", (1, 2), 3, 1, {1: 0.8, 4: 0.3})  # lengthgen's run: not a curriculum
     results = recall.load_results(args)
     assert len(results) == 4
-    assert set(recall.collect(results, "curriculum", args)) == {"rmt", "tarm_a0.5"}
-    assert len(recall.collect(results, "lengthgen", args)["rmt"][1]) == 1  # trained on D = 1, 2 too, not mixed in
-    md = recall.markdown(results, args)
+    assert set(recall_report.collect(results, "curriculum", args)) == {"rmt", "tarm_a0.5"}
+    assert len(recall_report.collect(results, "lengthgen", args)["rmt"][1]) == 1  # trained on D = 1, 2 too, not mixed in
+    md = recall_report.markdown(results, args, list(recall.SETTINGS))
     assert "| rmt | 1 | 100.0 | 50.0 | 2/2 |" in md
     assert "| rmt | 2 | 20.0 | 10.0 | 1/2 |" in md  # each seed's result, the failed one too
     assert "| rmt | mean | 60.0 | 30.0 | |" in md
@@ -228,7 +235,7 @@ def test_curriculum_tables(tmp_path):
     # another curriculum (other stages) in the same --out does not share the table
     other = recall.parse_args(["--out", str(tmp_path), "--experiment", "curriculum", "--curriculum", "1,2,4"])
     assert [r for r in recall.load_results(other) if r.get("experiment") == "curriculum"] == []
-    assert os.path.exists(recall.figure(results, args, str(tmp_path / "fig.png")))
+    assert os.path.exists(recall_report.figure(results, args, str(tmp_path / "fig.png"), list(recall.SETTINGS)))
 
 
 @pytest.mark.cli

@@ -204,7 +204,7 @@ def continuations(model, inputs, L, batch_size):
 
 def memory_rate(memory):
     """The table's "a": a fixed rate, a learned one (its mean now), or a gate (its start)."""
-    if not hasattr(memory, "alpha"):  # another kind of memory than tokens
+    if not memory.token_slots:  # another kind of memory than tokens
         return type(memory).__name__
     if memory.learned_rate:
         return f"learned ({float(memory.rate().mean()):.3f})"

@@ -87,7 +87,7 @@ def memory_trace(path, data, segments, split="test"):
     import torch
 
     model, task = load_checkpoint(path, data, batch_size=1)
-    if not hasattr(model.memory, "alpha"):
+    if not model.memory.token_slots:
         from tarm_plugin.errors import TarmError
 
         raise TarmError(f"--path {path}: the memory plot shows token memory (M_t, E_t slots); "

@@ -37,7 +37,7 @@ def profile(checkpoint, data_dir, splits, batch_size=100):
     model, task = load_checkpoint(checkpoint, data_dir, batch_size)
     if model.memory.num_tokens == 0:
         return None  # no memory to profile
-    if not hasattr(model.memory, "alpha"):  # the profile measures token memory slots
+    if not model.memory.token_slots:  # the profile measures token memory slots
         print(f"recall_profile: {checkpoint}: {type(model.memory).__name__} is not token memory; skipped",
               file=sys.stderr)
         return None

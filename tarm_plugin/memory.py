@@ -123,6 +123,9 @@ class MemoryKind(nn.Module):
     OPTIONS: Dict[str, Any] = {}
     num_tokens: int = 0
     learned_rate = False  # a learned averaging rate, logged as mem_rate_* (tokens)
+    # E is m vectors [B, m, d] averaged at the rate a (tokens): what the memory plot and the
+    # recall profile measure, slot by slot; other kinds' state is another shape
+    token_slots = False
 
     @property
     def carries(self) -> bool:
@@ -247,6 +250,7 @@ class RecurrentMemory(MemoryKind):
 
     OPTIONS = {"memory_ema_alpha": 1.0, "memory_ema_learned": False, "memory_gate": False,
                "memory_write_input": "memory"}
+    token_slots = True
 
     @classmethod
     def from_config(cls, cfg, dim: int, num_layers: int, init_std: float, write_norm: bool,

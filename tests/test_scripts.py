@@ -154,6 +154,10 @@ def test_ablation_gate_setting_builds_a_gated_model_and_its_log_is_read(dict_dir
     import continuation_bleu
 
     assert continuation_bleu.memory_rate(model.memory) == "gate from 0.5"
+    # another kind's state is not token slots: the scripts that read slots ask the capability
+    _, assoc = build(dict_dir, "--num-memory-tokens", "2", "--memory-kind", "assoc")
+    assert model.memory.token_slots and not assoc.memory.token_slots
+    assert continuation_bleu.memory_rate(assoc.memory) == "AssociativeMemory"
 
 
 MAIN_SH = os.path.join(ROOT, "scripts", "main.sh")

@@ -3,8 +3,9 @@
 # run as two workers side by side, one thread each, resumable across sessions: each worker
 # goes down its queue of (corpus, setting, seed) runs with scripts/longdoc.py, which skips a
 # finished run (its result.json), continues a stopped one from its checkpoint_last.pt and
-# adds the evaluations a finished run lacks. Queues: seed 1 of every setting first, then
-# seeds 2 and 3, then the prose corpus; the two queues hold about equal work.
+# adds the evaluations a finished run lacks. Queues: seed 1 of every setting first (the
+# associative memory in seed 1 only, issue 38), then seeds 2 and 3, then the prose corpus;
+# the two queues hold about equal work.
 #
 # Run it from a frozen copy of the code (a `git worktree` at the commit the results name),
 # so that work landing on main cannot change a running experiment:
@@ -57,7 +58,7 @@ case "$WORKER" in
     a) QUEUE=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
               "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
               "prose no_memory 1" "prose rmt 1") ;;
-    b) QUEUE=("code context4x 1" "code rmt 1" "code tarm_gate 1"
+    b) QUEUE=("code context4x 1" "code rmt 1" "code tarm_gate 1" "code assoc 1"
               "code prefix 2" "code tarm_a0.5 2" "code context4x 2" "code no_memory 3" "code rmt 3"
               "code tarm_gate 3" "prose prefix 1" "prose context4x 1") ;;
     *) echo "longdoc_matrix.sh: worker must be a, b or save, got '$WORKER'" >&2; exit 2 ;;

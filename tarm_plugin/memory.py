@@ -327,8 +327,10 @@ class RecurrentMemory(MemoryKind):
         ``[mem | segment | mem]`` input does in the RMT authors' code). A memory
         that carries nothing (a = 0) has no write positions: nothing reads them."""
         read = read.to(dtype)
-        write = self.dropout(self.write_inputs(read).to(dtype))
-        return self.dropout(read), (write if self.carries else write[:, :0])
+        before = self.dropout(read)  # drawn before the write inputs' mask: training's random stream
+        if not self.carries:
+            return before, read[:, :0]
+        return before, self.dropout(self.write_inputs(read).to(dtype))
 
     def written(self, final: Tensor, layers: Sequence[Tensor] = ()) -> Tensor:
         """M_t from the final features at the write positions."""

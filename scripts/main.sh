@@ -4,14 +4,16 @@
 # Env: MAX_UPDATE (default 1200), ALPHA (default 0.2), MEMORY (default 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+# PLUGIN, SETUP=0 and SAVE: scripts/same_digits.sh runs this recipe with an older checkout's plugin
+PLUGIN=${PLUGIN:-tarm_plugin}
+[[ ${SETUP:-1} == 0 ]] || bash scripts/install.sh
 source "${VENV:-.venv}/bin/activate"
-bash scripts/prepare_ptb.sh data-bin/ptb
-SAVE=checkpoints/ptb_tarm_a${ALPHA:-0.2}
+[[ ${SETUP:-1} == 0 ]] || bash scripts/prepare_ptb.sh data-bin/ptb
+SAVE=${SAVE:-checkpoints/ptb_tarm_a${ALPHA:-0.2}}
 MAX_UPDATE=${MAX_UPDATE:-1200}
 # the same model and schedule as scripts/ablate.py (docs/results.md) and examples/ptb/tarm_ptb.yaml
 # (tests/test_scripts.py checks that the three agree)
-fairseq-train data-bin/ptb --user-dir tarm_plugin \
+fairseq-train data-bin/ptb --user-dir "$PLUGIN" \
     --task tarm_language_modeling --segment-length 32 --bptt-segments 4 --batch-size 16 \
     --arch tarm_lm --decoder-layers 2 --decoder-embed-dim 128 --decoder-ffn-embed-dim 512 \
     --decoder-attention-heads 4 --dropout 0.1 --tokens-per-sample 32 \
@@ -21,6 +23,6 @@ fairseq-train data-bin/ptb --user-dir tarm_plugin \
     --max-update "$MAX_UPDATE" --clip-norm 0.25 --seed 1 --cpu --num-workers 0 \
     --validate-interval-updates 200 --save-interval-updates 200 --keep-interval-updates 1 \
     --no-epoch-checkpoints --save-dir "$SAVE" --log-interval 100 --no-progress-bar
-fairseq-eval-lm data-bin/ptb --user-dir tarm_plugin --task tarm_language_modeling \
+fairseq-eval-lm data-bin/ptb --user-dir "$PLUGIN" --task tarm_language_modeling \
     --segment-length 32 --batch-size 16 --path "$SAVE/checkpoint_best.pt" --gen-subset test \
     --cpu --num-workers 0 2>&1 | tee "$SAVE/eval_test.log" | grep -E "Evaluated|Perplexity"

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The long-document matrix of docs/longdoc.md ("A budget where the answer means something"),
-# run as two workers side by side, one thread each, resumable across sessions: each worker
-# goes down its queue of (corpus, setting, seed) runs with scripts/longdoc.py, which skips a
-# finished run (its result.json), continues a stopped one from its checkpoint_last.pt and
-# adds the evaluations a finished run lacks. Queues: seed 1 of every setting first (the
+# resumable across sessions: `all` runs one job at a time with two threads (the faster way on
+# 2 cores), `a` and `b` are two queues for two workers side by side with one thread each. A
+# worker goes down its queue of (corpus, setting, seed) runs with scripts/longdoc.py, which
+# skips a finished run (its result.json), continues a stopped one from its checkpoint_last.pt
+# and adds the evaluations a finished run lacks. Order: seed 1 of every setting first (the
 # associative memory in seed 1 only, issue 38), then seeds 2 and 3, then the prose corpus;
-# the two queues hold about equal work.
+# `all` interleaves b and a.
 #
 # Run it from a frozen copy of the code (a `git worktree` at the commit the results name),
 # so that work landing on main cannot change a running experiment:
 #   git worktree add ../frozen_$(git rev-parse --short HEAD) HEAD
-#   cd ../frozen_<sha> && for w in a b; do
-#     RUNS=/work/main/runs DATA=/work/main/data-bin nohup bash scripts/longdoc_matrix.sh $w \
-#       > /work/main/runs/longdoc_matrix_$w.out 2>&1 & done
+#   cd ../frozen_<sha> && RUNS=/work/main/runs DATA=/work/main/data-bin \
+#     nohup bash scripts/longdoc_matrix.sh all > /work/main/runs/longdoc_matrix_all.out 2>&1 &
 # Across machines: a finished run is committed to results/longdoc/matrix_<MAX_UPDATE>/<corpus>/runs/
 # (its logs, result.json, losses per document; no checkpoints: `longdoc_matrix.sh save`), and
 # each worker first copies those back under RUNS, so that a new machine skips them too.
@@ -20,16 +20,20 @@
 # env: RUNS (where runs/longdoc_<corpus>_<MAX_UPDATE> go; default ./runs), DATA (the data-bins
 # code/ and prose/, scripts/prepare_longdoc.py; default ./data-bin), PY (default .venv/bin/python
 # of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 2400: the
-# calibrated budget, docs/longdoc.md), SAVED (default results/longdoc/matrix_$MAX_UPDATE).
+# calibrated budget, docs/longdoc.md), SAVED (default results/longdoc/matrix_$MAX_UPDATE),
+# THREADS (default 2 for all, 1 for a and b).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKER=${1:?usage: longdoc_matrix.sh a|b|save}
+WORKER=${1:?usage: longdoc_matrix.sh all|a|b|save}
 RUNS=${RUNS:-runs}
 DATA=${DATA:-data-bin}
 PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
 [[ -x "$PY" ]] || PY=python3
 MAX_UPDATE=${MAX_UPDATE:-2400}
-export OMP_NUM_THREADS=1
+# one run at a time with both threads (`all`) does more updates per hour here than two runs of
+# one thread side by side (a and b): 1.4-1.5 updates/s against 0.5-0.55 each (tarm_a0.5_s1's log)
+THREADS=${THREADS:-$([[ $WORKER == all ]] && echo 2 || echo 1)}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # a validation every 400 updates and a kept checkpoint every 800 (the curves per run, docs/longdoc.md);
 # a checkpoint every 400, not 200: fairseq-train validates at every checkpoint it saves (2 min each
 # here, a quarter of the training time at 200), and fairseq seeds each update's randomness from
@@ -57,14 +61,17 @@ fi
 for corpus in code prose; do  # what earlier sessions finished (on another machine, maybe)
     [[ ! -d $SAVED/$corpus/runs ]] || copy_finished "$SAVED/$corpus" "$RUNS/longdoc_${corpus}_$MAX_UPDATE" -n
 done
+A=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
+   "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
+   "prose no_memory 1" "prose rmt 1")
+B=("code context4x 1" "code rmt 1" "code tarm_gate 1" "code assoc 1"
+   "code prefix 2" "code tarm_a0.5 2" "code context4x 2" "code no_memory 3" "code rmt 3"
+   "code tarm_gate 3" "prose prefix 1" "prose context4x 1")
 case "$WORKER" in
-    a) QUEUE=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
-              "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
-              "prose no_memory 1" "prose rmt 1") ;;
-    b) QUEUE=("code context4x 1" "code rmt 1" "code tarm_gate 1" "code assoc 1"
-              "code prefix 2" "code tarm_a0.5 2" "code context4x 2" "code no_memory 3" "code rmt 3"
-              "code tarm_gate 3" "prose prefix 1" "prose context4x 1") ;;
-    *) echo "longdoc_matrix.sh: worker must be a, b or save, got '$WORKER'" >&2; exit 2 ;;
+    a) QUEUE=("${A[@]}") ;;
+    b) QUEUE=("${B[@]}") ;;
+    all) QUEUE=(); for i in "${!B[@]}"; do QUEUE+=("${B[$i]}"); [[ -z ${A[$i]:-} ]] || QUEUE+=("${A[$i]}"); done ;;
+    *) echo "longdoc_matrix.sh: worker must be all, a, b or save, got '$WORKER'" >&2; exit 2 ;;
 esac
 for job in "${QUEUE[@]}"; do
     read -r corpus setting seed <<< "$job"

@@ -118,6 +118,24 @@ def test_matrix_saves_finished_runs_and_a_new_machine_restores_them(tmp_path):
     assert (restored / "rmt_s1" / "train.log").read_text() == "local\n" and not (restored / "prefix_s1").exists()
 
 
+def test_matrix_all_runs_both_queues_once_each_and_a_bad_worker_is_one_line(tmp_path):
+    import subprocess
+
+    script = os.path.join(ROOT, "scripts", "longdoc_matrix.sh")
+    env = dict(os.environ, RUNS=str(tmp_path / "runs"), SAVED=str(tmp_path / "saved"), DATA=str(tmp_path / "none"))
+
+    def jobs(worker):  # no data-bin here: each job is skipped with a line naming it, in queue order
+        out = subprocess.run(["bash", script, worker], env=env, check=True, capture_output=True, text=True).stdout
+        return [line.split("skipping ")[1] for line in out.splitlines() if "skipping " in line]
+
+    a, b, both = jobs("a"), jobs("b"), jobs("all")
+    assert sorted(both) == sorted(a + b) and len(set(both)) == len(both) == 23
+    assert both[:4] == [b[0], a[0], b[1], a[1]] and "code assoc 1" in b
+    bad = subprocess.run(["bash", script, "c"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "longdoc_matrix.sh: worker must be all, a, b or save, got 'c'"]
+
+
 def test_finished_runs_are_found_by_their_data_bins_name_not_its_path(tmp_path):
     """A run made with DATA=/abs/path/code is read by an invocation with data-bin/code
     (another checkout or machine); one made on another corpus or budget is not."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long-document matrix of docs/longdoc.md ("A budget where the answer means something"),
-# resumable across sessions: `all` runs one job at a time with two threads (the faster way on
-# 2 cores), `a` and `b` are two queues for two workers side by side with one thread each. A
+# resumable across sessions: `a` and `b` are two queues for two workers side by side with one
+# thread each (the most updates per hour on 2 cores), `all` runs both queues one job at a time
+# with two threads (each run finishes sooner: for the last hour of a session). A
 # worker goes down its queue of (corpus, setting, seed) runs with scripts/longdoc.py, which
 # skips a finished run (its result.json), continues a stopped one from its checkpoint_last.pt
 # and adds the evaluations a finished run lacks. Order: seed 1 of every setting first (the
@@ -11,8 +12,9 @@
 # Run it from a frozen copy of the code (a `git worktree` at the commit the results name),
 # so that work landing on main cannot change a running experiment:
 #   git worktree add ../frozen_$(git rev-parse --short HEAD) HEAD
-#   cd ../frozen_<sha> && RUNS=/work/main/runs DATA=/work/main/data-bin \
-#     nohup bash scripts/longdoc_matrix.sh all > /work/main/runs/longdoc_matrix_all.out 2>&1 &
+#   cd ../frozen_<sha> && for w in a b; do
+#     RUNS=/work/main/runs DATA=/work/main/data-bin nohup bash scripts/longdoc_matrix.sh $w \
+#       > /work/main/runs/longdoc_matrix_$w.out 2>&1 & done
 # Across machines: a finished run is committed to results/longdoc/matrix_<MAX_UPDATE>/<corpus>/runs/
 # (its logs, result.json, losses per document; no checkpoints: `longdoc_matrix.sh save`), and
 # each worker first copies those back under RUNS, so that a new machine skips them too.
@@ -30,8 +32,8 @@ DATA=${DATA:-data-bin}
 PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
 [[ -x "$PY" ]] || PY=python3
 MAX_UPDATE=${MAX_UPDATE:-2400}
-# one run at a time with both threads (`all`) does more updates per hour here than two runs of
-# one thread side by side (a and b): 1.4-1.5 updates/s against 0.5-0.55 each (tarm_a0.5_s1's log)
+# two one-thread runs side by side train at 0.83-0.93 updates/s each here, one two-thread run at
+# 1.36-1.48 (tarm_a0.5_s1's log has both): a and b do more per hour, all finishes one run sooner
 THREADS=${THREADS:-$([[ $WORKER == all ]] && echo 2 || echo 1)}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # a validation every 400 updates and a kept checkpoint every 800 (the curves per run, docs/longdoc.md);

@@ -243,7 +243,7 @@ def made_with(result, args):
     return "config" in result and name(result["config"]) == name(config(args))
 
 
-def calibration_report(args):
+def calibration_report(args, argv=None):
     """The budget's calibration: every run under --out with kept checkpoints (--keep-every),
     each kept checkpoint scored on the validation split by depth (eval-lm, once), beside
     fairseq-train's validation by update. Writes calibration.md, .json and .png."""
@@ -264,7 +264,7 @@ def calibration_report(args):
             ev = read_eval(path)
             curves[name][update] = {"valid_bits": ev["loss_bits"], "deep_ppl": 2 ** deep_loss(ev["by_depth"])[1],
                                     "train_valid_bits": train_valid.get(update)}
-    print("\n".join(longdoc_report.calibration(curves, train_curves, args.out, command())))
+    print("\n".join(longdoc_report.calibration(curves, train_curves, args.out, command(argv))))
 
 
 def parse_args(argv=None):
@@ -332,7 +332,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.calibration_report:
-        return calibration_report(args)
+        return calibration_report(args, argv)
     if not args.report_only:
         for seed in args.seeds:
             for setting in args.settings:

@@ -47,8 +47,9 @@ def by_setting(results):
     return by
 
 
-def seeds_of(rs):
-    return ",".join(str(s) for s in sorted(rs))
+def seeds_of(seeds):
+    """'1,2,3': the seeds (a {seed: result} dict's keys, or any iterable of them), sorted."""
+    return ",".join(str(s) for s in sorted(seeds))
 
 
 def report(results, args):
@@ -128,7 +129,7 @@ def reset_ablation(by, settings):
         if not rs:
             continue
         carried, reset = [r["deep_ppl"] for r in rs], [r["test_reset_memory"]["deep_ppl"] for r in rs]
-        rows.append([s, ",".join(str(r["seed"]) for r in rs), cell([r["test"]["ppl"] for r in rs]),
+        rows.append([s, seeds_of(r["seed"] for r in rs), cell([r["test"]["ppl"] for r in rs]),
                      cell([r["test_reset_memory"]["ppl"] for r in rs]), cell(carried), cell(reset),
                      cell([100 * (b - a) / b for a, b in zip(carried, reset)], 1) + "%"])
     if not rows:
@@ -192,7 +193,7 @@ def horizon_table(by, args):
     ks, rows = args.horizons, []
     for s in with_h:
         rs = [r for r in by[s].values() if r.get("horizon")]
-        rows.append([s, ",".join(str(r["seed"]) for r in rs),
+        rows.append([s, seeds_of(r["seed"] for r in rs),
                      *(cell([2 ** deep_loss(r["horizon"]["K"][str(k)]["by_depth"])[1] for r in rs
                              if str(k) in r["horizon"]["K"]]) for k in ks),
                      cell([2 ** deep_loss(r["horizon"]["carried"]["by_depth"])[1] for r in rs])])

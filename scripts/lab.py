@@ -1,5 +1,5 @@
 """The experiment library: what the ablation (ablate.py), long documents (longdoc.py),
-recall (recall.py) and quadratic (plot.py, eval_quadratic.py, examples/quadratic/) share,
+recall (recall.py) and quadratic (quadratic.py, eval_quadratic.py) share,
 so that each of them only says what is its own (its settings, data and tables).
 
   settings   the named memory settings, as fairseq flags (``setting_flags``)
@@ -60,18 +60,27 @@ def setting_flags(flags, memory_tokens):
 # ------------------------------------------------------------------- commands
 def tool(name):
     """The path of command ``name`` beside this Python (the venv's bin, so that
-    ``.venv/bin/python scripts/x.py`` needs no activated venv), or the bare name."""
+    ``.venv/bin/python scripts/x.py`` needs no activated venv), or the bare name. Under the test
+    suite's fork server (TARM_FORKSERVER, tests/forkserver.py), the shim it put first on PATH."""
+    if os.environ.get("TARM_FORKSERVER"):
+        import shutil
+
+        found = shutil.which(name)
+        if found:
+            return found
     path = os.path.join(BIN, name)
     return path if os.path.exists(path) else name
 
 
-def train_command(data, save_dir, seed, *flags, user_dir=PLUGIN, log_interval=50):
-    """fairseq-train of the plugin's task, model and criterion with Adam on the CPU, a
-    JSON log and no epoch checkpoints; ``flags`` are the experiment's (data layout, model
-    size, memory, LR schedule, budget, validation and checkpoint intervals)."""
+def train_command(data, save_dir, seed, *flags, arch="tarm_lm", adam_betas="(0.9, 0.98)", user_dir=PLUGIN,
+                  log_interval=50):
+    """fairseq-train of the plugin's task, model ``arch`` and criterion with Adam (``adam_betas``;
+    None: fairseq's default) on the CPU, a JSON log and no epoch checkpoints; ``flags`` are the
+    experiment's (data layout, model size, memory, LR schedule, budget, validation and checkpoint
+    intervals)."""
+    betas = ["--adam-betas", adam_betas] if adam_betas else []
     return [tool("fairseq-train"), data, "--user-dir", user_dir, "--task", "tarm_language_modeling", "--arch",
-            "tarm_lm", *flags, "--criterion", "tarm_lm_loss", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-            "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-epoch-checkpoints", "--save-dir", save_dir,
+            arch, *flags, "--criterion", "tarm_lm_loss", "--optimizer", "adam", *betas, "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-epoch-checkpoints", "--save-dir", save_dir,
             "--log-format", "json", "--log-interval", str(log_interval), "--no-progress-bar"]
 
 
@@ -206,6 +215,36 @@ def load_checkpoint(path, data, batch_size=None):
     import tarm_plugin
 
     return tarm_plugin.load_checkpoint(path, data, batch_size)
+
+
+def resume_point(run_dir):
+    """The update count a fairseq run directory resumes from: that of its checkpoint_last.pt,
+    0 before its first save.
+
+    fairseq saves a checkpoint's first file atomically (a .tmp file renamed) and then copies
+    it, non-atomically, to the others (checkpoint_best.pt, checkpoint_last.pt). A kill during
+    that copy leaves checkpoint_last.pt truncated (or absent after the very first save); then
+    the newest complete checkpoint in the directory, the first file of that same save, is put
+    in its place (a note on stderr) and the run resumes from it."""
+    import glob
+    import shutil
+
+    last = os.path.join(run_dir, "checkpoint_last.pt")
+    others = [p for p in glob.glob(os.path.join(run_dir, "checkpoint*.pt")) if p != last]
+    if os.path.isfile(last):
+        n = checkpoint_updates(last)
+        if n is not None:
+            return n
+    elif not others:
+        return 0
+    readable = [(n, p) for p in others if (n := checkpoint_updates(p)) is not None]
+    if not readable:
+        raise SystemExit(f"lab: error: {last} is unreadable and no other checkpoint in {run_dir} is complete")
+    n, src = max(readable)
+    shutil.copyfile(src, last + ".tmp")
+    os.replace(last + ".tmp", last)
+    print(f"lab: {last} was missing or truncated; replaced by {os.path.basename(src)} ({n} updates)", file=sys.stderr)
+    return n
 
 
 def checkpoint_updates(path):

@@ -2,12 +2,13 @@
 validation accuracy, and the standalone exact-match evaluation."""
 
 import json
+import os
 import re
 import shutil
 
 import pytest
 
-from conftest import run
+from conftest import ROOT, run
 
 pytestmark = pytest.mark.cli
 
@@ -48,14 +49,19 @@ def test_quadratic_end_to_end(tmp_path):
     assert sum(v["samples"] for v in result["by_kind"].values()) == 32
 
 
-def test_cpu_runs_stable_then_decay(tmp_path):
-    # the issue-12 experiment script on a tiny set: a stable phase, then a decay phase that
+def quadratic(*args):
+    """scripts/quadratic.py's command line."""
+    return ["python", "scripts/quadratic.py", *map(str, args)]
+
+
+def test_runner_stable_then_decay(tmp_path):
+    # the experiment's runner on a tiny set: a stable phase, then a decay phase that
     # resumes its last checkpoint and ends at LR 0; a test result after each phase
     dest = tmp_path / "bin"
     assert run(["bash", "examples/quadratic/prepare.sh", str(dest), "--train", "128", "--valid", "16",
                 "--test", "16", "--seed", "3"]).returncode == 0
-    env = {"DATA": str(dest), "MAX_UPDATE": "4", "DECAY_UPDATES": "4", "VALID_EVERY": "2"}
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "runs"), "no_memory"], env=env)
+    schedule = ["--max-update", "4", "--decay-updates", "4", "--valid-every", "2", "--data", dest]
+    p = run(quadratic("run", tmp_path / "runs", "no_memory", *schedule))
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     log = (tmp_path / "runs" / "no_memory" / "train.log").read_text()
     assert re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ 4 updates\)", log)
@@ -67,8 +73,7 @@ def test_cpu_runs_stable_then_decay(tmp_path):
     # validation of saved checkpoints, by update: the same exact match as fairseq-train's
     # validation at that update, named by the update count stored in the checkpoint
     run_dir = tmp_path / "runs" / "no_memory"
-    p = run(["bash", "examples/quadratic/valid_by_update.sh", str(run_dir), str(run_dir / "checkpoint_last.pt")],
-            env={"DATA": str(dest)})
+    p = run(quadratic("valid", run_dir, run_dir / "checkpoint_last.pt", "--data", dest))
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert p.stdout.strip().endswith("checkpoint_last.pt: update 8, " + str(json.loads(
         (run_dir / "valid_update8.json").read_text())["accuracy"]))
@@ -78,16 +83,13 @@ def test_cpu_runs_stable_then_decay(tmp_path):
     assert by_update["split"] == "valid" and by_update["samples"] == 16
     assert 100 * by_update["accuracy"] == pytest.approx(fairseq_valid[8], abs=0.01)
     assert (run_dir / "valid_update8.misses.tsv").exists() and not (run_dir / "valid_update8.log").exists()
-    p = run(["bash", "examples/quadratic/valid_by_update.sh", str(run_dir), str(run_dir / "checkpoint_last.pt")],
-            env={"DATA": str(dest)})
+    p = run(quadratic("valid", run_dir, run_dir / "checkpoint_last.pt", "--data", dest))
     assert p.returncode == 0 and p.stdout == "", "an evaluated update is not evaluated again"
-    p = run(["bash", "examples/quadratic/valid_by_update.sh", str(run_dir), str(run_dir / "checkpoint_9.pt")],
-            env={"DATA": str(dest)})
+    p = run(quadratic("valid", run_dir, run_dir / "checkpoint_9.pt", "--data", dest))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no checkpoint" in p.stderr and "checkpoint_9.pt" in p.stderr
     # a decay phase needs a stable one to resume
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "fresh"), "rmt"],
-            env={**env, "PHASES": "decay"})
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "PHASES=stable" in p.stderr
+    p = run(quadratic("run", tmp_path / "fresh", "rmt", *schedule, "--phases", "decay"))
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "--phases stable" in p.stderr
 
 
 # a tiny model for the resume test: flags after `--` come last and override the script's
@@ -108,35 +110,34 @@ def float_params(path):
     return {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
 
 
-def test_cpu_runs_resumes_where_it_stopped(tmp_path):
+def test_runner_resumes_where_it_stopped(tmp_path):
     # 80 equations in batches of 16: epochs end at updates 5 and 10; the stable phase is
     # updates 1-6 (the plateau scheduler), the decay 7-12 (polynomial_decay, LR 0 at 12)
     dest = tmp_path / "bin"
     assert run(["bash", "examples/quadratic/prepare.sh", str(dest), "--train", "80", "--valid", "8",
                 "--test", "8", "--seed", "3"]).returncode == 0
-    env = {"DATA": str(dest), "MAX_UPDATE": "6", "DECAY_UPDATES": "6", "VALID_EVERY": "2"}
+    schedule = ["--max-update", "6", "--decay-updates", "6", "--valid-every", "2", "--data", dest]
 
-    def cpu_runs(out, **more):
-        p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / out), "tarm_gate", "--", *TINY],
-                env={**env, **more})
+    def runner(out, *more):
+        p = run(quadratic("run", tmp_path / out, "tarm_gate", *schedule, *more, "--", *TINY))
         assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
         return p
 
-    cpu_runs("straight")
+    runner("straight")
     # stopped inside the stable phase
-    p = cpu_runs("resumed", STOP_AT="4")
+    p = runner("resumed", "--stop-at", "4")
     assert "tarm_gate stopped at update 4 of the stable phase" in p.stdout
     run_dir = tmp_path / "resumed" / "tarm_gate"
     assert not (run_dir / "test_stable.json").exists()
     # stopped at the end of the stable phase: its test result is written, its updates are
     # not trained again (fairseq would do one more when started at its --max-update)
-    p = cpu_runs("resumed", STOP_AT="6")
+    p = runner("resumed", "--stop-at", "6")
     assert "stopped at update 6 of the decay phase" in p.stdout and (run_dir / "test_stable.json").exists()
     # killed while fairseq copied its update-6 checkpoint to checkpoint_last.pt: the newest
     # complete checkpoint (the first file of that save) takes its place
     last, best = run_dir / "checkpoint_last.pt", run_dir / "checkpoint_best.pt"
     last.write_bytes(last.read_bytes()[:1000])
-    p = cpu_runs("resumed", STOP_AT="10")
+    p = runner("resumed", "--stop-at", "10")
     assert re.search(r"checkpoint_last\.pt was missing or truncated; replaced by \S+ \(6 updates\)", p.stderr)
     assert "stopped at update 10 of the decay phase" in p.stdout
     # killed at update 10 while fairseq copied that save to checkpoint_best.pt (an epoch's
@@ -144,9 +145,9 @@ def test_cpu_runs_resumes_where_it_stopped(tmp_path):
     # are trained again and checkpoint_best.pt written again
     shutil.copyfile(run_dir / "checkpoint_2_8.pt", last)
     best.write_bytes(best.read_bytes()[:1000])
-    cpu_runs("resumed")
+    runner("resumed")
     log = (run_dir / "train.log").read_text()
-    assert log.startswith("cpu_runs.sh: ") and "stable phase: updates 0 -> 4 of 6" in log, "appended, never truncated"
+    assert log.startswith("quadratic.py: ") and "stable phase: updates 0 -> 4 of 6" in log, "appended, never truncated"
     loaded = [int(u) for u in re.findall(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log)]
     assert loaded == [4, 6, 8], loaded
     assert len(re.findall(r'\| train_inner \| \{.*"num_updates": "9"', log)) == 2, "update 9 trained again"
@@ -169,38 +170,36 @@ def test_cpu_runs_resumes_where_it_stopped(tmp_path):
         assert json.loads((run_dir / name).read_text()) == json.loads((straight_dir / name).read_text())
 
     # a finished run started again trains nothing and prints its results
-    p = cpu_runs("resumed")
+    p = runner("resumed")
     assert (run_dir / "train.log").read_text() == log
     assert "tarm_gate after 12 updates:" in p.stdout
     # another schedule in the same directory is refused
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "resumed"), "tarm_gate", "--", *TINY],
-            env={**env, "MAX_UPDATE": "5"})
+    p = run(quadratic("run", tmp_path / "resumed", "tarm_gate", *schedule, "--max-update", "5", "--", *TINY))
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "was started with 'MAX_UPDATE=6 " in p.stderr and "not 'MAX_UPDATE=5 " in p.stderr
 
 
 def test_a_decay_branched_off_a_stable_phase_is_that_runs_own_decay(tmp_path):
-    # branch_decay.sh copies a run's state at the end of its stable phase (kept by cpu_runs.sh
-    # after the run went on) into another directory; its decay with the same flags is the
+    # `branch` copies a run's state at the end of its stable phase (kept by `run` after the
+    # run went on) into another directory; its decay with the same flags is the
     # run's own decay to the weights, and other flags are refused without a branch of their own
     dest = tmp_path / "bin"
     assert run(["bash", "examples/quadratic/prepare.sh", str(dest), "--train", "80", "--valid", "8",
                 "--test", "8", "--seed", "3"]).returncode == 0
-    env = {"DATA": str(dest), "MAX_UPDATE": "4", "DECAY_UPDATES": "4", "VALID_EVERY": "2"}
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "base"), "rmt", "--", *TINY], env=env)
+    schedule = ["--max-update", "4", "--decay-updates", "4", "--valid-every", "2", "--data", dest]
+    p = run(quadratic("run", tmp_path / "base", "rmt", *schedule, "--", *TINY))
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     base, branch = tmp_path / "base" / "rmt", tmp_path / "branch" / "rmt"
 
-    p = run(["bash", "examples/quadratic/branch_decay.sh", str(base), str(branch), "--", *TINY])
+    p = run(quadratic("branch", base, branch, "--", *TINY))
     assert p.returncode == 0, p.stderr
-    assert "PHASES=decay bash examples/quadratic/cpu_runs.sh" in p.stdout
+    assert "python scripts/quadratic.py run " in p.stdout and "--phases decay --max-update 4 --decay-updates 4" in p.stdout
     assert (branch / "run.conf").read_text() == (base / "run.conf").read_text()
     assert (branch / "test_stable.json").read_text() == (base / "test_stable.json").read_text()
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "branch"), "rmt", "--", *TINY, "--loss-last-segments", "1"],
-            env={**env, "PHASES": "decay"})
+    p = run(quadratic("run", tmp_path / "branch", "rmt", *schedule, "--phases", "decay", "--", *TINY,
+                      "--loss-last-segments", "1"))
     assert p.returncode == 2 and "was started with" in p.stderr and p.stderr.count("\n") == 1, p.stderr
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "branch"), "rmt", "--", *TINY],
-            env={**env, "PHASES": "decay"})
+    p = run(quadratic("run", tmp_path / "branch", "rmt", *schedule, "--phases", "decay", "--", *TINY))
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
 
     log = (branch / "train.log").read_text()
@@ -214,14 +213,74 @@ def test_a_decay_branched_off_a_stable_phase_is_that_runs_own_decay(tmp_path):
     for args in ([str(base), str(tmp_path / "other" / "tarm_gate")],     # another setting
                  [str(branch), str(tmp_path / "again" / "rmt")],           # a branch never ran a stable phase
                  [str(base), str(branch)]):                                # into an existing run
-        p = run(["bash", "examples/quadratic/branch_decay.sh", *args])
-        assert p.returncode == 2 and p.stderr.startswith("branch_decay.sh: error: ") and p.stderr.count("\n") == 1, p.stderr
+        p = run(quadratic("branch", *args))
+        assert p.returncode == 2 and p.stderr.startswith("quadratic.py: error: ") and p.stderr.count("\n") == 1, p.stderr
 
 
-def test_cpu_runs_outside_the_venv_says_so(tmp_path):
-    # cpu_runs.sh calls `python`; without the project's venv it would fail deep in a helper
-    p = run(["bash", "examples/quadratic/cpu_runs.sh", str(tmp_path / "out"), "rmt"],
-            env={"PATH": "/usr/bin:/bin"}, fork=False)
+def test_runner_outside_the_venv_says_so(tmp_path):
+    # a Python without fairseq would fail in its first fairseq-train call; one line instead
+    p = run(["/usr/bin/python3", "scripts/quadratic.py", "run", str(tmp_path / "out"), "rmt"], fork=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-    assert "activate the project's venv" in p.stderr
+    assert "cannot import fairseq" in p.stderr and ".venv/bin/python" in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_runner_input_is_one_line(tmp_path):
+    for args in (["run", tmp_path, "rmt", "--", "--max-update", "9"],     # the budget is the runner's
+                 ["run", tmp_path, "rmt", "--stop-at", "0"],
+                 ["valid", tmp_path / "absent", tmp_path / "c.pt"]):
+        p = run(quadratic(*args))
+        assert p.returncode == 2 and p.stderr.startswith("quadratic.py: error: ") and p.stderr.count("\n") == 1, p.stderr
+
+
+class _Names(dict):
+    def __missing__(self, key):  # the enum values fairseq prints bare (eos, relu, ...)
+        return key
+
+
+def _cfg(text):
+    return eval(text, {"__builtins__": {}}, _Names(inf=float("inf")))
+
+
+def test_the_runner_trains_what_trained_seed_1():
+    # seeds 2 and 3 of the 12k schedule must be the run that gave seed 1's result with another
+    # seed: the configuration fairseq-train logged for seed 1's stable and decay phases
+    # (examples/quadratic/cpu_runs.sh at the time) is the one of quadratic.py's commands, but
+    # for the paths and the flags added since (their defaults are the behaviour of before)
+    import sys
+
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import quadratic as q
+
+    log = os.path.join(ROOT, "results", "quadratic23", "tarm_a0.5", "train.log")
+    with open(log) as f:
+        logged = [_cfg(line.split("fairseq_cli.train | ", 1)[1]) for line in f if "fairseq_cli.train | {" in line]
+    args = q.parse_args(["run", "/tmp/out", "tarm_a0.5", "--schedule", "12k"])
+    args.max_update, args.decay_updates = 8000, 4000
+    phases = {0: [*q.STABLE, "--max-update", "1000"],
+              -1: ["--lr-scheduler", "polynomial_decay", "--warmup-updates", "8000", "--total-num-update", "12000",
+                   "--reset-lr-scheduler", "--max-update", "12000"]}
+    paths = {("common", "user_dir"), ("task", "data"), ("checkpoint", "save_dir"), ("task", "save_dir")}
+    added = {("model", "memory_kind"): "tokens", ("model", "assoc_key_dim"): 32, ("model", "assoc_dpfp_nu"): 3,
+             ("task", "eval_token_classes"): False, ("task", "eval_local_window"): None,
+             ("task", "eval_memory_horizon"): None, ("task", "eval_document_losses"): None}  # eval-lm flags
+    for i, flags in phases.items():
+        cmd = q.train_command(args, "/tmp/out/tarm_a0.5", "tarm_a0.5", *flags)
+        ours = _cfg(str(convert_namespace_to_omegaconf(
+            options.parse_args_and_arch(options.get_training_parser(), input_args=cmd[1:]))))
+        theirs = logged[i]
+        assert set(theirs) <= set(ours)
+        for section, old in theirs.items():
+            if not isinstance(old, dict):
+                assert ours[section] == old, section
+                continue
+            for key in set(old) | set(ours[section]):
+                if (section, key) in paths:
+                    continue
+                if key not in old:  # a flag added since
+                    assert ours[section][key] == added[section, key], (section, key)
+                else:
+                    assert ours[section][key] == old[key], (section, key, ours[section][key], old[key])

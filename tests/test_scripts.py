@@ -14,6 +14,7 @@ from conftest import PLUGIN, ROOT
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import ablate  # noqa: E402
 import plot  # noqa: E402
+import quadratic_report  # noqa: E402
 
 
 def fake_log(path, losses):
@@ -86,11 +87,11 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
         res["two_roots_by_x1_segment"] = {"segment 4": {"accuracy": 1.0, "samples": 6},
                                           "segment 3": {"accuracy": at3, "samples": 2}}
         (tmp_path / "rmt" / f"valid_update{u}.json").write_text(json.dumps(res) + "\n")
-    assert list(plot.valid_by_update(tmp_path / "rmt")) == [500, 1000]
-    assert plot.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
-    assert [plot.stable_end(tmp_path / n) for n in ("rmt", "no_memory", "tarm_gate")] == [500, None, 8000]
+    assert list(quadratic_report.valid_by_update(tmp_path / "rmt")) == [500, 1000]
+    assert quadratic_report.valid_accuracy(tmp_path / "rmt" / "train.log") == [(250, 10.0), (500, 60.0), (750, 97.5), (1000, 97.0)]
+    assert [quadratic_report.stable_end(tmp_path / n) for n in ("rmt", "no_memory", "tarm_gate")] == [500, None, 8000]
     out = tmp_path / "fig.png"
-    plot.plot_quadratic(type("A", (), {"runs": str(tmp_path), "out": str(out), "target": 99.8, "zoom": 90.0,
+    quadratic_report.write(type("A", (), {"runs": str(tmp_path), "out": str(out), "target": 99.8, "zoom": 90.0,
                                        "seed_runs": []}))
     assert out.stat().st_size > 1000
     import matplotlib.pyplot as plt
@@ -118,7 +119,7 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     shutil.copytree(tmp_path / "rmt", tmp_path / "s2" / "rmt")
     os.remove(tmp_path / "s2" / "rmt" / "test.json")
     (tmp_path / "s2" / "rmt" / "test.json").write_text(result(1.0, 1.0, 1.0))
-    table = plot.seeds_table([str(tmp_path), str(tmp_path / "s2")]).splitlines()
+    table = quadratic_report.seeds_table([str(tmp_path), str(tmp_path / "s2")]).splitlines()
     assert table[2:] == ["| rmt | 1 | 1000 | 90.0% [59.6, 98.2] | 97.5% | 100.0% (6) | - | 50.0% (2) |",
                          "| rmt | 2 | 1000 | 100.0% [72.2, 100.0] | 97.5% | - | - | - |"]
 
@@ -128,7 +129,7 @@ def test_a_run_continued_from_another_is_drawn_from_where_it_branched():
     rmt = [(250, 10.0), (500, 60.0), (750, 70.0)]
     runs = {"rmt": {"curve": rmt}, "rmt_answer_decay": {"curve": rmt[:2] + [(750, 90.0)]},
             "tarm_gate": {"curve": [(250, 10.0), (500, 50.0)]}}
-    drawn = plot.unshared_curves(runs)
+    drawn = quadratic_report.unshared_curves(runs)
     assert drawn["rmt"] == rmt
     assert drawn["rmt_answer_decay"] == [(500, 60.0), (750, 90.0)]
     assert drawn["tarm_gate"] == [(250, 10.0), (500, 50.0)]  # one equal first point is no copy to hide

@@ -99,22 +99,6 @@ def test_flags(args, run_dir):
             "--eval-document-losses", os.path.join(run_dir, "docs_test.json")]
 
 
-def complete_test(args, run_dir, result):
-    """A run evaluated before eval-lm logged the position table, the token classes or the
-    losses per document: its test evaluation once more (the same loss, and those)."""
-    if (result["test"].get("by_position") and result["test"].get("by_class")
-            and os.path.exists(os.path.join(run_dir, "docs_test.json"))):
-        return result
-    path = os.path.join(run_dir, "eval_test.log")
-    run_logged(eval_cmd(args, run_dir, "test", *test_flags(args, run_dir)), path, mode="w")
-    ev = read_eval(path)
-    if (ev["tokens"], round(ev["loss_bits"], 4)) != (result["test"]["tokens"], round(result["test"]["loss_bits"], 4)):
-        raise SystemExit(f"longdoc: {path} differs from the run's first test evaluation")
-    result["test"] = ev
-    save_result(run_dir, result)
-    return result
-
-
 def horizon_data(args):
     """A data-bin of the test documents of --horizon-docs A B segments (A to B segments of L,
     in file order), the dictionary shared: the stated subset the memory horizon is measured on."""
@@ -205,7 +189,7 @@ def one_run(args, setting, seed):
     result = lab.load_result(run_dir)
     if result is not None:
         if made_with(result, args):
-            return memory_horizon(args, run_dir, memory_ablation(args, run_dir, complete_test(args, run_dir, result)))
+            return memory_horizon(args, run_dir, memory_ablation(args, run_dir, result))
         raise SystemExit(f"longdoc: {run_dir}/result.json was made with other settings; use another --out")
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
@@ -317,10 +301,6 @@ def finished_runs(args):
     and seeds too: several may run side by side, e.g. one thread each)."""
     runs = os.path.join(args.out, "runs")
     results = [r for r in lab.results_under(runs) if made_with(r, args)]
-    for r in results:
-        if not r["test"].get("by_position"):  # finished by an older longdoc.py: in the log?
-            log = os.path.join(runs, f"{r['setting']}_s{r['seed']}", "eval_test.log")
-            r["test"]["by_position"] = read_eval(log)["by_position"]
     return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
 
 

@@ -25,7 +25,7 @@ continues from the run's checkpoint_last.pt, and a run whose result.json
 exists is skipped. Writes under --out:
   runs/<setting>_s<seed>/train.log, eval_test.log, eval_valid.log, result.json,
       eval_test_reset_memory.log (memory settings: the test split with E_0 read at every
-      segment, --eval-reset-memory: what the carried memory adds)
+      segment, --eval-reset-memory: how much the model relies on the carry)
   results.json, results.md (tables of every finished run under --out, mean +- std over
                             seeds: by depth, gains, by position within the segment, the
                             memory ablation, the checks), longdoc.png: scripts/longdoc_report.py
@@ -162,7 +162,7 @@ def memory_horizon(args, run_dir, result):
 
 def memory_ablation(args, run_dir, result):
     """A memory setting's test split once more with E_0 read at every segment
-    (--eval-reset-memory): what the carried memory adds beyond the learned E_0.
+    (--eval-reset-memory): how much the model relies on the carry (off its training distribution).
     Added to ``result`` (and its result.json) once; runs finished before it get it too."""
     if not has_memory(result["setting"]) or result["setting"] == "prefix" or "test_reset_memory" in result:
         return result

@@ -60,7 +60,8 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: 
     assert [x["positions"] for x in results["rmt"]["test"]["by_position"]] == [f"{j}-{j}" for j in range(8)]
     report = (out / "results.md").read_text()
     assert "by position within the segment" in report
-    assert "What the carried memory adds" in report and "| rmt | 1 |" in report and "unigram" in report
+    assert "How much the models rely on the carry" in report and "| rmt | 1 |" in report and "unigram" in report
+    assert "Targets (" in report and "rmt >= 3% below the prefix control at depth >= 8: seed 1 " in report
     assert "Gain over prefix on depth >= 8" in report and "Gain over no_memory on far tokens" in report
     assert "Memory horizon" in report and "by token class" in report
     assert (out / "longdoc.png").stat().st_size > 1000
@@ -138,3 +139,11 @@ def test_finished_runs_are_found_by_their_data_bins_name_not_its_path(tmp_path):
         (tmp_path / "out" / "runs" / name / "result.json").write_text(json.dumps(
             {"setting": name[:-3], "seed": 1, "config": config, "test": {"by_position": [1]}}))
     assert [r["setting"] for r in longdoc.finished_runs(args)] == ["rmt"]
+
+
+def test_a_target_holds_only_in_every_seed():
+    import longdoc_report
+
+    assert longdoc_report.every_seed({1: 5.0, 2: 3.0}, 3) == "**met** in every seed (2)"
+    assert longdoc_report.every_seed({1: 5.0, 2: 2.9, 3: 4.0}, 3) == "**not met** (2 of 3 seeds)"
+    assert longdoc_report.every_seed({1: None}, 3) == "no seed yet"

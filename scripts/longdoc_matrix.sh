@@ -18,7 +18,7 @@
 # Across machines: a finished run is committed to results/longdoc/matrix_<MAX_UPDATE>/<corpus>/runs/
 # (its logs, result.json, losses per document; no checkpoints: `longdoc_matrix.sh save`), and
 # each worker first copies those back under RUNS, so that a new machine skips them too.
-#   bash scripts/longdoc_matrix.sh save   # copy the finished runs under RUNS into results/ (then commit)
+#   bash scripts/longdoc_matrix.sh save   # the report over the finished runs under RUNS, and they, into results/ (then commit)
 # env: RUNS (where runs/longdoc_<corpus>_<MAX_UPDATE> go; default ./runs), DATA (the data-bins
 # code/ and prose/, scripts/prepare_longdoc.py; default ./data-bin), PY (default .venv/bin/python
 # of the main checkout if RUNS points there, else python3), MAX_UPDATE (default 2400: the
@@ -53,7 +53,14 @@ copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM wit
 }
 if [[ $WORKER == save ]]; then
     for corpus in code prose; do
-        [[ ! -d $RUNS/longdoc_${corpus}_$MAX_UPDATE/runs ]] || copy_finished "$RUNS/longdoc_${corpus}_$MAX_UPDATE" "$SAVED/$corpus"
+        out=$RUNS/longdoc_${corpus}_$MAX_UPDATE
+        [[ -d $out/runs ]] || continue
+        if [[ -f $DATA/$corpus/dict.txt ]]; then  # the report over every finished run (the unigram line reads the data)
+            "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$out" "${COMMON[@]}" --report-only > /dev/null
+        else
+            echo "longdoc_matrix: $DATA/$corpus missing: the report of $out not rebuilt"
+        fi
+        copy_finished "$out" "$SAVED/$corpus"
         for f in results.md results.json longdoc.png calibration.md calibration.json calibration.png; do
             [[ ! -f $RUNS/longdoc_${corpus}_$MAX_UPDATE/$f ]] || cp -p "$RUNS/longdoc_${corpus}_$MAX_UPDATE/$f" "$SAVED/$corpus/"
         done

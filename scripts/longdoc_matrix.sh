@@ -33,7 +33,7 @@ PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
 [[ -x "$PY" ]] || PY=python3
 MAX_UPDATE=${MAX_UPDATE:-2400}
 # two one-thread runs side by side train at 0.77-0.93 updates/s each here, one two-thread run at
-# 1.36-1.48 (train_inner of the seed-1 prefix, rmt, tarm_a0.5 logs): a and b do more per hour,
+# 1.21-1.55 (train_inner of the seed-1 prefix, rmt, tarm_a0.5 logs): a and b do more per hour,
 # all finishes one run sooner
 THREADS=${THREADS:-$([[ $WORKER == all ]] && echo 2 || echo 1)}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS

@@ -108,20 +108,23 @@ def targets(by, seeds, args):
     mean = lambda s, f: statistics.mean(f(r) for r in by[s].values())  # noqa: E731
     far_bits = lambda r: r["test"].get("by_class", {}).get("far", {}).get("loss_bits", float("nan"))  # noqa: E731
     best = min(carrying, key=lambda s: mean(s, lambda r: r["deep_ppl"]))
-    best_far = min(carrying, key=lambda s: mean(s, far_bits))
+    with_far = [s for s in carrying if all(r["test"].get("by_class") for r in by[s].values())]
+    best_far = min(with_far, key=lambda s: mean(s, far_bits)) if with_far else None
 
-    def line(label, per_seed, threshold, note=""):
+    def line(label, per_seed, threshold):
+        """A target's line, or none if no seed has its numbers (runs evaluated before them)."""
+        if all(g is None for g in per_seed.values()):
+            return []
         cells = "; ".join(f"seed {seed} {gain_cell(g)}" for seed, g in per_seed.items())
-        return f"- {label}: {cells or '-'}: {every_seed({k: g and g[0] for k, g in per_seed.items()}, threshold)}{note}"
+        return [f"- {label}: {cells}: {every_seed({k: g and g[0] for k, g in per_seed.items()}, threshold)}"]
 
-    out = ["", f"Targets (every seed that ran; gains are % lower test perplexity with 95% bootstrap intervals over "
-           f"the test documents; best memory setting at depth >= {DEEP}: {best}, on far tokens: {best_far}):", ""]
+    out = []
     if "context4x" in by:
-        out.append(line(f"calibration, 4x context >= 3% below no memory at depth >= {DEEP} (on test)",
-                        {x: gain(by, args, "context4x", "no_memory", x) for x in seeds if x in by["context4x"]}, 3))
+        out += line(f"calibration, 4x context >= 3% below no memory at depth >= {DEEP} (on test)",
+                    {x: gain(by, args, "context4x", "no_memory", x, point=True) for x in seeds if x in by["context4x"]}, 3)
     if "prefix" in by:
-        out.append(line(f"{best} >= 3% below the prefix control at depth >= {DEEP}",
-                        {x: gain(by, args, best, "prefix", x) for x in seeds if x in by[best]}, 3))
+        out += line(f"{best} >= 3% below the prefix control at depth >= {DEEP}",
+                    {x: gain(by, args, best, "prefix", x, point=True) for x in seeds if x in by[best]}, 3)
     falls = {}
     for x, r in sorted(by[best].items()):
         h = r.get("horizon", {})
@@ -133,8 +136,9 @@ def targets(by, seeds, args):
         verdict = every_seed({x: k1 - c for x, (k1, c) in falls.items()}, 1e-9).replace("met", "falling", 1)
         out.append(f"- {best}'s horizon still falling beyond K = 1 (depth >= {DEEP} on the horizon subset, "
                    f"K = 1 -> carried): {cells}: {verdict}")
-    out.append(line(f"{best_far} >= 10% below no memory on far tokens",
-                    {x: gain(by, args, best_far, "no_memory", x, **FAR) for x in seeds if x in by[best_far]}, 10))
+    if best_far:
+        out += line(f"{best_far} >= 10% below no memory on far tokens",
+                    {x: gain(by, args, best_far, "no_memory", x, **FAR) for x in seeds if x in by[best_far]}, 10)
     if "context4x" in by:
         shares = {}
         for x in seeds:
@@ -143,9 +147,12 @@ def targets(by, seeds, args):
                 full = b - by["context4x"][x]["deep_ppl"]
                 shares[x] = (b - by[best][x]["deep_ppl"]) / full if full > 0 else None
         cells = "; ".join(f"seed {x} {v:.2f}" if v is not None else f"seed {x} n/a (4x not ahead)" for x, v in shares.items())
+        verdict = every_seed(shares, 0.5) if any(v is not None for v in shares.values()) else "no share (4x not ahead)"
         out.append(f"- moonshot, {best} recovers >= half of the 4x reference's gain over no memory at depth >= {DEEP}: "
-                   f"{cells or '-'}: {every_seed(shares, 0.5)} (a share of a small 4x gain says little)")
-    return out
+                   f"{cells or '-'}: {verdict} (a share of a small 4x gain says little)")
+    far = f", on far tokens: {best_far}" if best_far else ""
+    return ["", f"Targets (every seed that ran; gains are % lower test perplexity with 95% bootstrap intervals over "
+            f"the test documents; best memory setting at depth >= {DEEP}: {best}{far}):", "", *out]
 
 
 def gains_at_depth(by, settings, seeds):
@@ -213,18 +220,27 @@ def reset_ablation(by, settings):
 FAR = {"deep": 0, "cls": 1}  # document_sums' selection of the far tokens, at every depth
 
 
-def gain(by, args, setting, base, seed, **selection):
+def gain(by, args, setting, base, seed, point=False, **selection):
     """(% lower perplexity, 95% interval low, high) of ``setting`` than ``base`` in ``seed`` on the
     tokens ``selection`` picks (default: depth >= DEEP), a paired bootstrap over the test
-    documents; None if either run or its losses per document are missing."""
+    documents; None if either run or its losses per document are missing (with ``point``, at
+    depth >= DEEP: the point estimate from the results, without an interval)."""
     if seed not in by.get(setting, {}) or seed not in by.get(base, {}):
         return None
     a, b = (document_sums(os.path.join(args.out, "runs", f"{s}_s{seed}"), **selection) for s in (setting, base))
-    return None if a is None or b is None else lab.bootstrap_gain(a, b, args.bootstrap)
+    if a is not None and b is not None:
+        return lab.bootstrap_gain(a, b, args.bootstrap)
+    if selection or not point:
+        return None
+    # runs evaluated before docs_test.json: the point estimate, no interval
+    mine, theirs = by[setting][seed]["deep_ppl"], by[base][seed]["deep_ppl"]
+    return 100 * (theirs - mine) / theirs, None, None
 
 
 def gain_cell(g):
-    return "-" if g is None else f"{g[0]:.1f}% [{g[1]:.1f}, {g[2]:.1f}]"
+    if g is None:
+        return "-"
+    return f"{g[0]:.1f}%" + (" (no interval)" if g[1] is None else f" [{g[1]:.1f}, {g[2]:.1f}]")
 
 
 def bootstrap_tables(by, seeds, args):

@@ -13,9 +13,11 @@ the call's ``memory`` before it and keeps the returned memory after it
 - stored detached: gradients stop at batch boundaries (truncated BPTT);
 - a row that is not finite (an fp16 overflow step) reads E_0 again (its
   ``reset`` is set for the first segment);
-- a batch run again (fairseq's ``--amp`` retries a batch after an overflow)
-  reads the memory from *before* it, never what it wrote itself (that would
-  leak its later segments into its first);
+- a batch run again reads what it read the first time, never what it or a
+  later batch wrote (that would leak the future into it): fairseq's ``--amp``
+  retries all ``--update-freq`` batches of an update after an overflow, so
+  within a training update (:meth:`begin_step`) each batch's read is kept;
+  outside one, a batch repeated at once reads the memory from before it;
 - a different batch size reads E_0 (a warning unless every row resets anyway);
 - with several ranks, every rank's memory of the training streams is gathered
   (:meth:`gather`) for rank 0's checkpoints.
@@ -50,13 +52,27 @@ class MemoryStore(nn.Module):
         self._before: Dict[str, Entry] = {}
         self._per_rank: Dict[str, Tensor] = {}
         self._call: Optional[Tuple[str, Optional[int]]] = None
+        self._step = None  # the training update running (begin_step), None outside training
+        self._reads: Dict[Tuple[str, int], Optional[Entry]] = {}  # what each batch of that update read
+
+    def begin_step(self, step) -> None:
+        """A training update (fairseq's update number) runs its batches: while it is the same
+        update, a batch that runs again (an ``--amp`` retry of the update's batches) reads what
+        it read the first time."""
+        if step != self._step:
+            self._step, self._reads = step, {}
 
     # ---------------------------------------------------------------- the store
     def get(self, key: str, bsz: int, batch_id: Optional[int] = None) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """(memory, invalid_rows) to read for ``key``, or (None, None) if nothing fits."""
-        entry = self._now.get(key)
-        if entry is not None and batch_id is not None and entry[2] == batch_id:
-            entry = self._before.get(key)  # a re-run of the batch that wrote ``now``
+        if batch_id is not None and (key, batch_id) in self._reads:
+            entry = self._reads[key, batch_id]  # a batch of this update again: its first read
+        else:
+            entry = self._now.get(key)
+            if entry is not None and batch_id is not None and entry[2] == batch_id:
+                entry = self._before.get(key)  # a re-run of the batch that wrote ``now``
+            if batch_id is not None and self._step is not None:
+                self._reads[key, batch_id] = entry
         if entry is None or entry[0].size(0) != bsz:
             return None, None
         return entry[0], ~entry[1]
@@ -78,6 +94,7 @@ class MemoryStore(nn.Module):
                 store.clear()
             else:
                 store.pop(key, None)
+        self._reads = {k: v for k, v in self._reads.items() if key is not None and k[0] != key}
 
     # ------------------------------------------------------ around a model call
     def attach(self, model: nn.Module) -> "MemoryStore":

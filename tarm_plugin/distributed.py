@@ -30,3 +30,10 @@ def allow_checkpoint_broadcast() -> None:
     torch.serialization.add_safe_globals([DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
                                           collections.defaultdict, dict, list, int, typing.Any,
                                           dist_utils._TensorPlaceholder])
+
+
+def unwrap(model):
+    """The model inside fairseq's DDP wrappers (each holds the next as ``module``)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model

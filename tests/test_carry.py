@@ -44,6 +44,25 @@ def test_rerun_of_a_batch_reads_the_memory_from_before_it():
     assert torch.equal(store.get("train", 2)[0], m2)  # no id: the latest
 
 
+def test_an_amp_retry_of_an_updates_batches_reads_what_each_read_first():
+    # --update-freq 3: update 7 runs batches 3, 4, 5 of the stream; after an --amp overflow
+    # fairseq runs all three again. Each must read what it read the first time: batch 3 the
+    # memory batch 2 wrote, not batch 5's (which has read batches 3-5's tokens)
+    store = MemoryStore()
+    m = [torch.full((2, 1, 3), float(v)) for v in range(7)]
+    store.put("train", m[2], batch_id=2)
+    for attempt in range(2):
+        store.begin_step(7)
+        for b in (3, 4, 5):
+            assert torch.equal(store.get("train", 2, batch_id=b)[0], m[b - 1]), (attempt, b)
+            store.put("train", m[b], batch_id=b)
+    store.begin_step(8)  # the next update reads on from the last write
+    assert torch.equal(store.get("train", 2, batch_id=6)[0], m[5])
+    store.put("train", m[6], batch_id=6)
+    store.begin_step(9)  # a new epoch's first batch: ids start again, nothing of update 7 is replayed
+    assert torch.equal(store.get("train", 2, batch_id=3)[0], m[6])
+
+
 def model_with(dict_dir, m=3):
     return build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", str(m),
                  "--memory-ema-alpha", "0.5")[1].eval()

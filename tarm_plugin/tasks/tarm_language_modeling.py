@@ -26,7 +26,7 @@ from fairseq.tasks.language_modeling import LanguageModelingTask
 from ..answer import answer_counts
 from ..carry import MemoryStore
 from ..datasets import check_same_dictionary, layout_split, load_split, separator_index
-from ..distributed import allow_checkpoint_broadcast, data_parallel_shard
+from ..distributed import allow_checkpoint_broadcast, data_parallel_shard, unwrap
 from ..errors import TarmError
 from ..eval_segments import SegmentPerplexity, eval_lm_batches
 from ..generation import TarmSequenceGenerator
@@ -117,6 +117,9 @@ class TarmLanguageModelingTask(LanguageModelingTask):
     # ------------------------------------------------- training and validation
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         hold_save_dir(self.args.save_dir)  # only fairseq-train steps: one run per save dir
+        store = getattr(unwrap(model), "carried", None)
+        if isinstance(store, MemoryStore):  # an --amp retry re-runs the update's batches: same reads
+            store.begin_step(update_num)
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
         # a checkpoint may follow any step: gathering costs ~0.02% of a step (docs/performance.md)
         self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))
@@ -148,9 +151,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         A collective: every rank calls it at the same step."""
         if self.break_mode() == "eos" or data_parallel_shard()[1] == 1:
             return
-        inner = model
-        while hasattr(inner, "module"):  # fairseq's DDP wrappers
-            inner = inner.module
+        inner = unwrap(model)
         if isinstance(getattr(inner, "carried", None), MemoryStore):
             inner.carried.gather(key, bsz)
 

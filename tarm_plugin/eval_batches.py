@@ -129,7 +129,7 @@ class MemoryHorizon:
 
     def __call__(self, sample: dict) -> dict:
         net = sample["net_input"]
-        src, target, reset, depth = net["src_tokens"], sample["target"], net["reset"], sample["segment_depth"]
+        src, target, reset = net["src_tokens"], sample["target"], net["reset"]
         if reset.size(1) != 1:
             raise TarmError("--eval-memory-horizon needs batches of one segment per row "
                             "(--sample-break-mode doc or none)")
@@ -138,7 +138,7 @@ class MemoryHorizon:
             if context and any(c["src"].size(0) != src.size(0) for c in context):
                 raise TarmError("--eval-memory-horizon: the batch size changed between batches")
             self.history.append({"src": src, "reset": reset})
-        if src.size(1) != net["segment_length"] and context:
+        if any(c["src"].size(1) != net["segment_length"] for c in context):
             raise TarmError("--eval-memory-horizon: a segment shorter than --segment-length before the last")
         out = dict(sample)
         out["net_input"] = dict(net)
@@ -149,7 +149,11 @@ class MemoryHorizon:
         out["net_input"]["reset"] = new_reset
         width = sum(c["src"].size(1) for c in context)
         out["target"] = torch.cat([target.new_full((target.size(0), width), self.pad), target], dim=1)
-        out["segment_depth"] = torch.cat([depth.new_full((depth.size(0), len(context)), -1), depth], dim=1)
+        # the context is not scored: no depth, document or class of its own
+        for per_segment in ("segment_depth", "segment_document"):
+            if per_segment in sample:
+                x = sample[per_segment]
+                out[per_segment] = torch.cat([x.new_full((x.size(0), len(context)), -1), x], dim=1)
         if "token_class" in sample:
             tc = sample["token_class"]
             out["token_class"] = torch.cat([tc.new_full((tc.size(0), width), -1), tc], dim=1)

@@ -88,7 +88,7 @@ def doc_ckpt(doc_bin, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.cli
-def test_memory_horizon_equals_plain_and_reset_at_its_ends(doc_bin, doc_ckpt):  # noqa: F811
+def test_memory_horizon_equals_plain_and_reset_at_its_ends(doc_bin, doc_ckpt, tmp_path):  # noqa: F811
     from test_cli import eval_lm, eval_numbers
     from test_eval_lm import eval_loss
 
@@ -104,6 +104,15 @@ def test_memory_horizon_equals_plain_and_reset_at_its_ends(doc_bin, doc_ckpt):  
     t1, tp = table(k1), table(plain)
     assert [t1[d] for d in ("0", "1")] == [tp[d] for d in ("0", "1")], "depth <= K: as carried"
     assert all(t1[d] != tp[d] for d in tp if d not in ("0", "1")), "deeper: only one segment back"
+    # with the losses per document and token classes: the same rows as carried for K beyond every
+    # depth (the prepended context is nobody's document)
+    rows = {}
+    for name, k in (("plain", []), ("far", ["--eval-memory-horizon", "1000"])):
+        path = str(tmp_path / f"{name}.json")
+        eval_lm(data, ckpt, *valid, "--eval-token-classes", "--eval-document-losses", path, *k)
+        rows[name] = sorted(map(tuple, json.load(open(path))["rows"]))
+    assert [r[:4] for r in rows["far"]] == [r[:4] for r in rows["plain"]]
+    assert [r[4] for r in rows["far"]] == pytest.approx([r[4] for r in rows["plain"]], rel=1e-5)
 
 
 @pytest.mark.cli

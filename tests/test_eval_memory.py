@@ -5,6 +5,7 @@ loss on local / far / new tokens)."""
 
 import json
 import math
+import os
 import re
 
 import pytest
@@ -113,6 +114,26 @@ def test_memory_horizon_equals_plain_and_reset_at_its_ends(doc_bin, doc_ckpt, tm
         rows[name] = sorted(map(tuple, json.load(open(path))["rows"]))
     assert [r[:4] for r in rows["far"]] == [r[:4] for r in rows["plain"]]
     assert [r[4] for r in rows["far"]] == pytest.approx([r[4] for r in rows["plain"]], rel=1e-5)
+
+
+@pytest.mark.cli
+def test_eval_lm_of_the_training_split_reads_it_as_evaluation_does(doc_bin, doc_ckpt, tmp_path):  # noqa: F811
+    # --gen-subset train: one segment per row in file order (the training layout's k segments
+    # per row would leave padding between scored tokens): the same tokens and loss as the
+    # same data under another split's name
+    from test_cli import eval_lm, eval_numbers
+    from test_eval_lm import eval_loss
+
+    data, ckpt = doc_ckpt
+    other = tmp_path / "as_valid"
+    other.mkdir()
+    os.symlink(os.path.join(data, "dict.txt"), other / "dict.txt")
+    for ext in ("bin", "idx"):
+        os.symlink(os.path.join(data, f"train.{ext}"), other / f"valid.{ext}")
+    train = eval_lm(data, ckpt, "--gen-subset", "train", "--eval-segment-ppl")
+    valid = eval_lm(str(other), ckpt, "--gen-subset", "valid", "--eval-segment-ppl")
+    assert eval_numbers(train)[0] == eval_numbers(valid)[0] == doc_tokens(doc_bin["raw"], "train")
+    assert eval_loss(train) == eval_loss(valid) and table(train) == table(valid)
 
 
 @pytest.mark.cli

@@ -1,18 +1,17 @@
 """``tarm_language_modeling``: fairseq glue for segment-level recurrent memory.
 
-Like fairseq's ``examples/truncated_bptt``, one dataset item is one whole
-batch of this rank's rows, so memory can be carried from one batch to the next
-of the same rows (the layouts are in :mod:`tarm_plugin.datasets`: contiguous
-streams, one sample per line, documents). Each batch names its memory
-(``memory_key`` = split name), so validation never clobbers the training
-streams' memory; the model is a function of its inputs, and a
-:class:`~tarm_plugin.carry.MemoryStore` per model built passes the carried
-memory in and keeps what comes out. Training items hold ``--bptt-segments`` segments (gradients
-flow through the memory across them); evaluation items hold one segment,
-memory carried through the whole split. With several ranks, every rank's
-carried memory is gathered after each training step, for rank 0's checkpoints.
-The settings and their checks are in :mod:`.settings`, eval-lm's tables and
-batch transforms in :mod:`tarm_plugin.eval_segments`.
+Like fairseq's ``examples/truncated_bptt``, one dataset item is one whole batch of this
+rank's rows, so memory can be carried from one batch to the next of the same rows (the
+layouts are in :mod:`tarm_plugin.datasets`: contiguous streams, one sample per line,
+documents). Each batch names its memory (``memory_key`` = split name), so validation never
+clobbers the training streams' memory; the model is a function of its inputs, and a
+:class:`~tarm_plugin.carry.MemoryStore` per model built passes the carried memory in and
+keeps what comes out. Training items hold ``--bptt-segments`` segments (gradients flow
+through the memory across them); evaluation items (eval-lm's, whatever the split) hold one
+segment, memory carried through the whole split. With several ranks, every rank's carried
+memory is gathered after each training step, for rank 0's checkpoints. The settings and
+their checks are in :mod:`.settings`, eval-lm's tables and batch transforms in
+:mod:`tarm_plugin.eval_segments`.
 """
 
 import logging
@@ -80,7 +79,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             bsz = max(1, max_tokens // width) if max_tokens else 1
         return int(bsz)
 
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+    def load_dataset(self, split, epoch=1, combine=False, train=None, **kwargs):
         # several data paths (DATA1:DATA2:...): epoch i reads the i-th (fairseq reloads the
         # training split every epoch when it sees them); the dictionary is the first one's
         paths = utils.split_paths(self.args.data)
@@ -91,7 +90,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if data is None:
             raise TarmError(f"split '{split}' not found in {data_path} (no {split}.bin/.idx)")
         shard_id, num_shards = data_parallel_shard()
-        train = self.is_train(split)
+        train = self.is_train(split) if train is None else train  # train=False: evaluation's layout
         a = self.args
         mode = check_mode_settings(a)  # here, not in setup_task: eval-lm may take them from the checkpoint
         ds, layout = layout_split(
@@ -100,7 +99,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             separator_name=cfg_get(a, "doc_separator"), loss_start_segment=a.loss_start_segment,
             loss_last_segments=a.loss_last_segments, shard_id=shard_id, num_shards=num_shards)
         logger.info(f"{split}: {layout}" + (f", from {data_path}" if train else ""))
-        ds.backing = data  # MMapIndexedDataset unmaps its buffer when collected
+        ds.backing, ds.train_layout = data, train  # MMapIndexedDataset unmaps its buffer when collected
         self.datasets[split] = ds
 
     def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, collate_fn=None, **kwargs):
@@ -164,6 +163,9 @@ class TarmLanguageModelingTask(LanguageModelingTask):
                             "across segments; drop the flag")
         if cfg_get(self.args, "eval_document_losses") and self.break_mode() != "doc":
             raise TarmError("--eval-document-losses needs --sample-break-mode doc (the split's documents)")
+        if getattr(dataset, "train_layout", False):  # --gen-subset train: one segment per row, in file order
+            self.load_dataset(dataset.name, train=False)
+            dataset = self.datasets[dataset.name]
         itr = self.get_batch_iterator(dataset, num_workers=num_workers, data_buffer_size=data_buffer_size
                                       ).next_epoch_itr(shuffle=False)
         window = (cfg_get(self.args, "eval_local_window") or self.args.segment_length

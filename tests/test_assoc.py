@@ -195,3 +195,22 @@ def test_memory_stats_leave_out_a_row_that_starts_from_zero():
     e1 = torch.full((2, 3), 2.0)
     stats = memory_stats(read, [e1], [e1])
     assert torch.isclose(stats["mem_dE"], torch.tensor(1.0))  # row 1: 1 -> 2; row 0 left out
+
+
+@pytest.mark.parametrize("kind", [[], ASSOC])
+def test_layerdrop_keeps_each_layers_index(dict_dir, kind):
+    # fairseq's LayerDropModuleList yields only the layers it keeps: the associative memory's
+    # per-layer state needs every layer's index (it crashed), and a dropped layer passes its
+    # input on; in evaluation no layer is dropped
+    _, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", "3", "--decoder-layers", "2",
+                     "--decoder-layerdrop", "0.5", *kind)
+    model.train()
+    src = torch.randint(4, 60, (2, 3 * L))
+    for _ in range(6):
+        logits, _ = model(src, segment_length=L)
+        logits.float().sum().backward()
+    model.eval()
+    with torch.no_grad():
+        kept, _ = model(src, segment_length=L)
+        model.decoder.layers.p = 1.0
+        assert torch.equal(model(src, segment_length=L)[0], kept), "no layer is dropped in evaluation"

@@ -257,10 +257,15 @@ class TarmLanguageModel(TransformerLanguageModel):
         the memory's ``before_layer``); ``outputs`` collects each layer's output."""
         dec = self.decoder
         h = x.transpose(0, 1)  # T x B x C, as fairseq's layers want
-        for i, layer in enumerate(dec.layers):
+        # --decoder-layerdrop: fairseq's LayerDropModuleList yields only the layers it keeps, which
+        # would shift the memory's per-layer indices; here every layer keeps its index and a
+        # dropped one passes h on unchanged (no random draw without layerdrop)
+        drop = safe_getattr(dec.layers, "p", 0.0) if self.training else 0.0
+        for i, layer in enumerate(torch.nn.ModuleList.__iter__(dec.layers)):
             if read is not None:
                 h = self.memory.before_layer(i, h.transpose(0, 1), read).transpose(0, 1)
-            h, _, _ = layer(h, incremental_state=state, self_attn_mask=mask)
+            if not (drop > 0 and float(torch.rand(())) < drop):
+                h, _, _ = layer(h, incremental_state=state, self_attn_mask=mask)
             if outputs is not None:
                 outputs.append(h.transpose(0, 1))
         if dec.layer_norm is not None:

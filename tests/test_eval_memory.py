@@ -171,6 +171,7 @@ def test_token_classes_in_eval_lm(doc_ckpt, tmp_path):
     (["--eval-local-window", "8"], "--eval-token-classes"),
     (["--eval-memory-horizon", "1", "--sample-break-mode", "eos"], "--eval-memory-horizon"),
     (["--eval-document-losses", "x.json", "--sample-break-mode", "none"], "--eval-document-losses"),
+    (["--eval-token-classes", "--sample-break-mode", "eos", "--loss-start-segment", "1"], "--eval-token-classes"),
 ])
 def test_bad_eval_flags(doc_ckpt, flags, flag):
     from test_cli import eval_lm, one_line_error

@@ -170,6 +170,11 @@ def check_mode_settings(args) -> str:
                             f"--sample-break-mode {mode} has no samples)")
     if cfg_get(a, "doc_separator") and mode != "doc":
         raise TarmError(f"--doc-separator needs --sample-break-mode doc (got {mode})")
+    if cfg_get(a, "eval_token_classes") and (a.loss_start_segment or a.loss_last_segments):
+        # the classes come from the scored targets: a token read only as context would be missed
+        raise TarmError("--eval-token-classes cannot class the context that --loss-start-segment or "
+                        "--loss-last-segments leave unscored (given or from the checkpoint): drop the flag, "
+                        "or pass --loss-start-segment 0 --loss-last-segments 0")
     return mode
 
 

@@ -147,6 +147,7 @@ def one_line_error(p, flag):
     (["--memory-ema-alpha", "0", "--memory-gate"], "--memory-gate"),
     (["--num-memory-tokens", "-2"], "--num-memory-tokens"),
     (["--valid-subset", "nosuch"], "nosuch"),
+    (["--valid-subset", "train"], "--valid-subset"),  # would re-lay out and overwrite the training streams
 ])
 def test_bad_training_flags(ptb_small, tmp_path, flags, flag):
     data, _ = ptb_small

@@ -10,8 +10,7 @@ keeps what comes out. Training items hold ``--bptt-segments`` segments (gradient
 through the memory across them); evaluation items (eval-lm's, whatever the split) hold one
 segment, memory carried through the whole split. With several ranks, every rank's carried
 memory is gathered after each training step, for rank 0's checkpoints. The settings and
-their checks are in :mod:`.settings`, eval-lm's tables and batch transforms in
-:mod:`tarm_plugin.eval_segments`.
+their checks are in :mod:`.settings`, eval-lm's tables and batches in :mod:`..eval_segments`.
 """
 
 import logging
@@ -125,6 +124,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         return out
 
     def valid_step(self, sample, model, criterion):
+        if self.is_train(sample["net_input"]["memory_key"]):  # it would re-lay out and overwrite the training streams
+            raise TarmError("--valid-subset names the training split: validate on another split (a copy of it)")
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         n_answer = self.args.eval_exact_match_segments
         if n_answer:  # --eval-exact-match-segments: decode the answer segments, count exact ones
@@ -135,8 +136,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         super().reduce_metrics(logging_outputs, criterion)
         em_total = sum(log.get("em_total", 0) for log in logging_outputs)
         if em_total:
-            correct = sum(log.get("em_correct", 0) for log in logging_outputs)
-            metrics.log_scalar("accuracy", 100.0 * correct / em_total, em_total, round=2)
+            metrics.log_scalar("accuracy", 100.0 * sum(log.get("em_correct", 0) for log in logging_outputs)
+                               / em_total, em_total, round=2)
 
     def begin_valid_epoch(self, epoch, model):
         super().begin_valid_epoch(epoch, model)
@@ -145,9 +146,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         self.share_carried_memory(model, train, self.batch_size_for(train))
 
     def share_carried_memory(self, model, key: str, bsz: int) -> None:
-        """Several ranks: gather every rank's carried memory of ``key`` for rank 0's
-        next checkpoint (per-sample batches reset it every batch: nothing to carry).
-        A collective: every rank calls it at the same step."""
+        """Several ranks (a collective: each calls it at the same step): gather every rank's carried
+        memory of ``key`` for rank 0's next checkpoint (per-sample batches reset it: nothing to carry)."""
         if self.break_mode() == "eos" or data_parallel_shard()[1] == 1:
             return
         inner = unwrap(model)

@@ -94,6 +94,10 @@ class WholeBatchDataset(FairseqDataset):
             },
             "target": target,
             "segment_depth": item["depth"],
+            # segments of the widest item of the split, the same on every rank: the criterion's
+            # loss by segment logs that many keys everywhere (fairseq sums the logs across ranks
+            # key by key, which needs the same keys on every rank)
+            "segments": self.k,
             **({"segment_document": item["document"]} if "document" in item else {}),
             # fairseq's SequenceScorer (fairseq-eval-lm) strips the padding from a row's
             # target and reads the scores from ``start_indices`` on: point it at the first

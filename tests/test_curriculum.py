@@ -166,3 +166,34 @@ def test_stage_continues_from_the_previous_stage_weights(stages, tmp_path):
     # which a fresh model's is not (12 updates of stage 1 already lowered it)
     fresh = train_losses(train(s2, tmp_path / "fresh", *flags, max_update=1))
     assert fresh[1] > losses[1] + 0.1
+
+
+def test_every_rank_logs_the_same_segment_keys():
+    # fairseq sums the logging outputs of all ranks key by key (all_reduce_dict): each rank's
+    # batch here is as wide as its own longest sample (3 and 2 segments), yet both log the
+    # split's 3 segments' keys
+    from tarm_plugin.criterions.tarm_lm_loss import TarmLmLoss
+    from tarm_plugin.datasets import SampleSegmentsDataset
+
+    data = Lines([4, 10, 3, 5])
+    keys = []
+    for shard in range(2):
+        ds = SampleSegmentsDataset(data, bsz=2, segment_length=L, pad=PAD, eos=EOS, name="train",
+                                   shard_id=shard, num_shards=2)
+        batch = ds.collater([ds[0]])
+        assert batch["segments"] == 3
+        keys.append(batch["target"].size(1) // L)
+
+        class Model(torch.nn.Module):  # uniform logits over the lines' token values
+            decoder = None
+
+            def forward(self, src_tokens, **kwargs):
+                return torch.zeros(*src_tokens.shape, 400), {}
+
+        crit = TarmLmLoss.__new__(TarmLmLoss)
+        torch.nn.Module.__init__(crit)
+        crit.padding_idx, crit.ddp_backend = PAD, "legacy_ddp"
+        _, _, log = crit(Model(), batch)
+        keys[-1] = (keys[-1], sorted(k for k in log if k.startswith("seg")))
+    assert keys[0][0] != keys[1][0], "the two ranks' batches differ in width"
+    assert keys[0][1] == keys[1][1] == sorted(f"seg{i}_{x}" for i in range(3) for x in ("loss", "ntokens"))

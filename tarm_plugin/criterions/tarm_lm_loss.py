@@ -61,7 +61,8 @@ class TarmLmLoss(FairseqCriterion):
         if model.training:  # the loss of each sample's i-th segment
             T = target.size(1)
             segment = (torch.arange(T, device=target.device) // L).expand_as(target)
-            sums, counts = loss_by(segment[real], nll[real].detach(), minlength=-(-T // L))
+            n_seg = max(int(sample.get("segments") or 0), -(-T // L))  # the same on every rank
+            sums, counts = loss_by(segment[real], nll[real].detach(), minlength=n_seg)
             for i, (seg_loss, seg_tokens) in enumerate(zip(sums, counts)):
                 logging_output[f"seg{i}_loss"] = seg_loss
                 logging_output[f"seg{i}_ntokens"] = seg_tokens

@@ -180,7 +180,7 @@ def collect_documents(root, corpus, separator):
             if not text.strip():
                 info["empty"] += 1
                 continue
-            if separator in text.split("\n"):
+            if separator in text.splitlines():  # any line end prepare_text reads (\r too)
                 raise LongdocError(f"{path}: holds a line equal to the separator {separator!r}: "
                                    "choose another --separator")
             docs.append((rel, text if text.endswith("\n") else text + "\n"))

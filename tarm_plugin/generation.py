@@ -164,8 +164,22 @@ class TarmHubInterface(GeneratorHubInterface):
 
     def generate(self, tokenized_sentences: List[torch.LongTensor], beam: int = 1, verbose: bool = False,
                  max_new_tokens: int = 50, sampling: bool = False, temperature: float = 1.0,
-                 topk: int = 0, stop_at_eos: bool = False, **unused) -> List[List[Dict[str, torch.Tensor]]]:
-        """``stop_at_eos``: end at the first ``</s>`` (what fairseq-interactive does)."""
+                 topk: int = 0, stop_at_eos: bool = False, skip_invalid_size_inputs: bool = False,
+                 inference_step_args=None, prefix_allowed_tokens_fn=None, **fairseq_names):
+        """``stop_at_eos``: end at the first ``</s>`` (what fairseq-interactive does). As
+        fairseq's: one 1-D tensor gives that sentence's hypotheses; ``sampling_topk`` is
+        ``topk``, ``max_len_b`` is ``max_new_tokens``; anything else is refused."""
+        if torch.is_tensor(tokenized_sentences) and tokenized_sentences.dim() == 1:
+            return self.generate([tokenized_sentences], beam, verbose, max_new_tokens, sampling, temperature, topk,
+                                 stop_at_eos, inference_step_args=inference_step_args,
+                                 prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, **fairseq_names)[0]
+        topk = fairseq_names.pop("sampling_topk", topk)
+        max_new_tokens = fairseq_names.pop("max_len_b", max_new_tokens)
+        unknown = sorted(k for k, v in fairseq_names.items() if v is not None) + (
+            ["inference_step_args"] if inference_step_args else []) + (
+            ["prefix_allowed_tokens_fn"] if prefix_allowed_tokens_fn is not None else [])
+        if unknown:
+            raise ValueError(f"tarm generation does not take {', '.join(unknown)}")
         if beam != 1:
             raise ValueError("tarm generation is greedy or sampled (beam=1)")
         model = self.models[0]
@@ -173,7 +187,8 @@ class TarmHubInterface(GeneratorHubInterface):
         results = []
         for tokens in tokenized_sentences:
             inputs = self._inputs(tokens)
-            new = generate(model, inputs, max_new_tokens, sampling=sampling, temperature=temperature, topk=topk,
+            new = generate(model, inputs, max_new_tokens, self.task.args.segment_length, sampling=sampling,
+                           temperature=temperature, topk=max(int(topk or 0), 0),
                            stop=eos if stop_at_eos else None)[0]
             if stop_at_eos:
                 new = new[: _until_stop(new, eos)]
@@ -198,7 +213,7 @@ class TarmHubInterface(GeneratorHubInterface):
             tokens = self.encode_document(text)
             inputs = self._inputs(tokens)
             targets = torch.cat([inputs[0, 1:], tokens[-1:].to(self.device)]).unsqueeze(0)
-            lp = score(self.models[0], inputs, targets)[0]
+            lp = score(self.models[0], inputs, targets, self.task.args.segment_length)[0]
             out.append({"tokens": targets[0].cpu(), "positional_scores": lp.cpu()})
         return out[0] if single else out
 
@@ -229,22 +244,27 @@ class TarmSequenceGenerator:
 
     def __init__(self, model, tgt_dict, max_len_a: float = 0.0, max_len_b: int = 200, sampling: bool = False,
                  n_samples: int = 1, topk: int = 0, temperature: float = 1.0, lenpen: float = 1.0,
-                 sample_break_mode: str = "none"):
+                 sample_break_mode: str = "none", segment_length: Optional[int] = None):
         self.model, self.tgt_dict = model, tgt_dict
         self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.sampling, self.n_samples, self.topk, self.temperature = sampling, n_samples, topk, temperature
         self.lenpen = lenpen
         self.sample_break_mode = sample_break_mode
+        self.segment_length = segment_length  # the task's (given, or the checkpoint's); None: the model's
         self.symbols_to_strip_from_output = {self.eos}  # what fairseq-interactive strips from H- lines
 
     @staticmethod
-    def supports(models) -> bool:
-        """Models that declare ``carries_memory`` (tarm_lm) need this generator."""
+    def supports(models, cfg=None) -> bool:
+        """Models that declare ``carries_memory`` (tarm_lm) need this generator; not
+        ``--score-reference``, which fairseq's scorer does through the task's memory store."""
+        if getattr(cfg, "score_reference", False):
+            return False
         return len(models) > 0 and all(getattr(m, "carries_memory", False) for m in models)
 
     @classmethod
-    def build(cls, models, tgt_dict, cfg, sample_break_mode: str = "none", **unused):
+    def build(cls, models, tgt_dict, cfg, sample_break_mode: str = "none", segment_length: Optional[int] = None,
+              **unused):
         """From fairseq's generation config (``--beam``, ``--sampling``, ``--max-len-b``, ...)."""
         if len(models) != 1:
             raise TarmError(f"--path: tarm generation takes one checkpoint, got {len(models)} (no ensembles)")
@@ -264,7 +284,7 @@ class TarmSequenceGenerator:
         return cls(models[0], tgt_dict, max_len_a=float(get("max_len_a", 0) or 0),
                    max_len_b=int(get("max_len_b", 200)), sampling=sampling, n_samples=beam if sampling else 1,
                    topk=max(topk, 0), temperature=float(get("temperature", 1.0)), lenpen=float(get("lenpen", 1.0)),
-                   sample_break_mode=sample_break_mode)
+                   sample_break_mode=sample_break_mode, segment_length=segment_length)
 
     @torch.no_grad()
     def generate(self, models, sample, prefix_tokens=None, bos_token=None, constraints=None, **unused):
@@ -279,6 +299,14 @@ class TarmSequenceGenerator:
             raise TarmError("--constraints is not supported by tarm generation; leave it out")
         src = net_input["src_tokens"]
         bos = self.eos if bos_token is None else bos_token
+        if prefix_tokens is not None and src.size(1) > 1:
+            # fairseq-generate --prefix-size takes the prompt from the targets, where
+            # --loss-start-segment / --loss-last-segments leave the context as padding:
+            # those tokens are the next inputs (the target is the input shifted by one)
+            n = min(prefix_tokens.size(1), src.size(1) - 1)
+            context = prefix_tokens[:, :n].eq(self.pad) & src[:, 1:n + 1].ne(self.pad)
+            prefix_tokens = prefix_tokens.clone()
+            prefix_tokens[:, :n] = torch.where(context, src[:, 1:n + 1], prefix_tokens[:, :n])
         results = []
         for b in range(src.size(0)):
             prefix = prefix_tokens[b] if prefix_tokens is not None else src.new_zeros(0)
@@ -286,7 +314,7 @@ class TarmSequenceGenerator:
             inputs = torch.cat([prefix.new_tensor([bos]), prefix]).unsqueeze(0).repeat(self.n_samples, 1)
             n_new = int(self.max_len_a * len(prefix) + self.max_len_b)
             new, new_lp, prompt_lp = generate_with_scores(
-                self.model, inputs, n_new, sampling=self.sampling, temperature=self.temperature,
+                self.model, inputs, n_new, self.segment_length, sampling=self.sampling, temperature=self.temperature,
                 topk=self.topk, stop=self.eos, prompt_scores=True)
             hypos = []
             for i in range(self.n_samples):

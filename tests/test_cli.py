@@ -199,6 +199,16 @@ def test_hub_sample_and_score(ptb_small, tmp_path):
     assert scored["positional_scores"].shape == (61,) and torch.isfinite(scored["positional_scores"]).all()
     with pytest.raises(ValueError, match="beam"):
         hub.sample("the", beam=4)
+    # fairseq's hub conventions: one 1-D tensor gives its hypotheses; max_len_b and
+    # sampling_topk are fairseq's names for the new tokens and top-k; others are refused
+    prompt = hub.encode("the company said")
+    hypos = hub.generate(prompt, max_len_b=5)
+    assert len(hypos) == 1 and len(hypos[0]["tokens"]) == len(prompt) - 1 + 5
+    torch.manual_seed(0)
+    top1 = hub.generate(prompt, sampling=True, sampling_topk=1, max_len_b=6)[0]["tokens"]
+    assert torch.equal(top1, hub.generate(prompt, max_len_b=6)[0]["tokens"]), "top-1 sampling is greedy"
+    with pytest.raises(ValueError, match="does not take nosuch"):
+        hub.sample("the", nosuch=1)
 
 
 

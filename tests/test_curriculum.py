@@ -192,8 +192,11 @@ def test_every_rank_logs_the_same_segment_keys():
 
         crit = TarmLmLoss.__new__(TarmLmLoss)
         torch.nn.Module.__init__(crit)
-        crit.padding_idx, crit.ddp_backend = PAD, "legacy_ddp"
-        _, _, log = crit(Model(), batch)
+        crit.padding_idx, crit.ddp_backend, crit.sentence_avg = PAD, "legacy_ddp", False
+        _, sample_size, log = crit(Model(), batch)
+        assert sample_size == log["ntokens"]
+        crit.sentence_avg = True  # --sentence-avg: the gradient is averaged over rows, not tokens
+        assert crit(Model(), batch)[1] == batch["target"].size(0)
         keys[-1] = (keys[-1], sorted(k for k in log if k.startswith("seg")))
     assert keys[0][0] != keys[1][0], "the two ranks' batches differ in width"
     assert keys[0][1] == keys[1][1] == sorted(f"seg{i}_{x}" for i in range(3) for x in ("loss", "ntokens"))

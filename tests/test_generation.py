@@ -77,3 +77,47 @@ def test_generation_scores_equal_teacher_forced_scores(dict_dir, flags):
     ref = ref.gather(-1, stream[:, 1:].unsqueeze(-1))[..., 0]
     assert torch.allclose(prompt_lp, ref[:, : inputs.size(1) - 1], atol=1e-5)
     assert torch.allclose(new_lp, ref[:, inputs.size(1) - 1 :], atol=1e-5)
+
+
+def test_the_generator_reads_the_tasks_segment_length_and_leaves_score_reference_to_fairseq(dict_dir):
+    """fairseq-generate / -interactive with --segment-length other than the checkpoint's
+    (eval-lm uses the given one): the generator reads prompts in the task's segments;
+    --score-reference goes to fairseq's scorer (which the memory store serves)."""
+    from argparse import Namespace
+
+    from tarm_plugin.generation import TarmSequenceGenerator, generate_with_scores
+
+    task, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", "2")
+    model.eval()
+    cfg = Namespace(beam=1, max_len_b=3, max_len_a=0)
+    gen = TarmSequenceGenerator.build([model], task.target_dictionary, cfg, segment_length=2 * L)
+    torch.manual_seed(3)
+    prompt = torch.randint(4, 60, (1, 11))
+    eos = task.target_dictionary.eos()
+    src = torch.cat([torch.tensor([[eos]]), prompt], dim=1)
+    hypo = gen.generate([model], {"net_input": {"src_tokens": src}}, prefix_tokens=prompt, bos_token=eos)[0][0]
+    _, _, wide = generate_with_scores(model, src, 3, 2 * L, prompt_scores=True)
+    _, _, own = generate_with_scores(model, src, 3, None, prompt_scores=True)
+    assert torch.allclose(hypo["positional_scores"][:11], wide[0]) and not torch.allclose(wide, own)
+    assert TarmSequenceGenerator.supports([model]) and not TarmSequenceGenerator.supports(
+        [model], Namespace(score_reference=True))
+
+
+def test_a_prefix_taken_from_masked_targets_is_the_inputs(dict_dir):
+    """fairseq-generate --prefix-size N reads the prompt from the targets, which
+    --loss-start-segment leaves as padding: the prompt is then rebuilt from the inputs."""
+    from argparse import Namespace
+
+    from tarm_plugin.generation import TarmSequenceGenerator
+
+    task, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", "2")
+    model.eval()
+    d = task.target_dictionary
+    gen = TarmSequenceGenerator.build([model], d, Namespace(beam=1, max_len_b=2, max_len_a=0))
+    line = torch.randint(4, 60, (1, 9))
+    src = torch.cat([torch.tensor([[d.eos()]]), line[:, :-1]], dim=1)
+    masked = line.clone()
+    masked[:, :L] = d.pad()  # the first segment's targets are context only
+    a = gen.generate([model], {"net_input": {"src_tokens": src}}, prefix_tokens=masked[:, :6], bos_token=d.eos())
+    b = gen.generate([model], {"net_input": {"src_tokens": src}}, prefix_tokens=line[:, :6], bos_token=d.eos())
+    assert torch.equal(a[0][0]["tokens"], b[0][0]["tokens"]) and torch.equal(a[0][0]["tokens"][:6], line[0, :6])

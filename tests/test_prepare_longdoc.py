@@ -170,7 +170,7 @@ def test_bad_input_is_one_line(fake_tree, tmp_path, case, expect):
     elif case == "separator_in_file":
         source = tmp_path / "tree"
         (source / "pkg").mkdir(parents=True)
-        (source / "pkg" / "a.py").write_text('x = """\n<doc>\n"""\n')
+        (source / "pkg" / "a.py").write_text('x = """\n<doc>\r\n"""\n')  # a CRLF line is read as <doc> too
     elif case == "separator_with_space":
         extra = ["--separator", "end of doc"]
     elif case == "not_empty":

@@ -33,13 +33,14 @@ from ..scoring import loss_by, token_nll
 @dataclass
 class TarmLmLossConfig(FairseqDataclass):
     ddp_backend: str = II("distributed_training.ddp_backend")
+    sentence_avg: bool = II("optimization.sentence_avg")
 
 
 @register_criterion("tarm_lm_loss", dataclass=TarmLmLossConfig)
 class TarmLmLoss(FairseqCriterion):
-    def __init__(self, task, ddp_backend="legacy_ddp"):
+    def __init__(self, task, ddp_backend="legacy_ddp", sentence_avg=False):
         super().__init__(task)
-        self.ddp_backend = ddp_backend
+        self.ddp_backend, self.sentence_avg = ddp_backend, sentence_avg
 
     def forward(self, model, sample, reduce=True):
         self._check_ddp(model)
@@ -54,7 +55,7 @@ class TarmLmLoss(FairseqCriterion):
             "loss": total_nll.data,
             "ntokens": ntokens,
             "nsentences": target.size(0),
-            "sample_size": ntokens,
+            "sample_size": target.size(0) if self.sentence_avg else ntokens,  # --sentence-avg: per row
         }
         logging_output.update(self.memory_logs(model, net_output))
         L = sample["net_input"].get("segment_length") or target.size(1)
@@ -66,7 +67,7 @@ class TarmLmLoss(FairseqCriterion):
             for i, (seg_loss, seg_tokens) in enumerate(zip(sums, counts)):
                 logging_output[f"seg{i}_loss"] = seg_loss
                 logging_output[f"seg{i}_ntokens"] = seg_tokens
-        return loss, ntokens, logging_output
+        return loss, logging_output["sample_size"], logging_output
 
     @staticmethod
     def memory_logs(model, net_output) -> dict:

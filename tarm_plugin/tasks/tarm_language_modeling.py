@@ -70,10 +70,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
     # ------------------------------------------------------------------ data
     def batch_size_for(self, split: str) -> int:
         train = self.is_train(split)
-        bsz = None if train else getattr(self.args, "batch_size_valid", None)
-        bsz = bsz or getattr(self.args, "batch_size", None)
-        if bsz is None:
-            max_tokens = getattr(self.args, "max_tokens", None)
+        get = lambda name: getattr(self.args, name, None)  # noqa: E731
+        bsz = (None if train else get("batch_size_valid")) or get("batch_size")
+        if bsz is None:  # from --max-tokens (--max-tokens-valid for validation)
+            max_tokens = (None if train else get("max_tokens_valid")) or get("max_tokens")
             width = self.args.segment_length * (self.args.bptt_segments if train else 1)
             bsz = max(1, max_tokens // width) if max_tokens else 1
         return int(bsz)
@@ -178,9 +178,9 @@ class TarmLanguageModelingTask(LanguageModelingTask):
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         """fairseq-interactive / fairseq-generate: a generator that reads the prompt into
         memory segment by segment (fairseq's SequenceGenerator would drop the memory)."""
-        if seq_gen_cls is None and TarmSequenceGenerator.supports(models):
-            return TarmSequenceGenerator.build(models, self.target_dictionary, args,
-                                               sample_break_mode=self.break_mode())
+        if seq_gen_cls is None and TarmSequenceGenerator.supports(models, args):
+            return TarmSequenceGenerator.build(models, self.target_dictionary, args, self.break_mode(),
+                                               segment_length=self.args.segment_length)
         return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
 
     def build_model(self, args, from_checkpoint=False):

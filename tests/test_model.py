@@ -256,3 +256,12 @@ def test_a_bare_call_is_a_function_of_its_inputs(dict_dir):
         carried, _ = model(src[:, 8:], memory_key="k")
         assert torch.allclose(carried, b, atol=1e-6)
         assert not torch.allclose(model(src[:, 8:])[0], b, atol=1e-3), "E_0 is not the carried memory"
+
+
+def test_validation_batches_follow_max_tokens_valid(dict_dir):
+    # with --max-tokens, each split's rows are what fits; --max-tokens-valid (fairseq's flag for
+    # validation batches) decides validation's, and defaults to --max-tokens
+    flags = ["--max-tokens", "640", "--segment-length", "16", "--bptt-segments", "4"]
+    task, _ = build(dict_dir, *flags, "--max-tokens-valid", "128")
+    assert (task.batch_size_for("train"), task.batch_size_for("valid")) == (640 // 64, 128 // 16)
+    assert build(dict_dir, *flags)[0].batch_size_for("valid") == 640 // 16

@@ -106,6 +106,7 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
                   "depth and token class to this JSON file (for intervals by a bootstrap over documents)"},
     )
     max_tokens: Optional[int] = II("dataset.max_tokens")
+    max_tokens_valid: Optional[int] = II("dataset.max_tokens_valid")  # validation batches from it, if given
     train_subset: str = II("dataset.train_subset")
     checkpoint_path: Optional[str] = II("common_eval.path")  # fairseq-eval-lm's --path
     save_dir: str = II("checkpoint.save_dir")  # fairseq-train's rank 0 locks it (tarm_plugin/savedir.py)

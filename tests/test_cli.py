@@ -113,6 +113,21 @@ def test_two_processes_match_one_with_the_same_global_batch(ptb_small, tmp_path)
         assert two[u] == pytest.approx(one[u], abs=2e-3), f"update {u}"
 
 
+def test_two_processes_train_one_sample_per_line(ptb_small, tmp_path):
+    # --sample-break-mode eos: each rank's batch is as wide as its own longest line, and the
+    # loss by segment must log the same keys on both ranks (fairseq sums logs key by key)
+    data, _ = ptb_small
+    flags = ["--dropout", "0", "--disable-validation", "--ddp-backend", "legacy_ddp", "--sample-break-mode", "eos",
+             "--segment-length", "8", "--tokens-per-sample", "8"]
+    launcher = ["torchrun", "--nproc_per_node", "2", "--master_port", "29632", "--no-python",
+                os.path.join(ROOT, "scripts", "fairseq_train_cpu_ddp.sh")]
+    log = train(data, tmp_path / "two", *flags, "--distributed-backend", "gloo", max_update=6, launcher=launcher)
+    assert "training on 2 devices" in log
+    losses = train_losses(log)
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v) for v in losses.values())
+    assert '"loss_seg0"' in log
+
+
 def test_half_path(ptb_small, tmp_path):
     data, n_test = ptb_small
     log = train(data, tmp_path, "--fp16", "--memory-efficient-fp16", max_update=10)

@@ -1,8 +1,10 @@
 """Exact-match accuracy of a quadratic-equations checkpoint on a split.
 
 The model reads the equation and the steps (segments 1-5, memory carried)
-and greedily writes the answer segment; an answer is right only if it equals
-the reference exactly. Prints the accuracy overall and per kind (two roots,
+and greedily writes the answer segment; an answer is right if it equals the
+reference once spaces, field padding ``_`` and ``</s>`` are removed (the
+token-level exact match of fairseq-train's validation agrees with it at every
+committed update, `docs/quadratic.md`). Prints the accuracy overall and per kind (two roots,
 double root, no real roots) and the wrong answers by what they got wrong
 (x1 only, x2 only, both roots, wrong kind, value) as JSON.
 

@@ -182,7 +182,7 @@ def eval_lm(text):
     """fairseq-eval-lm's totals (tokens, loss in bits, perplexity) and the plugin's tables
     by depth, by position within the segment and by token class, from its output."""
     row = r"([\d,]+)\s+([\d.]+)\s+[\d.]+$"
-    depth = re.findall(r"eval_segments(?: \| |:)\s+(\d+(?:-\d+)?)\s+" + row, text, re.M)
+    depth = re.findall(r"eval_segments(?: \| |:)\s*(\d+(?:-\d+)?)\s+" + row, text, re.M)
     spans = re.findall(r"eval_segments(?: \| |:)\s*pos (\d+-\d+)\s+" + row, text, re.M)
     classes = re.findall(r"eval_segments(?: \| |:)\s*class (\w+)\s+" + row, text, re.M)
     counts, losses = re.findall(r"Evaluated ([\d,]+) tokens", text), re.findall(r"Loss \(base 2\): ([\d.]+)", text)
@@ -191,6 +191,8 @@ def eval_lm(text):
     bits = float(losses[-1])
     printed = re.findall(r"Perplexity: ([\d.]+)", text)
     num = lambda n: int(n.replace(",", ""))  # noqa: E731
+    if depth and sum(num(n) for _, n, _ in depth) != num(counts[-1]):
+        raise ValueError("eval-lm's depth table does not sum to its scored tokens")
     return {"tokens": num(counts[-1]), "loss_bits": bits, "ppl": 2 ** bits,
             "ppl_printed": float(printed[-1]) if printed else 2 ** bits,  # eval-lm's own, to 2 decimals
             "by_class": {c: {"tokens": num(n), "loss_bits": float(b)} for c, n, b in classes},

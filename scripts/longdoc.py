@@ -137,7 +137,8 @@ def memory_horizon(args, run_dir, result):
     """The horizon subset scored as carried (every setting) and, for settings that carry
     memory, with the memory built over only the K segments before each scored one
     (--eval-memory-horizon K). Checks that depths <= K equal the carried evaluation."""
-    if not args.horizons or result.get("horizon", {}).get("horizons") == args.horizons:
+    done = result.get("horizon", {})
+    if not args.horizons or (done.get("horizons"), done.get("docs")) == (args.horizons, args.horizon_docs):
         return result
     data = horizon_data(args)
     carries = has_memory(result["setting"]) and result["setting"] != "prefix"

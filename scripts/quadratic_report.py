@@ -82,15 +82,23 @@ def interval(test):
     return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def run_seed(run_dir):
+    """The SEED of a run's run.conf, None without one."""
+    conf = os.path.join(run_dir, "run.conf")
+    m = re.search(r"\bSEED=(\d+)", open(conf).read()) if os.path.isfile(conf) else None
+    return int(m.group(1)) if m else None
+
+
 def seeds_table(run_dirs):
-    """Markdown: per setting and seed (one `quadratic.py run` OUT per seed, in order), the final test
-    exact match with its Wilson 95% interval, the best validation exact match and the two-root
-    answers by where the steps computed x1."""
+    """Markdown: per setting and seed (one `quadratic.py run` OUT per seed; the seed as its run.conf
+    records it, else the OUT's place in the list), the final test exact match with its Wilson 95%
+    interval, the best validation exact match and the two-root answers by where the steps computed x1."""
     lines = ["| setting | seed | updates | test EM [95% interval] | best valid EM | two roots: x1 read in "
              + " | ".join(WHERE_X1) + " |", "|---|---|---|---|---|" + "---|" * len(WHERE_X1)]
-    for seed, runs_dir in enumerate(run_dirs, 1):
+    for place, runs_dir in enumerate(run_dirs, 1):
         for name in setting_names(runs_dir):
             run_dir = os.path.join(runs_dir, name)
+            seed = run_seed(run_dir) or place
             test = read_test(os.path.join(run_dir, "test.json"))
             if test is None or not os.path.isfile(os.path.join(run_dir, "train.log")):
                 continue

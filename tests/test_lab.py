@@ -95,3 +95,14 @@ def test_two_writers_of_one_json_never_collide(tmp_path):
     writers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     assert [w.wait() for w in writers] == [0, 0]
     assert lab.read_json(path) == {"i": 299} and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_eval_lm_reads_every_depth_row_and_checks_their_sum():
+    # a 9-character depth label (1024-2047) fills its column: no space before it
+    rows = [("0", 100), ("1-3", 300), ("1024-2047", 50)]
+    text = "".join(f"INFO:tarm_plugin.eval_segments:{d:>9} {n:>9,} {5.0:>8.4f} {32.0:>10.2f}\n" for d, n in rows)
+    text += "INFO:fairseq_cli.eval_lm:Evaluated 450 tokens in 1.0s (450.00 tokens/s)\n"
+    text += "INFO:fairseq_cli.eval_lm:Loss (base 2): 5.0000, Perplexity: 32.00\n"
+    assert [r["depth"] for r in lab.eval_lm(text)["by_depth"]] == ["0", "1-3", "1024-2047"]
+    with pytest.raises(ValueError, match="does not sum"):
+        lab.eval_lm(text.replace("Evaluated 450", "Evaluated 451"))

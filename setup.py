@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Token-Averaging Recurrent Memory (TARM) and RMT for fairseq",
     packages=find_packages(include=["tarm_plugin", "tarm_plugin.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # fairseq-fixed; 3.10's fairseq 0.12.2 needs hydra-core < 1.1
     install_requires=[
         FAIRSEQ,
         # pinned: an unpinned torch pulls a multi-GB CUDA build on CPU machines

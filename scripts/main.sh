@@ -11,6 +11,12 @@ source "${VENV:-.venv}/bin/activate"
 [[ ${SETUP:-1} == 0 ]] || bash scripts/prepare_ptb.sh data-bin/ptb
 SAVE=${SAVE:-checkpoints/ptb_tarm_a${ALPHA:-0.2}}
 MAX_UPDATE=${MAX_UPDATE:-1200}
+# every call trains afresh: fairseq would resume a previous call's checkpoint_last.pt here (and
+# from --max-update do one update more), printing another number
+if compgen -G "$SAVE/checkpoint*.pt" > /dev/null; then
+    echo "main.sh: training afresh in $SAVE (the previous run's checkpoints there are replaced)"
+    rm -f "$SAVE"/checkpoint*.pt
+fi
 # the same model and schedule as scripts/ablate.py (docs/results.md) and examples/ptb/tarm_ptb.yaml
 # (tests/test_scripts.py checks that the three agree)
 fairseq-train data-bin/ptb --user-dir "$PLUGIN" \

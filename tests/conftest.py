@@ -151,3 +151,12 @@ def ptb_small(tmp_path_factory):
              "--destdir", str(dest), "--workers", "1"])
     assert p.returncode == 0, p.stderr[-2000:]
     return str(dest), n_test_tokens
+
+
+def free_port():
+    """A TCP port free now on 127.0.0.1, for torchrun's --master_port (a fixed one may be taken)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

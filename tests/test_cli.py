@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import PLUGIN, ROOT, run
+from conftest import PLUGIN, ROOT, free_port, run
 
 pytestmark = pytest.mark.cli
 
@@ -100,7 +100,7 @@ def test_resume_mid_epoch_matches_straight_run(ptb_small, tmp_path):
 def test_two_processes_match_one_with_the_same_global_batch(ptb_small, tmp_path):
     data, _ = ptb_small
     flags = ["--dropout", "0", "--disable-validation", "--ddp-backend", "legacy_ddp"]
-    launcher = ["torchrun", "--nproc_per_node", "2", "--master_port", "29631", "--no-python",
+    launcher = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "--no-python",
                 os.path.join(ROOT, "scripts", "fairseq_train_cpu_ddp.sh")]
     two = train(data, tmp_path / "two", *flags, "--distributed-backend", "gloo", max_update=8,
                 launcher=launcher)
@@ -119,7 +119,7 @@ def test_two_processes_train_one_sample_per_line(ptb_small, tmp_path):
     data, _ = ptb_small
     flags = ["--dropout", "0", "--disable-validation", "--ddp-backend", "legacy_ddp", "--sample-break-mode", "eos",
              "--segment-length", "8", "--tokens-per-sample", "8"]
-    launcher = ["torchrun", "--nproc_per_node", "2", "--master_port", "29632", "--no-python",
+    launcher = ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "--no-python",
                 os.path.join(ROOT, "scripts", "fairseq_train_cpu_ddp.sh")]
     log = train(data, tmp_path / "two", *flags, "--distributed-backend", "gloo", max_update=6, launcher=launcher)
     assert "training on 2 devices" in log

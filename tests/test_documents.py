@@ -285,9 +285,9 @@ def test_two_process_resume_matches_straight_run(doc_bin, tmp_path):
     data = doc_bin["blank"]
     flags = [*DOC, "--save-interval-updates", "4", "--disable-validation", "--seed", "3", "--dropout", "0",
              "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo"]
-    straight = train(data, tmp_path / "a", *flags, max_update=8, launcher=torchrun(29661))
-    train(data, tmp_path / "b", *flags, max_update=4, launcher=torchrun(29662))
-    resumed = train(data, tmp_path / "b", *flags, max_update=8, launcher=torchrun(29663))
+    straight = train(data, tmp_path / "a", *flags, max_update=8, launcher=torchrun())
+    train(data, tmp_path / "b", *flags, max_update=4, launcher=torchrun())
+    resumed = train(data, tmp_path / "b", *flags, max_update=8, launcher=torchrun())
     assert_resumed_equals_straight(straight, resumed, 5, 8, tmp_path / "a", tmp_path / "b")
 
 

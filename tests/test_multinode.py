@@ -10,7 +10,6 @@ sessions of their own, so killing the agent alone would leave them)."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import uuid
 import pytest
 import torch
 
-from conftest import BIN, ROOT, forkserver, run
+from conftest import BIN, ROOT, forkserver, free_port, run
 from test_cli import MODEL, TASK, train_losses
 
 pytestmark = pytest.mark.cli
@@ -38,12 +37,6 @@ def train_args(data, save_dir, *flags, max_update, batch_size=4):
             "--optimizer", "adam", "--lr", "3e-3", "--max-update", str(max_update), "--cpu",
             "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--log-format", "json",
             "--log-interval", "1", "--no-progress-bar", "--num-workers", "0", *FLAGS, *flags]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(port, *opts, nproc=2):

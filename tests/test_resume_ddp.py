@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from test_cli import assert_resumed_equals_straight, train, train_losses
 
 pytestmark = pytest.mark.cli
@@ -18,29 +18,29 @@ FLAGS = ["--save-interval-updates", "5", "--disable-validation", "--seed", "3", 
          "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo"]
 
 
-def torchrun(port):
-    return ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "--no-python",
+def torchrun():
+    return ["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), "--no-python",
             os.path.join(ROOT, "scripts", "fairseq_train_cpu_ddp.sh")]
 
 
 # test_cli.train passes --memory-ema-alpha 0.5 (a tokens flag): assoc sets it back to its default
-# kind: (flags, first port, the per-rank memory's leading shape: ranks, rows, slots or layers)
-KINDS = {"tokens": ([], 29641, (2, 4, 4)),
+# kind: (flags, the per-rank memory's leading shape: ranks, rows, slots or layers)
+KINDS = {"tokens": ([], (2, 4, 4)),
          "assoc": (["--memory-kind", "assoc", "--memory-ema-alpha", "1", "--assoc-key-dim", "8",
-                    "--assoc-dpfp-nu", "1"], 29671, (2, 4, 2))}
+                    "--assoc-dpfp-nu", "1"], (2, 4, 2))}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_two_process_resume_matches_straight_run(ptb_small, tmp_path, kind):
     data, _ = ptb_small
-    flags, port, shape = KINDS[kind]
+    flags, shape = KINDS[kind]
     flags = [*FLAGS, *flags]
-    straight = train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(port))
-    train(data, tmp_path / "b", *flags, max_update=5, launcher=torchrun(port + 1))
+    straight = train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun())
+    train(data, tmp_path / "b", *flags, max_update=5, launcher=torchrun())
     saved = torch.load(tmp_path / "b" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     per_rank = saved["model"]["carried._extra_state"]["per_rank"]["train"]
     assert per_rank.shape[:3] == shape and not torch.equal(per_rank[0], per_rank[1]), "each rank's own memory"
-    resumed = train(data, tmp_path / "b", *flags, max_update=10, launcher=torchrun(port + 2))
+    resumed = train(data, tmp_path / "b", *flags, max_update=10, launcher=torchrun())
     assert_resumed_equals_straight(straight, resumed, 6, 10, tmp_path / "a", tmp_path / "b")
 
 
@@ -49,17 +49,17 @@ def test_resume_from_a_save_interval_checkpoint_with_update_freq(ptb_small, tmp_
     --max-update wrote), 2 batches per update: the memory is gathered then too."""
     data, _ = ptb_small
     flags = [*FLAGS, "--update-freq", "2"]
-    straight = train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun(29645))
-    train(data, tmp_path / "b", *flags, max_update=7, launcher=torchrun(29646))
+    straight = train(data, tmp_path / "a", *flags, max_update=10, launcher=torchrun())
+    train(data, tmp_path / "b", *flags, max_update=7, launcher=torchrun())
     interval = tmp_path / "b" / "checkpoint_1_5.pt"
     resumed = train(data, tmp_path / "c", *flags, "--restore-file", str(interval), max_update=10,
-                    launcher=torchrun(29647))
+                    launcher=torchrun())
     assert_resumed_equals_straight(straight, resumed, 6, 10, tmp_path / "a", tmp_path / "c")
 
 
 def test_other_world_size_resumes_from_initial_memory(ptb_small, tmp_path):
     data, _ = ptb_small
-    train(data, tmp_path, *FLAGS, max_update=5, launcher=torchrun(29644))
+    train(data, tmp_path, *FLAGS, max_update=5, launcher=torchrun())
     log = train(data, tmp_path, *FLAGS[:7], max_update=7)  # one process
     warnings = [line for line in log.splitlines() if "carried memory restarts from E_0" in line]
     assert len(warnings) == 1 and "2 process(es), resuming with 1" in warnings[0], log[-3000:]

@@ -195,7 +195,10 @@ def one_run(args, setting, seed):
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
     log_path = os.path.join(run_dir, "train.log")
-    run_logged(train_cmd(args, run_dir, setting, seed), log_path)
+    # a run whose training finished but whose evaluations were cut: fairseq-train started at its
+    # --max-update would train one update more, so it is not started again
+    if lab.resume_point(run_dir) < args.max_update:
+        run_logged(train_cmd(args, run_dir, setting, seed), log_path)
     minutes = (time.time() - start) / 60
     evals = {}
     for split in ("test", "valid"):

@@ -166,6 +166,7 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
     """Train (unless done) and evaluate; returns the result dict (cached in result.json)."""
     run_dir = run_dir_for(args, setting, train_distances, n_facts, seed)
     result_path = os.path.join(run_dir, "result.json")
+    cached = None
     if os.path.exists(result_path):
         cached = read_json(result_path)
         if cached.get("config") != config(args):
@@ -176,11 +177,15 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
     os.makedirs(run_dir, exist_ok=True)
     cmd = train_cmd(args, data_dir, run_dir, setting, seed, loss_start=min(train_distances) + 1)
     t0 = time.time()
-    run_logged(cmd, os.path.join(run_dir, "train.log"), mode="w")
+    # more test distances for a finished run: fairseq-train started at its --max-update would
+    # train one update more, so the trained checkpoint is evaluated as it is
+    trained = lab.resume_point(run_dir) >= args.max_update
+    if not trained:
+        run_logged(cmd, os.path.join(run_dir, "train.log"), mode="w")
     t1 = time.time()
     test = evaluate(os.path.join(run_dir, "checkpoint_last.pt"), data_dir, splits, n_facts, args)
     result = {"setting": setting, "seed": seed, "train_distances": list(train_distances), "facts": n_facts,
-              "test": {str(k): v for k, v in test.items()}, "train_seconds": round(t1 - t0, 1),
+              "test": {str(k): v for k, v in test.items()}, "train_seconds": cached["train_seconds"] if trained and cached else round(t1 - t0, 1),
               "eval_seconds": round(time.time() - t1, 1), "max_update": args.max_update,
               "last_train_inner": last_train_record(os.path.join(run_dir, "train.log")),
               "command": " ".join(cmd), "config": config(args), "code": lab.code_version()}

@@ -69,6 +69,13 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: 
     sizes = {p: p.stat().st_size for p in out.glob("runs/*/*.log")}
     longdoc.main(argv)
     assert {p: p.stat().st_size for p in out.glob("runs/*/*.log")} == sizes
+    # training finished, its evaluations cut (a session's end): the next call evaluates the same
+    # checkpoint, it does not train (fairseq started at --max-update would do one update more)
+    path, log = out / "runs" / "rmt_s1" / "result.json", out / "runs" / "rmt_s1" / "train.log"
+    before, size = json.loads(path.read_text()), log.stat().st_size
+    path.unlink()
+    longdoc.main(argv)
+    assert log.stat().st_size == size and json.loads(path.read_text())["test"] == before["test"]
     # other flags with the same --out: refused, naming the file
     with pytest.raises(SystemExit, match="made with other settings"):
         longdoc.main([*argv, "--lr", "5e-4"])

@@ -106,6 +106,10 @@ class Run:
         """Train on to update ``end`` (--stop-at if smaller); True if the phase is finished."""
         stop = min(end, self.args.stop_at or end)
         if self.done < stop:
+            conf = os.path.join(self.dir, "run.conf")
+            if not os.path.isfile(conf):  # what the run is started with (a later call must match it)
+                with open(conf, "w") as f:
+                    f.write(conf_line(self.args) + "\n")
             log = os.path.join(self.dir, "train.log")
             with open(log, "a") as f:
                 f.write(f"quadratic.py: {time.strftime('%F %T')} {phase} phase: updates {self.done} -> {stop} of {end}\n")
@@ -136,9 +140,6 @@ def run_setting(args, setting):
     total = args.max_update + args.decay_updates
     if "stable" in args.phases:
         if run.done < args.max_update:
-            if not os.path.isfile(path):
-                with open(path, "w") as f:
-                    f.write(conf + "\n")
             if not run.train_to("stable", args.max_update, *STABLE):
                 return
         stable_json = os.path.join(run.dir, "test_stable.json")
@@ -157,9 +158,6 @@ def run_setting(args, setting):
         if run.done < args.max_update:
             fail(f"no stable phase to resume in {run.dir} (run --phases stable first)")
         if run.done < total:
-            if not os.path.isfile(path):
-                with open(path, "w") as f:
-                    f.write(conf + "\n")
             # polynomial_decay decays from the end of its warm-up: put there at --max-update, the
             # linear decay starts where the stable phase stopped, from the full LR. Its LR is a
             # function of the update count alone, so a resumed decay continues it; the stable
@@ -214,10 +212,12 @@ def cmd_branch(args):
         f.writelines(lines[:cut])
         f.write(f"quadratic.py: {time.strftime('%F %T')} branched off {src} at the end of its stable phase, "
                 f"flags: {flags}\n")
-    schedule = open(os.path.join(src, "run.conf")).read().strip().split(" FLAGS=")[0]
+    import quadratic_report
+
+    conf = quadratic_report.run_conf(src)
+    schedule = " ".join(f"{k}={v}" for k, v in conf.items() if k != "FLAGS")
     with open(os.path.join(dst, "run.conf"), "w") as f:
         f.write(f"{schedule} FLAGS={flags}\n")
-    conf = dict(kv.split("=", 1) for kv in schedule.split())
     print(f"branched {src} into {dst}; continue it with:\n  python scripts/quadratic.py run {os.path.dirname(dst)} "
           f"{os.path.basename(dst)} --phases decay --max-update {conf['MAX_UPDATE']} --decay-updates "
           f"{conf['DECAY_UPDATES']} --valid-every {conf['VALID_EVERY']} --seed {conf['SEED']} --data {conf['DATA']}"

@@ -26,15 +26,23 @@ def valid_accuracy(log_path):
     return lab.valid_curve(log_path, key="valid_accuracy")
 
 
+def run_conf(run_dir):
+    """A run's run.conf ("MAX_UPDATE=.. DECAY_UPDATES=.. VALID_EVERY=.. SEED=.. DATA=.. FLAGS=..") as
+    {name: value}, FLAGS the rest of the line; {} without one."""
+    path = os.path.join(run_dir, "run.conf")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        schedule, _, flags = f.read().strip().partition(" FLAGS=")
+    return {**dict(kv.split("=", 1) for kv in schedule.split()), "FLAGS": flags}
+
+
 def stable_end(run_dir):
     """The update at which the decay phase (scripts/quadratic.py run) starts: MAX_UPDATE of the run's
     run.conf; without one (runs before it existed), the log's first resume."""
-    conf = os.path.join(run_dir, "run.conf")
-    if os.path.isfile(conf):
-        with open(conf) as f:
-            m = re.search(r"MAX_UPDATE=(\d+)", f.read())
-        if m:
-            return int(m.group(1))
+    max_update = run_conf(run_dir).get("MAX_UPDATE")
+    if max_update:
+        return int(max_update)
     with open(os.path.join(run_dir, "train.log")) as f:
         resumes = [int(u) for u in re.findall(r"Loaded checkpoint .* @ (\d+) updates\)", f.read()) if int(u) > 0]
     return resumes[0] if resumes else None
@@ -84,9 +92,8 @@ def interval(test):
 
 def run_seed(run_dir):
     """The SEED of a run's run.conf, None without one."""
-    conf = os.path.join(run_dir, "run.conf")
-    m = re.search(r"\bSEED=(\d+)", open(conf).read()) if os.path.isfile(conf) else None
-    return int(m.group(1)) if m else None
+    seed = run_conf(run_dir).get("SEED")
+    return int(seed) if seed else None
 
 
 def seeds_table(run_dirs):

@@ -1,7 +1,8 @@
 """Reading the quadratic-equations answers (examples/quadratic, scripts/make_quadratic.py):
-accuracy overall and by kind of answer, what a wrong answer got wrong, and where the
-solution steps computed a root. Used by scripts/eval_quadratic.py; the decoding and the
-token-level exact match are tarm_plugin/answer.py's."""
+accuracy by kind of answer, what a wrong answer got wrong, and where the solution steps
+computed a root. Used by scripts/eval_quadratic.py; the decoding and whether an answer is
+right (token-level exact match, as fairseq-train's validation counts it) are
+tarm_plugin/answer.py's."""
 
 import re
 from collections import Counter
@@ -9,18 +10,22 @@ from typing import Sequence
 
 
 def normalize_answer(text: str, field_pad: str = "_") -> str:
-    """The answer as written, without spaces, field padding and ``</s>``."""
+    """The answer as written, without spaces, field padding and ``</s>``: for reading its
+    kind and what a wrong answer got wrong, not for deciding whether it is right."""
     return text.replace("</s>", "").replace(" ", "").replace(field_pad, "")
 
 
-def answer_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Share of exactly right answers (after :func:`normalize_answer`)."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    if not references:
-        return 0.0
-    right = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
-    return right / len(references)
+def accuracy_by(keys: Sequence, right: Sequence[bool]) -> dict:
+    """{key: (accuracy, samples)} of the answers grouped by ``keys`` (None: left out);
+    ``right`` is each answer's token-level exact match (``tarm_plugin.answer.exact_match_rows``,
+    the rule of fairseq-train's validation)."""
+    if len(keys) != len(right):
+        raise ValueError(f"{len(keys)} keys for {len(right)} answers")
+    groups = {}
+    for key, ok in zip(keys, right):
+        if key is not None:
+            groups.setdefault(key, []).append(bool(ok))
+    return {k: (sum(v) / len(v), len(v)) for k, v in groups.items()}
 
 
 def answer_kind(reference: str) -> str:
@@ -29,27 +34,19 @@ def answer_kind(reference: str) -> str:
     return "no_roots" if ref == "noroots" else ("double_root" if ref.startswith("x=") else "two_roots")
 
 
-def accuracy_by(keys: Sequence, predictions: Sequence[str], references: Sequence[str]) -> dict:
-    """{key: (accuracy, samples)} over the answers grouped by ``keys`` (None: left out)."""
-    groups = {}
-    for key, p, r in zip(keys, predictions, references):
-        if key is not None:
-            preds, refs = groups.setdefault(key, ([], []))
-            preds.append(p)
-            refs.append(r)
-    return {k: (answer_accuracy(*v), len(v[1])) for k, v in groups.items()}
+def split_by_kind(references: Sequence[str], right: Sequence[bool]) -> dict:
+    return accuracy_by([answer_kind(r) for r in references], right)
 
 
-def split_by_kind(predictions: Sequence[str], references: Sequence[str]) -> dict:
-    return accuracy_by([answer_kind(r) for r in references], predictions, references)
-
-
-def miss_type(prediction: str, reference: str) -> str:
-    """What a wrong answer got wrong: 'wrong kind' (e.g. two roots for a double root),
-    for two roots 'x1 only', 'x2 only' or 'both roots', else 'value'; '' if right."""
+def miss_type(prediction: str, reference: str, right: bool) -> str:
+    """What a wrong answer got wrong ('' if ``right``): 'layout' if its text is right but
+    its tokens are not (field padding or </s> out of place), 'wrong kind' (e.g. two roots
+    for a double root), for two roots 'x1 only', 'x2 only' or 'both roots', else 'value'."""
+    if right:
+        return ""
     pred, ref = normalize_answer(prediction), normalize_answer(reference)
     if pred == ref:
-        return ""
+        return "layout"
     kind = answer_kind(ref)
     if answer_kind(pred) != kind or (kind == "two_roots" and len(pred.split(",")) != 2):
         return "wrong kind"
@@ -59,9 +56,9 @@ def miss_type(prediction: str, reference: str) -> str:
     return "both roots" if p1 != r1 and p2 != r2 else ("x1 only" if p1 != r1 else "x2 only")
 
 
-def count_misses(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def count_misses(predictions: Sequence[str], references: Sequence[str], right: Sequence[bool]) -> dict:
     """{miss type: count} over the wrong answers (see :func:`miss_type`)."""
-    return dict(Counter(t for t in map(miss_type, predictions, references) if t))
+    return dict(Counter(t for t in map(miss_type, predictions, references, right) if t))
 
 
 def value_segments(tokens: Sequence[str], name: str, segment_length: int):

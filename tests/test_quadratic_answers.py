@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from quadratic_answers import (  # noqa: E402
-    answer_accuracy,
+    accuracy_by,
     count_misses,
     miss_type,
     normalize_answer,
@@ -19,36 +19,31 @@ from quadratic_answers import (  # noqa: E402
 )
 
 
-def test_accuracy_on_hand_made_predictions():
+def test_accuracy_by_kind_counts_token_matches():
     refs = ["x1=-3,x2=1", "x=5", "noroots", "x1=-100,x2=99"]
-    assert answer_accuracy(refs, refs) == 1.0
-    preds = ["x1=-3,x2=1", "x=-5", "noroots", "x1=-100,x2=9"]  # right, wrong sign, right, cut short
-    assert answer_accuracy(preds, refs) == 0.5
-    # field padding, spaces and </s> are not part of the answer
-    assert answer_accuracy(["x 1 = - 3 , x 2 = 1 _ _ _ </s>"], ["x1=-3,x2=1"]) == 1.0
-    assert answer_accuracy(["x1=1,x2=-3"], ["x1=-3,x2=1"]) == 0.0  # roots in the wrong order
-    assert answer_accuracy(["x1=-3,x2=1"], ["noroots"]) == 0.0     # roots where there are none
-    assert answer_accuracy(["noroots"], ["x=5"]) == 0.0            # none where there is one
-    assert normalize_answer("n o r o o t s _ _") == "noroots"
-    by_kind = split_by_kind(preds, refs)
-    assert by_kind == {"two_roots": (0.5, 2), "double_root": (0.0, 1), "no_roots": (1.0, 1)}
+    right = [True, False, True, False]
+    assert split_by_kind(refs, right) == {"two_roots": (0.5, 2), "double_root": (0.0, 1), "no_roots": (1.0, 1)}
+    assert accuracy_by(["a", None, "a", "b"], right) == {"a": (1.0, 2), "b": (0.0, 1)}  # None: left out
+    assert normalize_answer("n o r o o t s _ _ </s>") == "noroots"
     with pytest.raises(ValueError):
-        answer_accuracy(["x=1"], [])
+        accuracy_by(["a"], [])
 
 
 def test_miss_types():
     ref = "x1=-3,x2=1"
-    assert miss_type("x 1 = - 3 , x 2 = 1 _ _", ref) == ""
-    assert miss_type("x1=-4,x2=1", ref) == "x1 only"
-    assert miss_type("x1=-3,x2=7", ref) == "x2 only"
-    assert miss_type("x1=1,x2=-3", ref) == "both roots"
-    assert miss_type("x1=-3,x2=1,x3=2", ref) == "wrong kind"
-    assert miss_type("x1=5,x2=5", "x=5") == "wrong kind"   # a double root written as two
-    assert miss_type("noroots", ref) == "wrong kind"
-    assert miss_type("x=-5", "x=5") == "value"
+    assert miss_type("x 1 = - 3 , x 2 = 1 _ _", ref, True) == ""
+    # the text right, the tokens not (a field pad or </s> out of place): wrong, as validation counts it
+    assert miss_type("x 1 = - 3 , x 2 = _ 1 _", ref + " _ _", False) == "layout"
+    assert miss_type("x1=-4,x2=1", ref, False) == "x1 only"
+    assert miss_type("x1=-3,x2=7", ref, False) == "x2 only"
+    assert miss_type("x1=1,x2=-3", ref, False) == "both roots"  # roots in the wrong order
+    assert miss_type("x1=-3,x2=1,x3=2", ref, False) == "wrong kind"
+    assert miss_type("x1=5,x2=5", "x=5", False) == "wrong kind"   # a double root written as two
+    assert miss_type("noroots", ref, False) == "wrong kind"        # none where there are two
+    assert miss_type("x=-5", "x=5", False) == "value"
     refs = [ref, ref, ref, "x=5", "noroots"]
     preds = ["x1=-4,x2=1", "x1=0,x2=1", ref, "x1=5,x2=5", "noroots"]
-    assert count_misses(preds, refs) == {"x1 only": 2, "wrong kind": 1}
+    assert count_misses(preds, refs, [False, False, True, False, True]) == {"x1 only": 2, "wrong kind": 1}
 
 
 def test_value_segments():

@@ -155,6 +155,34 @@ def test_a_target_holds_only_in_every_seed():
     assert longdoc_report.every_seed({1: 5.0, 2: 2.9, 3: 4.0}, 3) == "**not met** (2 of 3 seeds)"
     assert longdoc_report.every_seed({1: None}, 3) == "no seed yet"
     assert longdoc_report.every_seed({1: 5.0, 2: None}, 3) == "**not met** (1 of 2 seeds)", "a seed without its number"
+    # one seed is not "every seed"
+    assert longdoc_report.every_seed({2: 5.0}, 3) == "**met** in seed 2 (one seed)"
+    assert longdoc_report.every_seed({1: 2.0}, 3) == "**not met** in seed 1 (one seed)"
+
+
+def test_the_averaged_memories_are_compared_with_rmt_paired(tmp_path):
+    # the seed's question: each carrying memory against RMT on the same documents; no memory and
+    # the 4x reference are not (their gains over RMT would only repeat RMT's over them)
+    import longdoc_report
+
+    def run(setting, nll_per_token):
+        d = tmp_path / "runs" / f"{setting}_s1"
+        d.mkdir(parents=True)
+        rows = [[doc, depth, 1, 10, 10 * nll_per_token * (1 + 0.01 * doc)] for doc in range(6) for depth in (0, 8)]
+        (d / "docs_test.json").write_text(json.dumps({"rows": rows}))
+        return {"setting": setting, "seed": 1, "deep_ppl": 2.0, "test": {}}
+
+    by = longdoc_report.by_setting([run("no_memory", 3.0), run("rmt", 2.9), run("tarm_gate", 2.8),
+                                    run("context4x", 2.95)])
+    args = type("Args", (), {"out": str(tmp_path), "bootstrap": 50})
+    text = "\n".join(longdoc_report.bootstrap_tables(by, [1], args))
+    rmt_tables = [t for t in text.split("Gain over ")[1:] if t.startswith("rmt ")]
+    assert len(rmt_tables) == 2, "depth >= 8 and far tokens"
+    for t in rmt_tables:
+        assert "| tarm_gate |" in t and "| no_memory |" not in t and "| context4x |" not in t
+    import math
+    gate_over_rmt = 100 * (1 - math.exp((2.8 - 2.9) * 1.025))  # nats per token; documents' mean factor 1.025
+    assert f"| tarm_gate | {gate_over_rmt:.1f}% [" in rmt_tables[0]
 
 
 def test_the_best_setting_is_chosen_among_those_with_the_most_seeds(tmp_path):

@@ -4,21 +4,23 @@
 # a hash of setup.py and this script; if they match and the plugin imports from here,
 # nothing is reinstalled). Env: VENV (path), TORCH_SPEC (default
 # torch==2.13.0, a CPU build; on GPU machines set e.g. TORCH_SPEC='torch==2.13.0'
-# with your CUDA index, or install torch into the venv first).
+# with your CUDA index, or install torch into the venv first), CONSTRAINTS (default
+# constraints.txt: the tested versions of every package; empty: none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 STAMP="$VENV/.tarm-install"
-WANT="$(pwd) $(cat setup.py scripts/install.sh | sha1sum | cut -c1-40)"
+CONSTRAINTS=${CONSTRAINTS-constraints.txt}
+WANT="$(pwd) $(cat setup.py scripts/install.sh ${CONSTRAINTS:+"$CONSTRAINTS"} | sha1sum | cut -c1-40)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "
 import os, sys, tarm_plugin
 sys.exit(os.path.dirname(os.path.dirname(os.path.abspath(tarm_plugin.__file__))) != os.getcwd())" 2>/dev/null; then
     echo "install: tarm_plugin ready in $VENV (up to date)"
     exit 0
 fi
-PIP=("$PY" -m pip install -q --disable-pip-version-check)
+PIP=("$PY" -m pip install -q --disable-pip-version-check ${CONSTRAINTS:+-c "$CONSTRAINTS"})
 if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "install: ${TORCH_SPEC:-torch==2.13.0}"
     "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"

@@ -85,9 +85,8 @@ def one_run(args, name, seed):
         return result
     lab.run_logged(train_cmd(args, run_dir, name, seed), os.path.join(run_dir, "train.log"), "w",
                    threads=args.threads, who="ablate")
-    lab.run_logged(eval_cmd(args, run_dir), os.path.join(run_dir, "eval.log"), "w", threads=args.threads,
-                   who="ablate")
-    test = lab.read_eval_lm(os.path.join(run_dir, "eval.log"))
+    test = lab.eval_logged(eval_cmd(args, run_dir), os.path.join(run_dir, "eval.log"), threads=args.threads,
+                           who="ablate")
     test_loss, test_ppl, n_tokens = test["loss_bits"], test["ppl_printed"], test["tokens"]
     valid = parse_valid(os.path.join(run_dir, "train.log"))
     result = {"setting": name, "seed": seed, "num_memory_tokens": m, "alpha": alpha, "rate": rate,

@@ -5,13 +5,17 @@ so that each of them only says what is its own (its settings, data and tables).
   settings   the named memory settings, as fairseq flags (``setting_flags``)
   commands   fairseq-train / fairseq-eval-lm command lines with the flags every experiment
              passes (``train_command``, ``eval_command``), found beside this Python
-  runs       a command run with its output logged (``run_logged``), a run's cached
-             result.json (``load_result``, ``save_result``, ``results_under``)
+  runs       a command run with its output logged (``run_logged``; ``eval_logged``: an
+             eval-lm read back), training that stops at its budget (``train_unless_done``),
+             a run's flags (``run_config``) and its cached result.json, refused if made with
+             others (``cached_result``, ``made_with``, ``load_result``, ``save_result``,
+             ``results_under``)
   logs       fairseq's JSON log records (``log_records``, ``valid_curve``), eval-lm's
              totals and tables (``eval_lm``)
   checkpoints  ``load_checkpoint``: a trained model and its task, as fairseq loads them
-  reports    mean +- std cells, the separation rule of docs/results.md, a paired bootstrap
-             over documents, binomial intervals, matplotlib set up for files
+  reports    the command line a report was made by (``command_line``), mean +- std cells,
+             the separation rule of docs/results.md, a paired bootstrap over documents,
+             binomial intervals, matplotlib set up for files
 
 Plain functions over paths and dicts; an experiment script imports what it needs
 (``import lab``: the scripts directory is on sys.path when a script runs).
@@ -108,6 +112,24 @@ def run_logged(cmd, log_path, mode="a", threads=None, who="lab"):
         raise SystemExit(f"{who}: command failed ({log_path}):\n{tail}")
 
 
+def eval_logged(cmd, log_path, **kw):
+    """fairseq-eval-lm ``cmd`` run into a fresh ``log_path`` (``run_logged``), its totals and
+    tables read back (``eval_lm``)."""
+    run_logged(cmd, log_path, mode="w", **kw)
+    return read_eval_lm(log_path)
+
+
+def train_unless_done(cmd, save_dir, max_update, log_path, **kw):
+    """Run fairseq-train ``cmd`` (``run_logged``) unless its save dir's checkpoint_last.pt is
+    at ``max_update`` already; returns whether it trained. fairseq-train started at its
+    --max-update trains one update more: a run whose training finished but whose evaluations
+    were cut (or that is evaluated again) would evaluate another model."""
+    if resume_point(save_dir) >= max_update:
+        return False
+    run_logged(cmd, log_path, **kw)
+    return True
+
+
 def code_version():
     """The commit of the code that runs (``git describe --always --dirty``), for the record
     of a run that other sessions' code may continue; None outside a git checkout."""
@@ -141,6 +163,33 @@ def load_result(run_dir):
 
 def save_result(run_dir, result):
     save_json(os.path.join(run_dir, "result.json"), result)
+
+
+def run_config(args, names, when_set=()):
+    """What a run's result depends on: the ``names`` fields of parsed ``args`` (a selection of
+    runs, such as settings and seeds, is not part of it), and the ``when_set`` fields when
+    they are set (flags added later: runs made before them still match)."""
+    out = {k: getattr(args, k) for k in names}
+    out.update({k: getattr(args, k) for k in when_set if getattr(args, k)})
+    return out
+
+
+def made_with(result, config, key="config", by_name=()):
+    """Whether a run's ``result`` was made with ``config`` (its ``result[key]``). The fields in
+    ``by_name`` (paths, e.g. a data-bin) count by their last name: the same runs are read from
+    another checkout or machine, by a path spelled otherwise (relative, absolute)."""
+    name = lambda c: dict(c, **{k: os.path.basename(os.path.normpath(c[k])) for k in by_name})  # noqa: E731
+    return isinstance(result.get(key), dict) and name(result[key]) == name(config)
+
+
+def cached_result(run_dir, config, refusal, **match):
+    """A run's result.json if it has finished (None if not), made with ``config``
+    (``made_with``, its ``match`` keywords): one made with other flags stops the experiment
+    with the one line ``refusal`` rather than be mixed with these runs or overwritten."""
+    result = load_result(run_dir)
+    if result is not None and not made_with(result, config, **match):
+        raise SystemExit(refusal)
+    return result
 
 
 def results_under(runs_dir, name="result.json"):
@@ -262,6 +311,12 @@ def checkpoint_updates(path):
 
 
 # -------------------------------------------------------------------- reports
+def command_line(script, argv=None):
+    """``python scripts/<script> ARGS``, a report's record of how it was made: ``argv`` as
+    main() was given it, else this process's arguments."""
+    return f"python scripts/{os.path.basename(script)} {' '.join(sys.argv[1:] if argv is None else argv)}"
+
+
 def mean_std(values):
     """(mean, sample std) over seeds; std 0 for one value, both nan for none."""
     if not values:

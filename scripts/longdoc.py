@@ -37,19 +37,21 @@ Usage: python scripts/longdoc.py --data data-bin/code --doc-separator '<doc>' --
 import argparse
 import os
 import re
-import sys
 import time
 
 import lab
 import longdoc_report
+import prepare_longdoc
 from longdoc_report import deep_loss
 
-ROOT = lab.ROOT
 SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "prefix", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", "assoc")}
 SETTINGS["context4x"] = lab.SETTINGS["no_memory"]  # m = 0, one segment of 4L per sample
 RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_size", "layers", "dim",
              "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")
 CALIBRATION_FLAGS = ("validate_every", "keep_every")
+# the data-bin counts by its name (``code``), not its path: the same runs are read from another
+# checkout or machine, and by a path spelled otherwise (relative, absolute)
+BY_NAME = ("data",)
 
 
 def has_memory(setting):
@@ -102,35 +104,16 @@ def test_flags(args, run_dir):
 def horizon_data(args):
     """A data-bin of the test documents of --horizon-docs A B segments (A to B segments of L,
     in file order), the dictionary shared: the stated subset the memory horizon is measured on."""
-    import torch
-    from fairseq.data import Dictionary, data_utils, indexed_dataset
-
-    sys.path.insert(0, ROOT)
-    from tarm_plugin.datasets import document_spans, split_tokens
-
-    dest = os.path.join(args.out, f"horizon_bin_{args.horizon_docs[0]}_{args.horizon_docs[1]}")
+    lo, hi = args.horizon_docs
+    dest = os.path.join(args.out, f"horizon_bin_{lo}_{hi}")
     if os.path.exists(os.path.join(dest, "test.idx")):
         return dest
-    d = Dictionary.load(os.path.join(args.data, "dict.txt"))
-    sep = d.index(args.doc_separator) if args.doc_separator else None
-    data = data_utils.load_indexed_dataset(os.path.join(args.data, "test"), d)
-    tokens = split_tokens(data)
-    lo, hi = args.horizon_docs
-    chosen = [(a, b) for a, b in document_spans(data, d.eos(), sep) if lo <= -(-(b - a) // args.segment_length) <= hi]
+    d, docs = prepare_longdoc.documents(args.data, "test", args.doc_separator)
+    chosen = [doc for doc in docs if lo <= -(-len(doc) // args.segment_length) <= hi]
     if len(chosen) < args.batch_size:
         raise SystemExit(f"longdoc: --horizon-docs {lo} {hi}: {len(chosen)} test documents, fewer than "
                          f"--batch-size {args.batch_size}")
-    os.makedirs(dest + ".tmp", exist_ok=True)
-    builder = indexed_dataset.make_builder(os.path.join(dest + ".tmp", "test.bin"), impl="mmap", vocab_size=len(d))
-    boundary = torch.tensor([sep, d.eos()] if sep is not None else [d.eos()], dtype=torch.long)
-    for i, (a, b) in enumerate(chosen):
-        if i:
-            builder.add_item(boundary)
-        builder.add_item(torch.from_numpy(tokens[a:b].astype("int64")))  # a document as one item: its lines kept
-    builder.finalize(os.path.join(dest + ".tmp", "test.idx"))
-    d.save(os.path.join(dest + ".tmp", "dict.txt"))
-    os.replace(dest + ".tmp", dest)
-    return dest
+    return prepare_longdoc.write_documents(dest, d, chosen, args.doc_separator, "test")
 
 
 def memory_horizon(args, run_dir, result):
@@ -143,21 +126,18 @@ def memory_horizon(args, run_dir, result):
     data = horizon_data(args)
     carries = has_memory(result["setting"]) and result["setting"] != "prefix"
     out = {"horizons": args.horizons, "docs": args.horizon_docs, "K": {}}
-    path = os.path.join(run_dir, "eval_horizon_carried.log")
-    run_logged(eval_cmd(args, run_dir, "test", data=data), path, mode="w")
-    out["carried"] = read_eval(path)
+    out["carried"] = evaluated(eval_cmd(args, run_dir, "test", data=data),
+                               os.path.join(run_dir, "eval_horizon_carried.log"))
     for k in (args.horizons if carries else []):
         path = os.path.join(run_dir, f"eval_horizon_{k}.log")
-        run_logged(eval_cmd(args, run_dir, "test", "--eval-memory-horizon", str(k), data=data), path, mode="w")
-        ev = read_eval(path)
-        if ev["tokens"] != out["carried"]["tokens"]:
-            raise SystemExit(f"longdoc: {path} scored {ev['tokens']} tokens, not {out['carried']['tokens']}")
+        ev = evaluated(eval_cmd(args, run_dir, "test", "--eval-memory-horizon", str(k), data=data), path)
+        same_tokens(path, ev, out["carried"])
         for row, ref in zip(ev["by_depth"], out["carried"]["by_depth"]):
             if int(row["depth"].split("-")[-1]) <= k and row != ref:
                 raise SystemExit(f"longdoc: {path}: depth {row['depth']} <= K differs from the carried memory")
         out["K"][str(k)] = ev
     result["horizon"] = out
-    save_result(run_dir, result)
+    lab.save_result(run_dir, result)
     return result
 
 
@@ -168,67 +148,53 @@ def memory_ablation(args, run_dir, result):
     if not has_memory(result["setting"]) or result["setting"] == "prefix" or "test_reset_memory" in result:
         return result
     path = os.path.join(run_dir, "eval_test_reset_memory.log")
-    run_logged(eval_cmd(args, run_dir, "test", "--eval-reset-memory"), path, mode="w")
-    ev = read_eval(path)
-    if ev["tokens"] != result["test"]["tokens"]:
-        raise SystemExit(f"longdoc: {path} scored {ev['tokens']} tokens, not {result['test']['tokens']}")
+    ev = evaluated(eval_cmd(args, run_dir, "test", "--eval-reset-memory"), path)
+    same_tokens(path, ev, result["test"])
     n, bits = deep_loss(ev["by_depth"])
     result["test_reset_memory"] = dict(ev, deep_loss_bits=bits, deep_ppl=2 ** bits)
-    save_result(run_dir, result)
+    lab.save_result(run_dir, result)
     return result
 
 
-def run_logged(cmd, log_path, mode="a"):
-    lab.run_logged(cmd, log_path, mode, who="longdoc")
+def evaluated(cmd, log_path):
+    """eval-lm's totals and tables from ``cmd`` run into ``log_path``."""
+    return lab.eval_logged(cmd, log_path, who="longdoc")
 
 
-read_eval, save_result = lab.read_eval_lm, lab.save_result
+def same_tokens(path, ev, ref):
+    """Every evaluation of a run scores the same test tokens."""
+    if ev["tokens"] != ref["tokens"]:
+        raise SystemExit(f"longdoc: {path} scored {ev['tokens']} tokens, not {ref['tokens']}")
 
 
 def one_run(args, setting, seed):
+    """Train (unless done) and evaluate one run; its result (cached in result.json) with the
+    memory ablation and horizon, which runs finished before them get too."""
     run_dir = os.path.join(args.out, "runs", f"{setting}_s{seed}")
-    result = lab.load_result(run_dir)
-    if result is not None:
-        if made_with(result, args):
-            return memory_horizon(args, run_dir, memory_ablation(args, run_dir, result))
-        raise SystemExit(f"longdoc: {run_dir}/result.json was made with other settings; use another --out")
-    os.makedirs(run_dir, exist_ok=True)
-    start = time.time()
-    log_path = os.path.join(run_dir, "train.log")
-    # a run whose training finished but whose evaluations were cut: fairseq-train started at its
-    # --max-update would train one update more, so it is not started again
-    if lab.resume_point(run_dir) < args.max_update:
-        run_logged(train_cmd(args, run_dir, setting, seed), log_path)
-    minutes = (time.time() - start) / 60
-    evals = {}
-    for split in ("test", "valid"):
-        path = os.path.join(run_dir, f"eval_{split}.log")
-        run_logged(eval_cmd(args, run_dir, split, *(test_flags(args, run_dir) if split == "test" else [])),
-                   path, mode="w")
-        evals[split] = read_eval(path)
-    curve = lab.valid_curve(log_path)
-    valid_train = curve[-1][1] if curve else None
-    n, bits = deep_loss(evals["test"]["by_depth"])
-    result = {"setting": setting, "seed": seed, "config": config(args), "test": evals["test"],
-              "valid_eval_lm_bits": evals["valid"]["loss_bits"], "valid_fairseq_train_bits": valid_train,
-              "deep_tokens": n, "deep_loss_bits": bits, "deep_ppl": 2 ** bits,
-              "train_minutes_this_invocation": round(minutes, 1), "code": lab.code_version()}
-    save_result(run_dir, result)
+    result = lab.cached_result(run_dir, config(args), f"longdoc: {run_dir}/result.json was made with other "
+                               "settings; use another --out", by_name=BY_NAME)
+    if result is None:
+        os.makedirs(run_dir, exist_ok=True)
+        start, log_path = time.time(), os.path.join(run_dir, "train.log")
+        lab.train_unless_done(train_cmd(args, run_dir, setting, seed), run_dir, args.max_update, log_path,
+                              who="longdoc")
+        minutes = (time.time() - start) / 60
+        evals = {split: evaluated(eval_cmd(args, run_dir, split, *flags), os.path.join(run_dir, f"eval_{split}.log"))
+                 for split, flags in (("test", test_flags(args, run_dir)), ("valid", []))}
+        curve = lab.valid_curve(log_path)
+        n, bits = deep_loss(evals["test"]["by_depth"])
+        result = {"setting": setting, "seed": seed, "config": config(args), "test": evals["test"],
+                  "valid_eval_lm_bits": evals["valid"]["loss_bits"],
+                  "valid_fairseq_train_bits": curve[-1][1] if curve else None,
+                  "deep_tokens": n, "deep_loss_bits": bits, "deep_ppl": 2 ** bits,
+                  "train_minutes_this_invocation": round(minutes, 1), "code": lab.code_version()}
+        lab.save_result(run_dir, result)
     return memory_horizon(args, run_dir, memory_ablation(args, run_dir, result))
 
 
 def config(args):
-    out = {k: getattr(args, k) for k in RUN_FLAGS}
-    out.update({k: getattr(args, k) for k in CALIBRATION_FLAGS if getattr(args, k)})  # runs before them match
-    return out
-
-
-def made_with(result, args):
-    """Whether a run's result was made with these flags. The data-bin counts by its name
-    (``code``), not its path: the same runs are read from another checkout or machine, and
-    by a path spelled otherwise (relative, absolute)."""
-    name = lambda c: dict(c, data=os.path.basename(os.path.normpath(c["data"])))  # noqa: E731
-    return "config" in result and name(result["config"]) == name(config(args))
+    """The flags a run's result depends on (the calibration's only when set: runs before them match)."""
+    return lab.run_config(args, RUN_FLAGS, when_set=CALIBRATION_FLAGS)
 
 
 def calibration_report(args, argv=None):
@@ -247,12 +213,11 @@ def calibration_report(args, argv=None):
         curves[name] = {}
         for update, ckpt in kept:
             path = os.path.join(run_dir, f"eval_valid_{update}.log")
-            if not os.path.exists(path) or "Loss (base 2)" not in open(path).read():
-                run_logged(eval_cmd(args, run_dir, "valid", checkpoint=ckpt), path, mode="w")
-            ev = read_eval(path)
+            done = os.path.exists(path) and "Loss (base 2)" in open(path).read()
+            ev = lab.read_eval_lm(path) if done else evaluated(eval_cmd(args, run_dir, "valid", checkpoint=ckpt), path)
             curves[name][update] = {"valid_bits": ev["loss_bits"], "deep_ppl": 2 ** deep_loss(ev["by_depth"])[1],
                                     "train_valid_bits": train_valid.get(update)}
-    print("\n".join(longdoc_report.calibration(curves, train_curves, args.out, command(argv))))
+    print("\n".join(longdoc_report.calibration(curves, train_curves, args.out, lab.command_line(__file__, argv))))
 
 
 def parse_args(argv=None):
@@ -303,13 +268,9 @@ def parse_args(argv=None):
 def finished_runs(args):
     """Every finished run under --out made with these flags (other invocations' settings
     and seeds too: several may run side by side, e.g. one thread each)."""
-    runs = os.path.join(args.out, "runs")
-    results = [r for r in lab.results_under(runs) if made_with(r, args)]
+    results = [r for r in lab.results_under(os.path.join(args.out, "runs"))
+               if lab.made_with(r, config(args), by_name=BY_NAME)]
     return sorted(results, key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
-
-
-def command(argv=None):
-    return f"python scripts/longdoc.py {' '.join(sys.argv[1:] if argv is None else argv)}"
 
 
 def main(argv=None):
@@ -324,7 +285,7 @@ def main(argv=None):
                 one_run(args, setting, seed)
     results = finished_runs(args)
     args.settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
-    print(longdoc_report.write(results, args, command(argv)))
+    print(longdoc_report.write(results, args, lab.command_line(__file__, argv)))
 
 
 if __name__ == "__main__":

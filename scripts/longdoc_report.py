@@ -434,21 +434,12 @@ def unigram_bits(data, doc_separator, split="test"):
     split's unigram distribution (counts + 1): the loss a model stuck at its
     unigram stage would have."""
     import numpy as np
-    from fairseq.data import Dictionary, data_utils
+    from prepare_longdoc import documents
 
-    sys.path.insert(0, lab.ROOT)
-    from tarm_plugin.datasets import document_spans, split_tokens
-
-    d = Dictionary.load(os.path.join(data, "dict.txt"))
-    sep = d.index(doc_separator) if doc_separator else None
-
-    def tokens(name):
-        data_set = data_utils.load_indexed_dataset(os.path.join(data, name), d)
-        t = split_tokens(data_set)
-        return np.concatenate([t[a:b] for a, b in document_spans(data_set, d.eos(), sep)])
-
-    counts = np.bincount(tokens("train"), minlength=len(d)).astype(np.float64) + 1
-    return float(-np.log2(counts[tokens(split)] / counts.sum()).mean())
+    d, train = documents(data, "train", doc_separator)
+    counts = np.bincount(np.concatenate(train), minlength=len(d)).astype(np.float64) + 1
+    test = np.concatenate(documents(data, split, doc_separator)[1])
+    return float(-np.log2(counts[test] / counts.sum()).mean())
 
 
 def write(results, args, command):

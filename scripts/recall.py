@@ -30,10 +30,10 @@ Experiments (each run: one setting, one seed, one training data spec):
              until the validation per-fact accuracy reaches --curriculum-threshold or the
              stage has used --stage-updates; after the last stage, test at --curriculum-test
 
-The samples are made by scripts/recall_data.py, the tables and figure by
-scripts/recall_report.py. Runs whose result.json exists are skipped (resume; a curriculum
-stage with a stage.json is not redone, one cut short continues from its last chunk;
---report-only trains nothing). Writes under --out:
+The samples are made by scripts/recall_data.py, scored by scripts/recall_eval.py, the
+tables and figure made by scripts/recall_report.py. Runs whose result.json exists are
+skipped (resume; a curriculum stage with a stage.json is not redone, one cut short continues
+from its last chunk; --report-only trains nothing). Writes under --out:
   data/D<spec>_P<P>/        the generated text and its fairseq-preprocess'd data-bin
   runs/<setting>_D<spec>_P<P>_s<seed>/train.log, result.json, checkpoint_last.pt
   runs/curriculum_<setting>_C<stages>_P<P>_s<seed>/result.json, stage<s>/ (a fairseq save
@@ -51,8 +51,9 @@ import time
 
 import lab
 import recall_report
-from lab import load_checkpoint, read_json, save_json
-from recall_data import build_data, row_answer_positions, spec_name
+from lab import read_json, save_json
+from recall_data import build_data, spec_name, stage_data
+from recall_eval import evaluate
 
 MEM = ["--memory-write-input", "memory"]
 SETTINGS = {  # name: model flags (every other flag is shared); the token memories write what they read
@@ -89,53 +90,6 @@ def train_cmd(args, data_dir, run_dir, setting, seed, loss_start=None, loss_last
         "--disable-validation", *extra)
 
 
-def run_logged(cmd, log_path, mode):
-    lab.run_logged(cmd, log_path, mode, threads=1, who="recall")
-
-
-# ----------------------------------------------------------------- evaluation
-def score_answers(logits, target, positions):
-    """(right [B, P] bool, p_right [B, P]) at the answer positions of a batch: a list (the
-    same in every row) or a [B, P] tensor (each row's own)."""
-    import torch
-
-    pos = torch.as_tensor(positions, dtype=torch.long).expand(target.size(0), -1)
-    answers = target.gather(1, pos)
-    lprobs = logits.gather(1, pos.unsqueeze(-1).expand(-1, -1, logits.size(-1))).float().log_softmax(dim=-1)
-    right = lprobs.argmax(dim=-1).eq(answers)
-    p_right = lprobs.gather(-1, answers.unsqueeze(-1)).squeeze(-1).exp()
-    return right, p_right
-
-
-def evaluate(checkpoint, data_dir, splits, n_facts, args):
-    """{test D (a label of ``splits``): {fact_acc, all_acc, p_right, samples}} for one checkpoint.
-    The answer positions are each row's own (from its length), so a split may mix distances."""
-    import torch
-
-    torch.set_num_threads(1)
-    model, task = load_checkpoint(checkpoint, data_dir, args.eval_batch_size)
-    d = task.target_dictionary
-    value_ids = {d.index(f"v{i}") for i in range(args.values)}
-    out = {}
-    for distance, split in splits.items():
-        task.load_dataset(split)
-        rights, probs = [], []
-        with torch.no_grad():
-            for sample in task.get_batch_iterator(task.dataset(split)).next_epoch_itr(shuffle=False):
-                target = sample["target"]
-                positions = row_answer_positions(sample["net_input"]["src_lengths"], n_facts)
-                if not set(target.gather(1, positions).unique().tolist()) <= value_ids:
-                    raise RuntimeError(f"{data_dir} {split}: answer positions do not hold values")
-                logits, _ = model(**sample["net_input"])
-                right, p = score_answers(logits, target, positions)
-                rights.append(right)
-                probs.append(p)
-        right, p = torch.cat(rights), torch.cat(probs)
-        out[distance] = {"fact_acc": right.float().mean().item(), "all_acc": right.all(dim=1).float().mean().item(),
-                         "p_right": p.mean().item(), "samples": right.size(0)}
-    return out
-
-
 # ---------------------------------------------------------------------- runs
 def plan(args):
     """[(experiment, setting, train_distances, n_facts, test_distances, seed)] in run order."""
@@ -163,49 +117,42 @@ def run_dir_for(args, setting, train_distances, n_facts, seed):
 
 
 def one_run(args, setting, train_distances, n_facts, test_distances, seed):
-    """Train (unless done) and evaluate; returns the result dict (cached in result.json)."""
+    """Train (unless done) and evaluate; returns (the result dict, cached in result.json,
+    whether it ran). A finished run asked for more test distances is evaluated again."""
     run_dir = run_dir_for(args, setting, train_distances, n_facts, seed)
-    result_path = os.path.join(run_dir, "result.json")
-    cached = None
-    if os.path.exists(result_path):
-        cached = read_json(result_path)
-        if cached.get("config") != config(args):
-            sys.exit(f"recall: error: {run_dir} holds a run with other data/model flags; use another --out")
-        if set(map(str, test_distances)) <= set(cached["test"]):
-            return cached, False
+    cached = lab.cached_result(run_dir, config(args), f"recall: error: {run_dir} holds a run with other "
+                               "data/model flags; use another --out")
+    if cached is not None and set(map(str, test_distances)) <= set(cached["test"]):
+        return cached, False
     data_dir, splits = build_data(args, train_distances, n_facts, test_distances)
     os.makedirs(run_dir, exist_ok=True)
     cmd = train_cmd(args, data_dir, run_dir, setting, seed, loss_start=min(train_distances) + 1)
     t0 = time.time()
-    # more test distances for a finished run: fairseq-train started at its --max-update would
-    # train one update more, so the trained checkpoint is evaluated as it is
-    trained = lab.resume_point(run_dir) >= args.max_update
-    if not trained:
-        run_logged(cmd, os.path.join(run_dir, "train.log"), mode="w")
+    log_path = os.path.join(run_dir, "train.log")  # a finished run asked for more test distances: not trained again
+    trained = lab.train_unless_done(cmd, run_dir, args.max_update, log_path, mode="w", threads=1, who="recall")
     t1 = time.time()
     test = evaluate(os.path.join(run_dir, "checkpoint_last.pt"), data_dir, splits, n_facts, args)
     result = {"setting": setting, "seed": seed, "train_distances": list(train_distances), "facts": n_facts,
-              "test": {str(k): v for k, v in test.items()}, "train_seconds": cached["train_seconds"] if trained and cached else round(t1 - t0, 1),
+              "test": {str(k): v for k, v in test.items()},
+              "train_seconds": cached["train_seconds"] if cached and not trained else round(t1 - t0, 1),
               "eval_seconds": round(time.time() - t1, 1), "max_update": args.max_update,
-              "last_train_inner": last_train_record(os.path.join(run_dir, "train.log")),
+              "last_train_inner": lab.last_record(log_path),
               "command": " ".join(cmd), "config": config(args), "code": lab.code_version()}
-    save_json(result_path, result)
+    lab.save_result(run_dir, result)
     return result, True
 
 
 def config(args):
     """The flags a run's result depends on: runs share a table only if these are equal
     (which experiments, settings, seeds, distances and P to run are a selection, not part of it)."""
-    return {k: getattr(args, k) for k in RUN_FLAGS}
+    return lab.run_config(args, RUN_FLAGS)
 
 
 def load_results(args):
-    results = lab.results_under(os.path.join(args.out, "runs"))
-    return [r for r in results if (r.get("curriculum") == curriculum_config(args)
-                                   if r.get("experiment") == "curriculum" else r.get("config") == config(args))]
-
-
-last_train_record = lab.last_record  # the last train_inner record of a log (loss, memory statistics), or {}
+    """Every result under --out made with these flags (a curriculum: with this curriculum)."""
+    return [r for r in lab.results_under(os.path.join(args.out, "runs"))
+            if (lab.made_with(r, curriculum_config(args), key="curriculum") if r.get("experiment") == "curriculum"
+                else lab.made_with(r, config(args)))]
 
 
 # ---------------------------------------------------------------- curriculum
@@ -222,18 +169,6 @@ def curriculum_config(args):
 
 def curriculum_dir(args, setting, n_facts, seed):
     return os.path.join(args.out, "runs", f"curriculum_{setting}_C{spec_name(args.curriculum)}_P{n_facts}_s{seed}")
-
-
-def stage_data(args, stage, n_facts):
-    """Stage ``stage``'s data-bin: train and valid with D cycling through 1..stage (equal
-    shares), test splits at --curriculum-test (every stage's, so any checkpoint can be tested)."""
-    return build_data(args, tuple(range(1, stage + 1)), n_facts, tuple(args.curriculum_test),
-                      name=stage_data_name(stage, n_facts), valid_samples=args.curriculum_valid_samples)
-
-
-def stage_data_name(stage, n_facts):
-    """The directory name of stage ``stage``'s data-bin under ``--out``/data."""
-    return f"curriculum_D1to{stage}_P{n_facts}"
 
 
 def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
@@ -264,7 +199,7 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
         updates = min(progress["updates"] + args.check_every, args.stage_updates)
         cmd = train_cmd(args, data_dir, stage_dir, setting, seed, loss_last=1, max_update=updates, extra=extra)
         t0 = time.time()
-        run_logged(cmd, log_path, mode="a")  # each chunk appends to the stage's log
+        lab.run_logged(cmd, log_path, "a", threads=1, who="recall")  # each chunk appends to the stage's log
         t1 = time.time()
         valid = evaluate(os.path.join(stage_dir, "checkpoint_last.pt"), data_dir, {"valid": "valid"},
                          n_facts, args)["valid"]
@@ -280,7 +215,7 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
               "valid": {k: v for k, v in last.items() if k != "updates"}, "reached": last["fact_acc"] >= threshold,
               "train_seconds": progress["train_seconds"], "eval_seconds": progress["eval_seconds"],
               "checks": [{"updates": c["updates"], "fact_acc": c["fact_acc"]} for c in progress["checks"]],
-              "last_train_inner": last_train_record(log_path)}
+              "last_train_inner": lab.last_record(log_path)}
     save_json(record_path, record)
     return record
 
@@ -289,15 +224,13 @@ def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
     """All stages of one setting and seed (each resumable), then the test of the last stage's
     checkpoint at ``test_distances``; returns the result dict (cached in result.json)."""
     run_dir = curriculum_dir(args, setting, n_facts, seed)
-    result_path = os.path.join(run_dir, "result.json")
     config_path = os.path.join(run_dir, "curriculum.json")
     if os.path.exists(config_path) and read_json(config_path) != curriculum_config(args):
         sys.exit(f"recall: error: {run_dir} holds a curriculum with other data/model/curriculum flags; "
                  "use another --out")
-    if os.path.exists(result_path):
-        cached = read_json(result_path)
-        if set(map(str, test_distances)) <= set(cached["test"]):
-            return cached, False
+    cached = lab.load_result(run_dir)  # made with curriculum.json's flags
+    if cached is not None and set(map(str, test_distances)) <= set(cached["test"]):
+        return cached, False
     os.makedirs(run_dir, exist_ok=True)
     save_json(config_path, curriculum_config(args))
     records, previous = [], None
@@ -314,7 +247,7 @@ def run_curriculum(args, setting, stages, n_facts, test_distances, seed):
               "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
               "eval_seconds": round(sum(r["eval_seconds"] for r in records) + time.time() - t0, 1),
               "curriculum": curriculum_config(args), "code": lab.code_version()}
-    save_json(result_path, result)
+    lab.save_result(run_dir, result)
     return result, True
 
 
@@ -410,17 +343,7 @@ def main(argv=None):
     # every result on disk with this configuration, not only this invocation's, goes into the tables
     results = load_results(args)
     wall = time.time() - start
-    run_time = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
-    save_json(os.path.join(args.out, "results.json"), results)
-    md = recall_report.markdown(results, args, list(SETTINGS))
-    fig = recall_report.figure(results, args, os.path.join(args.out, "recall.png"), list(SETTINGS))
-    header = (f"Command: `python scripts/{os.path.basename(__file__)} {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-              f"Wall time of this invocation: {wall / 60:.1f} min; {len(results)} runs on disk, "
-              f"{run_time / 60:.1f} min of training + evaluation in total "
-              f"({run_time / max(len(results), 1):.0f} s per run).\n\n")
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(header + md + (f"\n![recall]({os.path.basename(fig)})\n" if fig else ""))
-    print(md)
+    print(recall_report.write(results, args, list(SETTINGS), lab.command_line(__file__, argv), wall))
     print(f"total wall time: {wall:.0f} s ({wall / 60:.1f} min); results in {args.out}/results.md")
 
 

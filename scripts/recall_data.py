@@ -1,5 +1,6 @@
 """Long-range recall's data: samples of key-value facts, D filler segments and the
-question, fairseq-preprocess'd into a data-bin per training spec (scripts/recall.py).
+question, fairseq-preprocess'd into a data-bin per training spec or curriculum stage
+(scripts/recall.py).
 
 A sample, one line, cut into segments of L tokens (memory reset per sample):
 
@@ -115,6 +116,18 @@ def build_data(args, train_distances, n_facts, test_distances, name=None, valid_
         shutil.rmtree(out, ignore_errors=True)  # other test distances, or an interrupted build
         os.rename(tmp, out)
     return out, splits
+
+
+def stage_data(args, stage, n_facts):
+    """A curriculum stage's data-bin: train and valid with D cycling through 1..stage (equal
+    shares), test splits at --curriculum-test (every stage's, so any checkpoint can be tested)."""
+    return build_data(args, tuple(range(1, stage + 1)), n_facts, tuple(args.curriculum_test),
+                      name=stage_data_name(stage, n_facts), valid_samples=args.curriculum_valid_samples)
+
+
+def stage_data_name(stage, n_facts):
+    """The directory name of stage ``stage``'s data-bin under ``--out``/data."""
+    return f"curriculum_D1to{stage}_P{n_facts}"
 
 
 def hash_seed(*parts):

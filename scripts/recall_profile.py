@@ -24,7 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recall  # noqa: E402
-from lab import load_checkpoint  # noqa: E402
+from lab import command_line, load_checkpoint  # noqa: E402
+from recall_data import stage_data_name  # noqa: E402
 
 
 def profile(checkpoint, data_dir, splits, batch_size=100):
@@ -72,7 +73,7 @@ def run_profiles(out_dir, distances):
         last = result["curriculum"]["curriculum"][-1]
         checkpoint = os.path.join(os.path.dirname(result_path), f"stage{last}", "checkpoint_last.pt")
         # the last stage's data-bin as recall.py built it (read, never rebuilt here)
-        data_dir = os.path.join(out_dir, "data", recall.stage_data_name(last, result["facts"]))
+        data_dir = os.path.join(out_dir, "data", stage_data_name(last, result["facts"]))
         splits = json.load(open(os.path.join(data_dir, "recall.json")))["splits"]
         missing = [d for d in distances if str(d) not in splits]
         if missing:
@@ -133,7 +134,7 @@ def main(argv=None):
     order = [s for s in recall.SETTINGS if any(r["setting"] == s for r in rows)]
     md = markdown(rows, args.distances, order)
     print(md)
-    command = f"python scripts/recall_profile.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+    command = command_line(__file__, argv)
     if args.md:
         with open(args.md, "w") as f:
             f.write(f"Command: `{command}`\n\n{md}")

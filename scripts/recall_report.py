@@ -1,7 +1,8 @@
 """Long-range recall's report: tables (results.md) and the figure (recall.png) of
-scripts/recall.py's finished runs, mean +- std over seeds; ``settings`` gives the rows'
-order (and each setting's colour in every panel)."""
+scripts/recall.py's finished runs (results.json), mean +- std over seeds; ``settings`` gives
+the rows' order (and each setting's colour in every panel)."""
 
+import os
 import statistics
 
 import lab
@@ -162,3 +163,19 @@ def figure(results, args, path, settings):
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write(results, args, settings, command, wall):
+    """results.json, results.md and recall.png under args.out; results.md starts with the
+    ``command`` and its ``wall`` time (seconds) beside the runs' own. Returns the tables."""
+    lab.save_json(os.path.join(args.out, "results.json"), results)
+    md = markdown(results, args, settings)
+    fig = figure(results, args, os.path.join(args.out, "recall.png"), settings)
+    run_time = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
+    header = (f"Command: `{command}`\n\n"
+              f"Wall time of this invocation: {wall / 60:.1f} min; {len(results)} runs on disk, "
+              f"{run_time / 60:.1f} min of training + evaluation in total "
+              f"({run_time / max(len(results), 1):.0f} s per run).\n\n")
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(header + md + (f"\n![recall]({os.path.basename(fig)})\n" if fig else ""))
+    return md

@@ -1,6 +1,8 @@
 """The experiment library (scripts/lab.py): fairseq log records, eval-lm's output, the
-settings registry and the report helpers that every experiment script shares."""
+settings registry, a run's flags and cached result, and the report helpers that every
+experiment script shares."""
 
+import argparse
 import json
 import math
 import os
@@ -106,3 +108,49 @@ def test_eval_lm_reads_every_depth_row_and_checks_their_sum():
     assert [r["depth"] for r in lab.eval_lm(text)["by_depth"]] == ["0", "1-3", "1024-2047"]
     with pytest.raises(ValueError, match="does not sum"):
         lab.eval_lm(text.replace("Evaluated 450", "Evaluated 451"))
+
+
+def test_a_cached_result_is_used_only_if_made_with_these_flags(tmp_path):
+    args = argparse.Namespace(data="/abs/data-bin/code/", lr=1e-3, validate_every=0, keep_every=800)
+    config = lab.run_config(args, ("data", "lr"), when_set=("validate_every", "keep_every"))
+    assert list(config.items()) == [("data", "/abs/data-bin/code/"), ("lr", 1e-3), ("keep_every", 800)]
+    run = str(tmp_path / "run")
+    assert lab.cached_result(run, config, "refused") is None  # not finished
+    os.makedirs(run)
+    lab.save_result(run, {"config": dict(config, data="data-bin/code"), "test": 1})  # another checkout's path
+    with pytest.raises(SystemExit, match="^refused$"):
+        lab.cached_result(run, config, "refused")
+    assert lab.cached_result(run, config, "refused", by_name=("data",))["test"] == 1
+    assert not lab.made_with({"config": dict(config, data="/x/prose")}, config, by_name=("data",))
+    assert not lab.made_with({"config": dict(config, lr=5e-4)}, config, by_name=("data",))
+    assert not lab.made_with({"test": 1}, config), "a result without its flags"
+    assert lab.made_with({"curriculum": config}, config, key="curriculum")
+    assert not lab.made_with({"config": config}, config, key="curriculum")
+
+
+def test_training_is_not_started_again_at_its_budget(tmp_path):
+    # fairseq-train started at its --max-update trains one update more
+    import torch
+
+    run, log = tmp_path / "run", tmp_path / "run" / "train.log"
+    run.mkdir()
+    cmd = [sys.executable, "-c", "print('trained')"]
+    trainings = lambda: log.read_text().splitlines().count("trained")  # noqa: E731
+    assert lab.train_unless_done(cmd, str(run), 4, str(log)) and trainings() == 1  # no checkpoint yet
+    torch.save({"optimizer_history": [{"num_updates": 4}]}, run / "checkpoint_last.pt")
+    assert not lab.train_unless_done(cmd, str(run), 4, str(log)) and trainings() == 1
+    assert lab.train_unless_done(cmd, str(run), 5, str(log)) and trainings() == 2
+
+
+def test_an_evaluation_is_logged_afresh_and_read_back(tmp_path):
+    log = tmp_path / "eval.log"
+    for _ in range(2):
+        ev = lab.eval_logged([sys.executable, "-c", f"print({EVAL_LM!r})"], str(log))
+    lines = log.read_text().splitlines()  # the command line and its output, once: not appended to
+    assert ev["tokens"] == 3500 and lines[0].startswith("$ ") and lines[1:] == EVAL_LM.splitlines() + [""]
+
+
+def test_command_line_names_the_script_and_its_arguments(monkeypatch):
+    assert lab.command_line("/x/scripts/longdoc.py", ["--out", "o", "<doc>"]) == "python scripts/longdoc.py --out o <doc>"
+    monkeypatch.setattr(sys, "argv", ["scripts/recall.py", "--report-only"])
+    assert lab.command_line("recall.py") == "python scripts/recall.py --report-only"

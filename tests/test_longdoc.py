@@ -81,6 +81,20 @@ def test_longdoc_runs_checks_and_resumes(doc_bin, tmp_path, commands):  # noqa: 
         longdoc.main([*argv, "--lr", "5e-4"])
 
 
+@pytest.mark.parametrize("kind,separator", [("sep", "<doc>"), ("blank", None)])
+def test_a_data_bin_of_some_documents_reads_back_as_those_documents(request, tmp_path, kind, separator):
+    """The horizon subset's data-bin (scripts/prepare_longdoc.py): the chosen documents, whole
+    and in order, as --sample-break-mode doc reads them, with or without a separator symbol."""
+    import prepare_longdoc
+
+    bins = request.getfixturevalue("doc_bin")  # the module's data-bins, built once
+    d, docs = prepare_longdoc.documents(bins[kind], "test", separator)
+    assert len(docs) == 10 and sum(len(x) for x in docs) == doc_tokens(bins["raw"], "test")
+    dest = prepare_longdoc.write_documents(str(tmp_path / "subset"), d, docs[1::3], separator, "test")
+    d2, back = prepare_longdoc.documents(dest, "test", separator)
+    assert len(d2) == len(d) and [x.tolist() for x in back] == [x.tolist() for x in docs[1::3]]
+
+
 def test_matrix_saves_finished_runs_and_a_new_machine_restores_them(tmp_path):
     """longdoc_matrix.sh save copies finished runs (no checkpoints, no unfinished run) to the
     committed tree; a worker on a machine without them copies them back first (never over a

@@ -14,6 +14,7 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import recall  # noqa: E402
 import recall_data  # noqa: E402
+import recall_eval  # noqa: E402
 import recall_report  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def test_score_answers():
     logits[0, 4, 1] = 10.0  # wrong
     logits[1, 2, 1] = 0.0  # right, probability 1/(1 + 4e^-10) ~ 1
     logits[1, 4] = 0.0  # uniform: argmax is the first symbol (0), wrong; p = 1/5
-    right, p = recall.score_answers(logits, target, [2, 4])
+    right, p = recall_eval.score_answers(logits, target, [2, 4])
     assert right.tolist() == [[True, False], [True, False]]
     assert p[1, 1].item() == pytest.approx(0.2)
     assert p[0, 0].item() == pytest.approx(1.0, abs=1e-6) and p[0, 1].item() < 1e-6
@@ -157,9 +158,9 @@ def test_score_answers_per_row_positions():
     torch.manual_seed(0)
     logits, target = torch.randn(3, 10, 6), torch.randint(0, 6, (3, 10))
     rows = torch.tensor([[1, 3], [5, 7], [2, 4]])
-    right, p = recall.score_answers(logits, target, rows)
+    right, p = recall_eval.score_answers(logits, target, rows)
     for b in range(3):  # each row scored at its own positions, as a list of that row's positions would
-        r, q = recall.score_answers(logits[b:b + 1], target[b:b + 1], rows[b].tolist())
+        r, q = recall_eval.score_answers(logits[b:b + 1], target[b:b + 1], rows[b].tolist())
         assert right[b].tolist() == r[0].tolist() and p[b].tolist() == pytest.approx(q[0].tolist())
 
 
@@ -171,7 +172,7 @@ def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_p
     args = recall.parse_args(["--out", str(tmp_path), "--segment-length", str(L), "--facts", str(P),
                               "--train-samples", "40", "--test-samples", "4", "--curriculum-test", "2,5",
                               "--curriculum-valid-samples", "12"])
-    data_dir, splits = recall.stage_data(args, 4, P)
+    data_dir, splits = recall_data.stage_data(args, 4, P)
     assert splits == {2: "test", 5: "test1"}
     from fairseq.data import Dictionary, data_utils
     from tarm_plugin.datasets import SampleSegmentsDataset
@@ -198,7 +199,7 @@ def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_p
         assert int(target[b, pos[b][-1] + 1]) == d.eos()
         assert target[b, : (D + 1) * L].eq(d.pad()).all()  # only the question segment is scored
     # every stage's data-bin has the test splits, and the stages' data differ
-    other, _ = recall.stage_data(args, 1, P)
+    other, _ = recall_data.stage_data(args, 1, P)
     assert open(os.path.join(other, "raw", "train.txt")).read() != open(os.path.join(data_dir, "raw", "train.txt")).read()
 
 

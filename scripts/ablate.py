@@ -15,6 +15,7 @@ Usage: python scripts/ablate.py --data data-bin/ptb --out runs/ablation [--jobs 
 """
 
 import argparse
+import glob
 import os
 import statistics
 import sys
@@ -80,11 +81,18 @@ def one_run(args, name, seed):
     m, alpha, rate = describe(name)
     run_dir = os.path.join(args.out, f"{name}_s{seed}")
     os.makedirs(run_dir, exist_ok=True)
-    result = None if args.force else lab.load_result(run_dir)
+    if args.force:  # redo from scratch: fairseq-train would resume from the old checkpoint_last.pt
+        for f in glob.glob(os.path.join(run_dir, "checkpoint*.pt")) + [
+                os.path.join(run_dir, f) for f in ("train.log", "eval.log", "result.json")]:
+            if os.path.exists(f):
+                os.remove(f)
+    result = lab.load_result(run_dir)
     if result is not None:
         return result
-    lab.run_logged(train_cmd(args, run_dir, name, seed), os.path.join(run_dir, "train.log"), "w",
-                   threads=args.threads, who="ablate")
+    # a stopped run continues from its checkpoint_last.pt, its log appended to; a trained one
+    # (its evaluation cut) is not started again: fairseq would train one update more
+    lab.train_unless_done(train_cmd(args, run_dir, name, seed), run_dir, args.max_update,
+                          os.path.join(run_dir, "train.log"), threads=args.threads, who="ablate")
     test = lab.eval_logged(eval_cmd(args, run_dir), os.path.join(run_dir, "eval.log"), threads=args.threads,
                            who="ablate")
     test_loss, test_ppl, n_tokens = test["loss_bits"], test["ppl_printed"], test["tokens"]

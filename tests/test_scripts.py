@@ -268,3 +268,30 @@ def test_every_plugin_flag_is_in_the_readme_table():
         table = {m for m in re.findall(r"^\| `(--[a-z0-9-]+)", f.read(), re.M)}
     missing = {"--" + n.replace("_", "-") for n in names} - table
     assert not missing, f"flags missing from README's table: {sorted(missing)}"
+
+
+def test_ablation_run_is_not_trained_past_its_budget_and_force_starts_afresh(tmp_path, monkeypatch):
+    # a run whose training finished but whose evaluation was cut: fairseq-train started at its
+    # --max-update would train one update more, so it is evaluated as it is; --force redoes it
+    # from scratch (fairseq would otherwise resume from the old checkpoint_last.pt)
+    trained = []
+
+    def fake_train(cmd, log, *a, **k):
+        trained.append(cmd)
+        (tmp_path / "rmt_s1" / "checkpoint_last.pt").write_text("at 10")
+        with open(log, "a") as f:
+            f.write('x | valid | {"valid_num_updates": "10", "valid_loss": "7.0"}\n')
+
+    monkeypatch.setattr(ablate.lab, "run_logged", fake_train)
+    monkeypatch.setattr(ablate.lab, "eval_logged", lambda *a, **k: {"loss_bits": 7.0, "ppl_printed": 128.0, "tokens": 5})
+    monkeypatch.setattr(ablate.lab, "resume_point", lambda d: 10 if os.path.exists(os.path.join(d, "checkpoint_last.pt")) else 0)
+    args = ablate.parse_args(["--out", str(tmp_path), "--max-update", "10"])
+    run_dir = tmp_path / "rmt_s1"
+    run_dir.mkdir()
+    (run_dir / "checkpoint_last.pt").write_text("at 10")
+    (run_dir / "train.log").write_text('x | valid | {"valid_num_updates": "10", "valid_loss": "7.5"}\n')
+    assert ablate.one_run(args, "rmt", 1)["test_ppl"] == 128.0 and trained == []
+    assert list(map(tuple, ablate.one_run(args, "rmt", 1)["valid"])) == [(10, 7.5)]  # cached: nothing again
+    args.force = True
+    result = ablate.one_run(args, "rmt", 1)
+    assert len(trained) == 1 and result["valid"] == [(10, 7.0)], "trained afresh, its old log gone"

@@ -199,7 +199,9 @@ def run_stage(args, setting, seed, n_facts, stage, stage_dir, previous):
         updates = min(progress["updates"] + args.check_every, args.stage_updates)
         cmd = train_cmd(args, data_dir, stage_dir, setting, seed, loss_last=1, max_update=updates, extra=extra)
         t0 = time.time()
-        lab.run_logged(cmd, log_path, "a", threads=1, who="recall")  # each chunk appends to the stage's log
+        # each chunk appends to the stage's log; a chunk trained whose check was cut is not started
+        # again (fairseq-train started at its --max-update would train one update more)
+        lab.train_unless_done(cmd, stage_dir, updates, log_path, mode="a", threads=1, who="recall")
         t1 = time.time()
         valid = evaluate(os.path.join(stage_dir, "checkpoint_last.pt"), data_dir, {"valid": "valid"},
                          n_facts, args)["valid"]

@@ -276,6 +276,18 @@ def test_curriculum_end_to_end_tiny(tmp_path, commands):
     assert open(os.path.join(run_dir, "stage2", "train.log")).read() == log2
     again = json.load(open(os.path.join(run_dir, "result.json")))
     assert again["stages"] == result["stages"] and again["test"] == result["test"]
+    # a chunk trained whose check was cut: checked, not trained again (fairseq-train started at
+    # its --max-update would train one update more)
+    os.remove(os.path.join(run_dir, "result.json"))
+    os.remove(os.path.join(run_dir, "stage2", "stage.json"))
+    progress_path = os.path.join(run_dir, "stage2", "progress.json")
+    progress = json.load(open(progress_path))
+    progress.update(updates=2, checks=progress["checks"][:1])
+    json.dump(progress, open(progress_path, "w"))
+    recall.main(argv)
+    assert open(os.path.join(run_dir, "stage2", "train.log")).read() == log2
+    again = json.load(open(os.path.join(run_dir, "result.json")))
+    assert again["stages"][1]["checks"] == result["stages"][1]["checks"] and again["test"] == result["test"]
     # the per-segment memory profile of the final model (scripts/recall_profile.py)
     import recall_profile
 

@@ -13,6 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import recall  # noqa: E402
+import recall_curriculum  # noqa: E402
 import recall_data  # noqa: E402
 import recall_eval  # noqa: E402
 import recall_report  # noqa: E402
@@ -204,14 +205,14 @@ def test_curriculum_stage_data_mixes_distances_and_rows_find_their_answers(tmp_p
 
 
 def fake_curriculum(args, setting, seed, test, reached):
-    run_dir = recall.curriculum_dir(args, setting, args.facts, seed)
+    run_dir = recall_curriculum.curriculum_dir(args, setting, args.facts, seed)
     os.makedirs(run_dir, exist_ok=True)
     stages = [{"stage": s, "updates": 100 * s, "valid": {"fact_acc": 0.96 if ok else 0.5}, "reached": ok,
                "train_seconds": 60.0, "eval_seconds": 6.0} for s, ok in zip(args.curriculum, reached)]
     r = {"experiment": "curriculum", "setting": setting, "seed": seed, "facts": args.facts,
          "train_distances": list(range(1, args.curriculum[-1] + 1)), "stages": stages,
          "test": {str(k): {"fact_acc": v, "all_acc": v, "p_right": v, "samples": 10} for k, v in test.items()},
-         "train_seconds": 120.0, "eval_seconds": 12.0, "curriculum": recall.curriculum_config(args)}
+         "train_seconds": 120.0, "eval_seconds": 12.0, "curriculum": recall_curriculum.curriculum_config(args, recall.config(args))}
     json.dump(r, open(os.path.join(run_dir, "result.json"), "w"))
 
 

@@ -149,7 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--jobs", type=int, default=2, help="runs at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    p.add_argument("--force", action="store_true", help="redo runs that already have results")
+    p.add_argument("--force", action="store_true",
+                   help="redo every run from scratch (its checkpoints, logs and result deleted first)")
     p.add_argument("--bptt-segments", type=int, default=4, help="k, segments per training sample")
     p.add_argument("--batch-size", type=int, default=16,
                    help="streams per update (keep k x batch size fixed to compare k at equal tokens per update)")

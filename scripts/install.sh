@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Install tarm_plugin and what it needs into a virtual environment (default .venv).
 # Idempotent: a second run only checks (a stamp in the venv holds this checkout's path and
-# a hash of setup.py and this script; if they match and the plugin imports from here,
-# nothing is reinstalled). Env: VENV (path), TORCH_SPEC (default
+# a hash of setup.py, this script and the constraints; if they match and the plugin imports
+# from here, nothing is reinstalled). Env: VENV (path), TORCH_SPEC (default
 # torch==2.13.0, a CPU build; on GPU machines set e.g. TORCH_SPEC='torch==2.13.0'
 # with your CUDA index, or install torch into the venv first), CONSTRAINTS (default
-# constraints.txt: the tested versions of every package; empty: none).
+# constraints.txt: the tested versions of every package, torch 2.13.0 among them; empty:
+# none; not applied when TORCH_SPEC or an installed torch asks for another torch).
 set -euo pipefail
+if [[ -n ${CONSTRAINTS:-} && $CONSTRAINTS != /* ]]; then CONSTRAINTS=$PWD/$CONSTRAINTS; fi  # the caller's path
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 STAMP="$VENV/.tarm-install"
 CONSTRAINTS=${CONSTRAINTS-constraints.txt}
+HAVE_TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+if [[ -n $CONSTRAINTS && ( ${TORCH_SPEC:-torch==2.13.0} != torch==2.13.0 || ( -n $HAVE_TORCH && $HAVE_TORCH != 2.13.0 ) ) ]]; then
+    echo "install: ${TORCH_SPEC:-torch $HAVE_TORCH}, not the tested torch 2.13.0: $CONSTRAINTS not applied"
+    CONSTRAINTS=
+fi
+if [[ -n $CONSTRAINTS && ! -f $CONSTRAINTS ]]; then
+    echo "install: error: CONSTRAINTS=$CONSTRAINTS: no such file" >&2
+    exit 2
+fi
 WANT="$(pwd) $(cat setup.py scripts/install.sh ${CONSTRAINTS:+"$CONSTRAINTS"} | sha1sum | cut -c1-40)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "
 import os, sys, tarm_plugin

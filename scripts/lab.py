@@ -178,8 +178,11 @@ def made_with(result, config, key="config", by_name=()):
     """Whether a run's ``result`` was made with ``config`` (its ``result[key]``). The fields in
     ``by_name`` (paths, e.g. a data-bin) count by their last name: the same runs are read from
     another checkout or machine, by a path spelled otherwise (relative, absolute)."""
+    made = result.get(key)
+    if not isinstance(made, dict) or any(k not in made for k in by_name):  # another experiment's result
+        return False
     name = lambda c: dict(c, **{k: os.path.basename(os.path.normpath(c[k])) for k in by_name})  # noqa: E731
-    return isinstance(result.get(key), dict) and name(result[key]) == name(config)
+    return name(made) == name(config)
 
 
 def cached_result(run_dir, config, refusal, **match):

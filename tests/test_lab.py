@@ -124,6 +124,7 @@ def test_a_cached_result_is_used_only_if_made_with_these_flags(tmp_path):
     assert not lab.made_with({"config": dict(config, data="/x/prose")}, config, by_name=("data",))
     assert not lab.made_with({"config": dict(config, lr=5e-4)}, config, by_name=("data",))
     assert not lab.made_with({"test": 1}, config), "a result without its flags"
+    assert not lab.made_with({"config": {"lr": 1e-3}}, config, by_name=("data",)), "another experiment's flags"
     assert lab.made_with({"curriculum": config}, config, key="curriculum")
     assert not lab.made_with({"config": config}, config, key="curriculum")
 

@@ -128,8 +128,10 @@ def one_run(args, setting, train_distances, n_facts, test_distances, seed):
     os.makedirs(run_dir, exist_ok=True)
     cmd = train_cmd(args, data_dir, run_dir, setting, seed, loss_start=min(train_distances) + 1)
     t0 = time.time()
-    log_path = os.path.join(run_dir, "train.log")  # a finished run asked for more test distances: not trained again
-    trained = lab.train_unless_done(cmd, run_dir, args.max_update, log_path, mode="w", threads=1, who="recall")
+    # a finished run asked for more test distances is not trained again; a stopped one continues
+    # from its checkpoint_last.pt, its log appended to
+    log_path = os.path.join(run_dir, "train.log")
+    trained = lab.train_unless_done(cmd, run_dir, args.max_update, log_path, mode="a", threads=1, who="recall")
     t1 = time.time()
     test = evaluate(os.path.join(run_dir, "checkpoint_last.pt"), data_dir, splits, n_facts, args)
     result = {"setting": setting, "seed": seed, "train_distances": list(train_distances), "facts": n_facts,

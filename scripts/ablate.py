@@ -173,7 +173,7 @@ def main():
         results = list(pool.map(lambda job: one_run(args, *job), jobs))
     lab.save_json(os.path.join(args.out, "results.json"), results)
     md = table(results, args.settings)
-    cmd = "python " + " ".join(sys.argv)
+    cmd = lab.command_line(__file__)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(f"Command: `{cmd}`\n\n{md}\n")
     print(md)

@@ -47,7 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 logging.basicConfig(level=logging.WARNING)  # before fairseq's import-time INFO lines
 
-from lab import load_checkpoint  # noqa: E402
+from lab import command_line, load_checkpoint  # noqa: E402
 from tarm_plugin.errors import TarmError  # noqa: E402
 
 
@@ -273,7 +273,7 @@ def main(argv=None):
             result = {"data": args.data, "split": args.split, "segment_length": L, "local_window": window,
                       "windows": "inside documents" if args.documents else "the stream",
                       "context_segments": args.context_segments, "docs": len(inputs),
-                      "command": " ".join(["python", "scripts/continuation_bleu.py"] + (argv or sys.argv[1:])),
+                      "command": command_line(__file__, argv),
                       "models": [],
                       "examples": [{"start": int(starts[k]), "context": text(inputs[k, 1:]),
                                     "reference": ref_texts[k], "generated": {}}

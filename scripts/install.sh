@@ -15,7 +15,8 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 STAMP="$VENV/.tarm-install"
 CONSTRAINTS=${CONSTRAINTS-constraints.txt}
-HAVE_TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+# the installed torch's version from its metadata: importing torch would add seconds to every call
+HAVE_TORCH=$("$PY" -c "from importlib.metadata import version; print(version('torch').split('+')[0])" 2>/dev/null || true)
 if [[ -n $CONSTRAINTS && ( ${TORCH_SPEC:-torch==2.13.0} != torch==2.13.0 || ( -n $HAVE_TORCH && $HAVE_TORCH != 2.13.0 ) ) ]]; then
     echo "install: ${TORCH_SPEC:-torch $HAVE_TORCH}, not the tested torch 2.13.0: $CONSTRAINTS not applied"
     CONSTRAINTS=

@@ -6,7 +6,8 @@
 # worker goes down its queue of (corpus, setting, seed) runs with scripts/longdoc.py, which
 # skips a finished run (its result.json), continues a stopped one from its checkpoint_last.pt
 # and adds the evaluations a finished run lacks. Order: seed 1 of every setting first (the
-# associative memory in seed 1 only, issue 38), then seeds 2 and 3, then the prose corpus;
+# associative memory in seed 1 only, issue 38), then seeds 2 and 3 (the seed's question first:
+# the gate, RMT, a = 0.5 and no memory before the prefix and the 4x reference), then the prose corpus;
 # `all` interleaves b and a.
 #
 # Run it from a frozen copy of the code (a `git worktree` at the commit the results name),
@@ -72,10 +73,10 @@ for corpus in code prose; do  # what earlier sessions finished (on another machi
     [[ ! -d $SAVED/$corpus/runs ]] || copy_finished "$SAVED/$corpus" "$RUNS/longdoc_${corpus}_$MAX_UPDATE" -n
 done
 A=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
-   "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code prefix 3" "code tarm_a0.5 3"
+   "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code tarm_a0.5 3" "code prefix 3"
    "prose no_memory 1" "prose rmt 1")
 B=("code context4x 1" "code rmt 1" "code tarm_gate 1" "code assoc 1"
-   "code prefix 2" "code tarm_a0.5 2" "code context4x 2" "code no_memory 3" "code rmt 3"
+   "code prefix 2" "code tarm_a0.5 2" "code rmt 3" "code no_memory 3" "code context4x 2"
    "code tarm_gate 3" "prose prefix 1" "prose context4x 1")
 case "$WORKER" in
     a) QUEUE=("${A[@]}") ;;

@@ -6,7 +6,7 @@ reference's answer segment (field padding ``_`` and ``</s>`` included) is writte
 exactly: the token-level exact match of fairseq-train's validation. Prints the accuracy
 overall and per kind (two roots, double root, no real roots) and the wrong answers by
 what they got wrong (x1 only, x2 only, both roots, wrong kind, value; layout: the text
-right, its padding or ``</s>`` out of place) as JSON.
+right, its padding or ``</s>`` out of place, or a generated ``<s>``) as JSON.
 
 Usage: python scripts/eval_quadratic.py --path CKPT --data data-bin/quadratic [--split test]
            [--misses FILE]   # the wrong answers, one line each:

@@ -7,6 +7,7 @@ segments of L (--segment-length) tokens; "deep" tokens are DEEP or more segments
 document. Gains are % lower perplexity; intervals are paired bootstraps over test documents.
 """
 
+import functools
 import os
 import statistics
 import sys
@@ -25,6 +26,12 @@ def deep_loss(by_depth, deep=DEEP):
     return n, (sum(r["tokens"] * r["loss_bits"] for r in rows) / n if n else float("nan"))
 
 
+@functools.lru_cache(maxsize=None)
+def _rows(path, mtime):
+    """docs_test.json's rows, read once per file version (every bootstrap cell sums them)."""
+    return lab.read_json(path)["rows"]
+
+
 def document_sums(run_dir, deep=DEEP, cls=None):
     """{document: (tokens, nll in nats)} of a run's test tokens at depth >= ``deep`` (units of
     L), of token class ``cls`` if given (0 local, 1 far, 2 new), from docs_test.json."""
@@ -32,7 +39,7 @@ def document_sums(run_dir, deep=DEEP, cls=None):
     if not os.path.exists(path):
         return None
     out = {}
-    for doc, depth, c, n, nll in lab.read_json(path)["rows"]:
+    for doc, depth, c, n, nll in _rows(path, os.path.getmtime(path)):
         if depth >= deep and (cls is None or c == cls):
             t, s = out.get(doc, (0, 0.0))
             out[doc] = (t + n, s + nll)

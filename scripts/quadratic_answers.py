@@ -40,7 +40,8 @@ def split_by_kind(references: Sequence[str], right: Sequence[bool]) -> dict:
 
 def miss_type(prediction: str, reference: str, right: bool) -> str:
     """What a wrong answer got wrong ('' if ``right``): 'layout' if its text is right but
-    its tokens are not (field padding or </s> out of place), 'wrong kind' (e.g. two roots
+    its tokens are not (field padding or </s> out of place, or a generated <s>, which
+    ``Dictionary.string`` leaves out of the text), 'wrong kind' (e.g. two roots
     for a double root), for two roots 'x1 only', 'x2 only' or 'both roots', else 'value'."""
     if right:
         return ""

@@ -49,7 +49,7 @@ def params(path):
 
 def assert_resumed_equals_straight(straight_log, resumed_log, first, last, straight_dir=None, resumed_dir=None):
     """A run stopped and resumed trains updates ``first``..``last`` with the straight run's
-    losses (to the log's 3 decimals, 2e-3) and, given both save dirs, ends on its weights
+    losses (within 2e-3; the log has 3 decimals) and, given both save dirs, ends on its weights
     (to 1e-6: the log's decimals could hide a memory restarted from E_0, these do not)."""
     straight, resumed = train_losses(straight_log), train_losses(resumed_log)
     assert sorted(resumed) == list(range(first, last + 1))

@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--context-segments", type=int, default=4, help="N segments read before generating (default 4)")
     p.add_argument("--segment-length", type=int, default=None, help="L (default: the first checkpoint's)")
     p.add_argument("--max-docs", type=int, default=500, help="at most this many documents (default 500)")
-    p.add_argument("--batch-size", type=int, default=32, help="documents generated at once (default 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows generated at once (default 32)")
     p.add_argument("--examples", type=int, default=2, help="example continuations in the outputs (default 2)")
     p.add_argument("--local-window", type=int, default=None,
                    help="W of the token classes: a reference token seen among the W tokens before it "
@@ -113,7 +113,8 @@ def document_windows(split, dictionary, separator, L: int, n_context: int, max_d
     """Windows inside documents: each document of ``n_context + 1`` segments or more is
     tiled from its start by windows of ``n_context + 1`` segments (a window never crosses
     into the next document). Returns ``(inputs [D, n_context*L + 1], references [D, L],
-    starts [D])`` as :func:`documents`: the input of a window's first token is ``</s>`` at a
+    starts [D], documents)`` (``documents``: how many documents the windows come from), the
+    first three as :func:`documents`: the input of a window's first token is ``</s>`` at a
     document's start, else the document's token before the window."""
     from tarm_plugin.datasets import document_spans, split_tokens
 
@@ -126,7 +127,7 @@ def document_windows(split, dictionary, separator, L: int, n_context: int, max_d
         sep = dictionary.index(separator)
     tokens = split_tokens(split)
     width = (n_context + 1) * L
-    starts = [(a + j * width, j == 0) for a, b in document_spans(split, dictionary.eos(), sep)
+    starts = [(a + j * width, j == 0, i) for i, (a, b) in enumerate(document_spans(split, dictionary.eos(), sep))
               for j in range((b - a) // width)]
     if not starts:
         raise TarmError(f"no document of the split has {n_context + 1} segments of {L} tokens: "
@@ -134,10 +135,11 @@ def document_windows(split, dictionary, separator, L: int, n_context: int, max_d
     if len(starts) > max_docs:
         starts = [starts[i] for i in np.unique(np.linspace(0, len(starts) - 1, max_docs).round().astype(int))]
     inputs = np.stack([np.concatenate([[dictionary.eos() if first else tokens[s - 1]], tokens[s : s + n_context * L]])
-                       for s, first in starts])
-    refs = np.stack([tokens[s + n_context * L : s + width] for s, _ in starts])
-    starts = np.array([s for s, _ in starts])
-    return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(refs.astype(np.int64)), starts
+                       for s, first, _ in starts])
+    refs = np.stack([tokens[s + n_context * L : s + width] for s, _, _ in starts])
+    n_documents = len({doc for _, _, doc in starts})
+    starts = np.array([s for s, _, _ in starts])
+    return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(refs.astype(np.int64)), starts, n_documents
 
 
 def position_accuracy(generated: torch.Tensor, refs: torch.Tensor, buckets: int = 8):
@@ -212,7 +214,8 @@ def memory_rate(memory):
 
 
 def markdown(result) -> str:
-    lines = [f"Greedy continuations on `{result['data']}` ({result['split']}): {result['docs']} documents, "
+    where = f" in {result['documents']} documents" if result.get("documents") else ""
+    lines = [f"Greedy continuations on `{result['data']}` ({result['split']}): {result['docs']} windows{where}, "
              f"{result['context_segments']} context segments of {result['segment_length']} tokens, "
              f"then {result['segment_length']} generated tokens scored against the true next segment.",
              f"Windows: {result.get('windows', 'the stream')}. Token accuracy by position: the generated "
@@ -235,7 +238,8 @@ def markdown(result) -> str:
         lines += ["", f"Example {k + 1} (window from token {ex['start']} of the split):", "",
                   f"- context (last 200 characters): ...{ex['context'][-200:]}",
                   f"- reference: {ex['reference']}"]
-        lines += [f"- {name}: {text}" for name, text in ex["generated"].items()]
+        lines += [f"- {name}: {text or '(no text: line ends only, `</s>`, which the text leaves out)'}"
+                  for name, text in ex["generated"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -261,18 +265,19 @@ def main(argv=None):
             if split is None:
                 raise TarmError(f"--split {args.split}: no {args.split}.bin/.idx in {args.data}")
             if args.documents:
-                inputs, refs, starts = document_windows(split, d, args.doc_separator, L, args.context_segments,
-                                                        args.max_docs)
+                inputs, refs, starts, n_documents = document_windows(split, d, args.doc_separator, L,
+                                                                     args.context_segments, args.max_docs)
             else:
                 inputs, refs, starts = documents(split_tokens(split), d.eos(), L, args.context_segments,
                                                  args.max_docs)
+                n_documents = None  # the stream's windows are the held-out "documents"
             text = detokenizer(args.data, d)
             ref_texts = [text(r) for r in refs]
             window = args.local_window or L
             classes = reference_classes(inputs, refs, window)
             result = {"data": args.data, "split": args.split, "segment_length": L, "local_window": window,
                       "windows": "inside documents" if args.documents else "the stream",
-                      "context_segments": args.context_segments, "docs": len(inputs),
+                      "context_segments": args.context_segments, "docs": len(inputs), "documents": n_documents,
                       "command": command_line(__file__, argv),
                       "models": [],
                       "examples": [{"start": int(starts[k]), "context": text(inputs[k, 1:]),

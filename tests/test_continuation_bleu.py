@@ -50,9 +50,10 @@ def test_document_windows_tile_each_long_enough_document():
     lines = as_lines(docs, separator=sep)
     L, N = 4, 3
     width = (N + 1) * L
-    inputs, refs, starts = cb.document_windows(Lines(lines), d, "<doc>", L, N, max_docs=100)
+    inputs, refs, starts, n_docs = cb.document_windows(Lines(lines), d, "<doc>", L, N, max_docs=100)
     expected = [(doc, j) for doc in docs for j in range(len(doc) // width)]
     assert len(inputs) == len(expected) > len([doc for doc in docs if len(doc) >= width]) > 0
+    assert n_docs == len([doc for doc in docs if len(doc) >= width]), "the documents the windows come from"
     for (doc, j), x, r in zip(expected, inputs, refs):
         s = j * width
         before = d.eos() if j == 0 else doc[s - 1]  # </s> at the document's start, else its own token
@@ -60,6 +61,9 @@ def test_document_windows_tile_each_long_enough_document():
         assert r.tolist() == doc[s + N * L : s + width], "the reference stays inside the document"
     few = cb.document_windows(Lines(lines), d, "<doc>", L, N, max_docs=3)
     assert len(few[0]) == 3 and few[2][0] == starts[0] and few[2][-1] == starts[-1]
+    picked = np.unique(np.linspace(0, len(expected) - 1, 3).round().astype(int))
+    owner = [k for k, doc in enumerate(docs) for _ in range(len(doc) // width)]  # each window's document
+    assert few[3] == len({owner[i] for i in picked}), "the documents of the windows kept"
     with pytest.raises(cb.TarmError, match="not in the dictionary"):
         cb.document_windows(Lines(lines), d, "<nope>", L, N, max_docs=100)
     with pytest.raises(cb.TarmError, match="no document"):

@@ -7,7 +7,8 @@
 # skips a finished run (its result.json), continues a stopped one from its checkpoint_last.pt
 # and adds the evaluations a finished run lacks. Order: seed 1 of every setting first (the
 # associative memory in seed 1 only, issue 38), then seeds 2 and 3 (the seed's question first:
-# the gate, RMT, a = 0.5 and no memory before the prefix and the 4x reference), then the prose corpus;
+# the gate, RMT, a = 0.5 and no memory before the prefix and the 4x reference), then the prose corpus,
+# then RMT and the gate with BPTT through 8 segments (seed 1, the issue's "if the budget allows");
 # `all` interleaves b and a.
 #
 # Run it from a frozen copy of the code (a `git worktree` at the commit the results name),
@@ -52,32 +53,44 @@ copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM wit
         find "$run" -maxdepth 1 -type f ! -name '*.pt' ! -name tarm.lock -exec cp -p "$@" {} "$to/runs/$(basename "$run")/" \;
     done
 }
+# a queue entry's optional fourth field: a variant of the matrix's runs, in directories of its own
+# (runs/longdoc_<corpus>_<MAX_UPDATE>_<variant>, $SAVED/<corpus>_<variant>), its report apart.
+# bptt8: gradients through 8 segments (issue 36's deeper BPTT), the same 2,048 tokens per update
+# (4 rows, not 8); no --checkpoint-segments: 8 segments of this model fit in memory as they are
+declare -A VARIANT=([bptt8]="--bptt-segments 8 --batch-size 4")
+DIRS=(code prose code_bptt8)  # <corpus>[_<variant>]
+variant_flags() {  # variant_flags DIR: VFLAGS=(the longdoc.py flags of DIR's variant)
+    local v=${1#*_}; [[ $v != "$1" ]] || v=""
+    VFLAGS=(); [[ -z $v ]] || read -r -a VFLAGS <<< "${VARIANT[$v]}"
+}
 if [[ $WORKER == save ]]; then
-    for corpus in code prose; do
-        out=$RUNS/longdoc_${corpus}_$MAX_UPDATE
+    for dir in "${DIRS[@]}"; do
+        corpus=${dir%%_*}; out=$RUNS/longdoc_${corpus}_$MAX_UPDATE${dir#$corpus}
         [[ -d $out/runs ]] || continue
+        variant_flags "$dir"
         if [[ -f $DATA/$corpus/dict.txt ]]; then  # the report over every finished run (the unigram line reads the data)
-            "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$out" "${COMMON[@]}" --report-only > /dev/null
+            "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$out" "${COMMON[@]}" "${VFLAGS[@]}" --report-only > /dev/null
         else
             echo "longdoc_matrix: $DATA/$corpus missing: the report of $out not rebuilt"
         fi
-        copy_finished "$out" "$SAVED/$corpus"
+        copy_finished "$out" "$SAVED/$dir"
         for f in results.md results.json longdoc.png calibration.md calibration.json calibration.png; do
-            [[ ! -f $RUNS/longdoc_${corpus}_$MAX_UPDATE/$f ]] || cp -p "$RUNS/longdoc_${corpus}_$MAX_UPDATE/$f" "$SAVED/$corpus/"
+            [[ ! -f $out/$f ]] || cp -p "$out/$f" "$SAVED/$dir/"
         done
     done
     echo "longdoc_matrix: finished runs copied to $SAVED (commit them)"
     exit 0
 fi
-for corpus in code prose; do  # what earlier sessions finished (on another machine, maybe)
-    [[ ! -d $SAVED/$corpus/runs ]] || copy_finished "$SAVED/$corpus" "$RUNS/longdoc_${corpus}_$MAX_UPDATE" -n
+for dir in "${DIRS[@]}"; do  # what earlier sessions finished (on another machine, maybe)
+    corpus=${dir%%_*}
+    [[ ! -d $SAVED/$dir/runs ]] || copy_finished "$SAVED/$dir" "$RUNS/longdoc_${corpus}_$MAX_UPDATE${dir#$corpus}" -n
 done
 A=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
    "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code tarm_a0.5 3" "code prefix 3"
-   "prose no_memory 1" "prose rmt 1")
+   "prose no_memory 1" "prose rmt 1" "code rmt 1 bptt8")
 B=("code context4x 1" "code rmt 1" "code tarm_gate 1" "code assoc 1"
    "code prefix 2" "code tarm_a0.5 2" "code rmt 3" "code no_memory 3" "code context4x 2"
-   "code tarm_gate 3" "prose prefix 1" "prose context4x 1")
+   "code tarm_gate 3" "prose prefix 1" "prose context4x 1" "code tarm_gate 1 bptt8")
 case "$WORKER" in
     a) QUEUE=("${A[@]}") ;;
     b) QUEUE=("${B[@]}") ;;
@@ -85,13 +98,16 @@ case "$WORKER" in
     *) echo "longdoc_matrix.sh: worker must be all, a, b or save, got '$WORKER'" >&2; exit 2 ;;
 esac
 for job in "${QUEUE[@]}"; do
-    read -r corpus setting seed <<< "$job"
+    read -r corpus setting seed variant <<< "$job"
+    dir=$corpus${variant:+_$variant}
+    [[ -z ${variant:-} || -n ${VARIANT[$variant]:-} ]] || { echo "longdoc_matrix: unknown variant in '$job'" >&2; exit 2; }
+    variant_flags "$dir"
     if [[ ! -f "$DATA/$corpus/dict.txt" ]]; then
         echo "longdoc_matrix: $DATA/$corpus missing (python scripts/prepare_longdoc.py $corpus --destdir $DATA/$corpus); skipping $job"
         continue
     fi
     echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) $job (code at $(git rev-parse --short HEAD))"
-    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$RUNS/longdoc_${corpus}_${MAX_UPDATE}" \
-        --settings "$setting" --seeds "$seed" "${COMMON[@]}"
+    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$RUNS/longdoc_${corpus}_${MAX_UPDATE}${variant:+_$variant}" \
+        --settings "$setting" --seeds "$seed" "${COMMON[@]}" "${VFLAGS[@]}"
 done
 echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) queue done"

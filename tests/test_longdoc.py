@@ -140,11 +140,39 @@ def test_matrix_all_runs_both_queues_once_each_and_a_bad_worker_is_one_line(tmp_
         return [line.split("skipping ")[1] for line in out.splitlines() if "skipping " in line]
 
     a, b, both = jobs("a"), jobs("b"), jobs("all")
-    assert sorted(both) == sorted(a + b) and len(set(both)) == len(both) == 23
+    assert sorted(both) == sorted(a + b) and len(set(both)) == len(both) == 25
     assert both[:4] == [b[0], a[0], b[1], a[1]] and "code assoc 1" in b
     bad = subprocess.run(["bash", script, "c"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "longdoc_matrix.sh: worker must be all, a, b or save, got 'c'"]
+
+
+def test_matrix_variant_runs_in_a_directory_of_its_own_with_its_flags(tmp_path):
+    """A queue entry with a variant (bptt8) trains into runs/longdoc_code_2400_bptt8 with the
+    variant's flags, the others into the matrix's directory without them; save keeps it apart."""
+    import shutil
+    import subprocess
+
+    script = os.path.join(ROOT, "scripts", "longdoc_matrix.sh")
+    for corpus in ("code", "prose"):
+        (tmp_path / "data" / corpus).mkdir(parents=True)
+        (tmp_path / "data" / corpus / "dict.txt").write_text("a 1\n")
+    env = dict(os.environ, RUNS=str(tmp_path / "runs"), SAVED=str(tmp_path / "saved"), DATA=str(tmp_path / "data"),
+               PY=shutil.which("echo"))  # each job prints its longdoc.py command
+    out = subprocess.run(["bash", script, "all"], env=env, check=True, capture_output=True, text=True).stdout
+    calls = [line for line in out.splitlines() if line.startswith("scripts/longdoc.py")]
+    deep = [c for c in calls if "--bptt-segments" in c]
+    assert len(calls) == 25 and len(deep) == 2
+    for c in deep:
+        assert f"--out {tmp_path}/runs/longdoc_code_2400_bptt8 " in c and c.endswith("--bptt-segments 8 --batch-size 4")
+    assert {c.split("--settings ")[1].split(" --doc")[0] for c in deep} == {"rmt --seeds 1", "tarm_gate --seeds 1"}
+    assert all("_bptt8" not in c for c in calls if c not in deep)
+    finished = tmp_path / "runs" / "longdoc_code_2400_bptt8" / "runs" / "rmt_s1"
+    finished.mkdir(parents=True)
+    (finished / "result.json").write_text('{"setting": "rmt"}')
+    subprocess.run(["bash", script, "save"], env=env, check=True, capture_output=True)
+    assert (tmp_path / "saved" / "code_bptt8" / "runs" / "rmt_s1" / "result.json").is_file()
+    assert not (tmp_path / "saved" / "code" / "runs" / "rmt_s1").exists()
 
 
 def test_finished_runs_are_found_by_their_data_bins_name_not_its_path(tmp_path):

@@ -271,6 +271,28 @@ def load_checkpoint(path, data, batch_size=None):
     return tarm_plugin.load_checkpoint(path, data, batch_size)
 
 
+RUN_LOCK = "driver.lock"  # a driver's claim on a run dir (fairseq-train's own lock is tarm.lock)
+
+
+def claim_run(run_dir, who="lab"):
+    """Whether this process may train and evaluate ``run_dir``: it takes the dir's driver lock
+    for as long as it lives (``tarm_plugin.savedir``; the kernel drops it however the process
+    ends). A second driver reaching the run while the first still evaluates it (fairseq-train's
+    lock is gone by then) gets False and a line naming the holder, not evaluations run twice
+    into the same logs."""
+    from argparse import Namespace
+
+    from fairseq import utils
+
+    utils.import_user_module(Namespace(user_dir=PLUGIN))
+    from tarm_plugin.savedir import lock_save_dir
+
+    holder = lock_save_dir(run_dir, RUN_LOCK)
+    if holder is not None:
+        print(f"{who}: {run_dir} is in use by another process ({holder}): skipped", flush=True)
+    return holder is None
+
+
 def resume_point(run_dir):
     """The update count a fairseq run directory resumes from: that of its checkpoint_last.pt,
     0 before its first save.

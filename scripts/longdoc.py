@@ -169,8 +169,11 @@ def same_tokens(path, ev, ref):
 
 def one_run(args, setting, seed):
     """Train (unless done) and evaluate one run; its result (cached in result.json) with the
-    memory ablation and horizon, which runs finished before them get too."""
+    memory ablation and horizon, which runs finished before them get too. None: another
+    process holds the run (``lab.claim_run``)."""
     run_dir = os.path.join(args.out, "runs", f"{setting}_s{seed}")
+    if not lab.claim_run(run_dir, who="longdoc"):
+        return None
     result = lab.cached_result(run_dir, config(args), f"longdoc: {run_dir}/result.json was made with other "
                                "settings; use another --out", by_name=BY_NAME)
     if result is None:

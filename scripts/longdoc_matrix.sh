@@ -50,7 +50,7 @@ copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM wit
     for run in "$from"/runs/*/; do
         [[ -f $run/result.json ]] || continue
         mkdir -p "$to/runs/$(basename "$run")"
-        find "$run" -maxdepth 1 -type f ! -name '*.pt' ! -name tarm.lock -exec cp -p "$@" {} "$to/runs/$(basename "$run")/" \;
+        find "$run" -maxdepth 1 -type f ! -name '*.pt' ! -name tarm.lock ! -name driver.lock -exec cp -p "$@" {} "$to/runs/$(basename "$run")/" \;
     done
 }
 # a queue entry's optional fourth field: a variant of the matrix's runs, in directories of its own

@@ -27,11 +27,12 @@ _held = {}  # real path of a lock file -> its open file (the lock lives as long 
 _checked = set()  # save dirs hold_save_dir has settled in this process
 
 
-def lock_save_dir(save_dir: str) -> Optional[str]:
+def lock_save_dir(save_dir: str, lock_file: str = LOCK_FILE) -> Optional[str]:
     """Take the lock on ``save_dir`` for this process: None when it holds it
-    (now or already), else who holds it ("pid N on HOST since TIME")."""
+    (now or already), else who holds it ("pid N on HOST since TIME"). ``lock_file``:
+    another lock in the same dir (a driver's, held around the fairseq-train it starts)."""
     os.makedirs(save_dir, exist_ok=True)
-    path = os.path.join(save_dir, LOCK_FILE)
+    path = os.path.join(save_dir, lock_file)
     key = os.path.realpath(path)
     if key in _held:
         return None

@@ -155,3 +155,28 @@ def test_command_line_names_the_script_and_its_arguments(monkeypatch):
     assert lab.command_line("/x/scripts/longdoc.py", ["--out", "o", "<doc>"]) == "python scripts/longdoc.py --out o <doc>"
     monkeypatch.setattr(sys, "argv", ["scripts/recall.py", "--report-only"])
     assert lab.command_line("recall.py") == "python scripts/recall.py --report-only"
+
+
+def test_a_run_claimed_by_another_driver_is_skipped_not_run_twice(tmp_path, capsys):
+    """Two matrix workers reaching the same run: the one that does not hold the run's driver
+    lock skips it with a line naming the holder (it used to evaluate beside the first, both
+    writing the same eval logs); the lock dies with its holder."""
+    import longdoc
+
+    run_dir = tmp_path / "out" / "runs" / "rmt_s1"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import lab\n"
+         f"assert lab.claim_run({str(run_dir)!r}); print('claimed', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dict.txt").write_text("a 1\n")
+    args = longdoc.parse_args(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        assert longdoc.one_run(args, "rmt", 1) is None
+        assert f"longdoc: {run_dir} is in use by another process (pid {holder.pid} on " in capsys.readouterr().out
+        assert sorted(p.name for p in run_dir.iterdir()) == [lab.RUN_LOCK], "nothing trained or evaluated"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lab.claim_run(str(run_dir)) and lab.claim_run(str(run_dir)), "free once its holder is gone; held again"

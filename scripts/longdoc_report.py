@@ -124,20 +124,26 @@ def targets(by, seeds, args):
     best = min((s for s in carrying if len(by[s]) == most),
                key=lambda s: statistics.mean(valid_deep_ppl(args, s, x, r) for x, r in by[s].items()))
 
-    def line(label, per_seed, threshold):
-        """A target's line, or none if no seed has its numbers (runs evaluated before them)."""
+    def line(label, setting, baseline, threshold, **where):
+        """A target's line over the seeds in which both ``setting`` and ``baseline`` ran (a seed
+        of one of them alone is named as waiting, not counted as a miss), or none if no seed
+        has its numbers (runs evaluated before them)."""
+        both = [x for x in seeds if x in by[setting] and x in by[baseline]]
+        per_seed = {x: gain(by, args, setting, baseline, x, **where) for x in both}
         if all(g is None for g in per_seed.values()):
             return []
         cells = "; ".join(f"seed {seed} {gain_cell(g)}" for seed, g in per_seed.items())
-        return [f"- {label}: {cells}: {every_seed({k: g and g[0] for k, g in per_seed.items()}, threshold)}"]
+        waiting = [f"seed {x}: {baseline if x in by[setting] else setting} not run yet"
+                   for x in seeds if (x in by[setting]) != (x in by[baseline])]
+        return [f"- {label}: {cells}: {every_seed({k: g and g[0] for k, g in per_seed.items()}, threshold)}"
+                + (f" ({'; '.join(waiting)})" if waiting else "")]
 
     out = []
     if "context4x" in by:
         out += line(f"calibration, 4x context >= 3% below no memory at depth >= {DEEP} (on test)",
-                    {x: gain(by, args, "context4x", "no_memory", x, point=True) for x in seeds if x in by["context4x"]}, 3)
+                    "context4x", "no_memory", 3, point=True)
     if "prefix" in by:
-        out += line(f"{best} >= 3% below the prefix control at depth >= {DEEP}",
-                    {x: gain(by, args, best, "prefix", x, point=True) for x in seeds if x in by[best]}, 3)
+        out += line(f"{best} >= 3% below the prefix control at depth >= {DEEP}", best, "prefix", 3, point=True)
     falls = {}
     for x, r in sorted(by[best].items()):
         h = horizon_of(r, args)
@@ -149,8 +155,7 @@ def targets(by, seeds, args):
         verdict = every_seed({x: k1 - c for x, (k1, c) in falls.items()}, 1e-9).replace("met", "falling", 1)
         out.append(f"- {best}'s horizon still falling beyond K = 1 (depth >= {DEEP} on the horizon subset, "
                    f"K = 1 -> carried): {cells}: {verdict}")
-    out += line(f"{best} >= 10% below no memory on far tokens",
-                {x: gain(by, args, best, "no_memory", x, **FAR) for x in seeds if x in by[best]}, 10)
+    out += line(f"{best} >= 10% below no memory on far tokens", best, "no_memory", 10, **FAR)
     if "context4x" in by:
         shares = {}
         for x in seeds:

@@ -243,3 +243,25 @@ def test_the_best_setting_is_chosen_among_those_with_the_most_seeds(tmp_path):
     assert "those with the most seeds: rmt)" in lines[1]
     assert "- rmt >= 3% below the prefix control at depth >= 8: seed 1 5.9% (no interval); seed 2 1.5% " \
            "(no interval): **not met** (1 of 2 seeds)" in lines
+
+
+def test_a_target_waits_for_a_seed_whose_baseline_has_not_run(tmp_path):
+    """RMT's seed 3 finished before the prefix's: the target is judged on the seeds both ran
+    (met in both), seed 3 named as waiting, not counted as a miss."""
+    import argparse
+
+    import longdoc_report
+
+    def run(ppl):
+        return {"deep_ppl": ppl}
+
+    by = {"no_memory": {1: run(34.0), 2: run(34.0)}, "prefix": {1: run(34.0), 2: run(34.0)},
+          "rmt": {1: run(32.0), 2: run(31.5), 3: run(31.8)}}
+    args = argparse.Namespace(out=str(tmp_path), horizon_docs=[32, 128], bootstrap=10)
+    lines = longdoc_report.targets(by, [1, 2, 3], args)
+    prefix = next(line for line in lines if "below the prefix control" in line)
+    assert "seed 1 5.9% (no interval); seed 2 7.4% (no interval): **met** in every seed (2)" in prefix
+    assert prefix.endswith("(seed 3: prefix not run yet)")
+    by["prefix"][3] = run(31.0)  # seed 3 ran, and rmt is not 3% below it there
+    prefix = next(line for line in longdoc_report.targets(by, [1, 2, 3], args) if "below the prefix control" in line)
+    assert "**not met** (2 of 3 seeds)" in prefix and "not run yet" not in prefix

@@ -167,7 +167,7 @@ def targets(by, seeds, args):
         verdict = every_seed(shares, 0.5) if any(v is not None for v in shares.values()) else "no share (4x not ahead)"
         out.append(f"- moonshot, {best} recovers >= half of the 4x reference's gain over no memory at depth >= {DEEP}: "
                    f"{cells or '-'}: {verdict} (a share of a small 4x gain says little)")
-    return ["", f"Targets (every seed that ran; gains are % lower test perplexity with 95% bootstrap intervals over "
+    return ["", f"Targets (over the seeds in which a setting and its baseline both ran; gains are % lower test perplexity with 95% bootstrap intervals over "
             f"the test documents; the best memory setting, by validation perplexity at depth >= {DEEP} among "
             f"those with the most seeds: {best}):", "", *out]
 

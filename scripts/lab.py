@@ -258,9 +258,9 @@ def read_eval_lm(path):
 
 
 # ---------------------------------------------------------------- checkpoints
-def load_checkpoint(path, data, batch_size=None):
-    """``tarm_plugin.load_checkpoint`` (model in eval mode, task), with the plugin imported
-    as ``--user-dir`` imports it."""
+def import_plugin():
+    """This checkout's ``tarm_plugin``, imported as ``--user-dir`` imports it (not another
+    checkout's editable install)."""
     from argparse import Namespace
 
     from fairseq import utils
@@ -268,7 +268,12 @@ def load_checkpoint(path, data, batch_size=None):
     utils.import_user_module(Namespace(user_dir=PLUGIN))
     import tarm_plugin
 
-    return tarm_plugin.load_checkpoint(path, data, batch_size)
+    return tarm_plugin
+
+
+def load_checkpoint(path, data, batch_size=None):
+    """``tarm_plugin.load_checkpoint`` (model in eval mode, task)."""
+    return import_plugin().load_checkpoint(path, data, batch_size)
 
 
 RUN_LOCK = "driver.lock"  # a driver's claim on a run dir (fairseq-train's own lock is tarm.lock)
@@ -280,11 +285,7 @@ def claim_run(run_dir, who="lab"):
     ends). A second driver reaching the run while the first still evaluates it (fairseq-train's
     lock is gone by then) gets False and a line naming the holder, not evaluations run twice
     into the same logs."""
-    from argparse import Namespace
-
-    from fairseq import utils
-
-    utils.import_user_module(Namespace(user_dir=PLUGIN))
+    import_plugin()
     from tarm_plugin.savedir import lock_save_dir
 
     holder = lock_save_dir(run_dir, RUN_LOCK)

@@ -59,13 +59,18 @@ copy_finished() {  # copy_finished FROM TO [CP_FLAGS]: every run dir of FROM wit
 # (4 rows, not 8); no --checkpoint-segments: 8 segments of this model fit in memory as they are
 declare -A VARIANT=([bptt8]="--bptt-segments 8 --batch-size 4")
 DIRS=(code prose code_bptt8)  # <corpus>[_<variant>]
+run_dir_of() {  # run_dir_of DIR: where DIR's runs go under RUNS
+    local corpus=${1%%_*}
+    echo "$RUNS/longdoc_${corpus}_$MAX_UPDATE${1#"$corpus"}"
+}
 variant_flags() {  # variant_flags DIR: VFLAGS=(the longdoc.py flags of DIR's variant)
     local v=${1#*_}; [[ $v != "$1" ]] || v=""
+    [[ -z $v || -n ${VARIANT[$v]:-} ]] || { echo "longdoc_matrix: unknown variant '$v' ($1)" >&2; exit 2; }
     VFLAGS=(); [[ -z $v ]] || read -r -a VFLAGS <<< "${VARIANT[$v]}"
 }
 if [[ $WORKER == save ]]; then
     for dir in "${DIRS[@]}"; do
-        corpus=${dir%%_*}; out=$RUNS/longdoc_${corpus}_$MAX_UPDATE${dir#$corpus}
+        corpus=${dir%%_*}; out=$(run_dir_of "$dir")
         [[ -d $out/runs ]] || continue
         variant_flags "$dir"
         if [[ -f $DATA/$corpus/dict.txt ]]; then  # the report over every finished run (the unigram line reads the data)
@@ -82,8 +87,7 @@ if [[ $WORKER == save ]]; then
     exit 0
 fi
 for dir in "${DIRS[@]}"; do  # what earlier sessions finished (on another machine, maybe)
-    corpus=${dir%%_*}
-    [[ ! -d $SAVED/$dir/runs ]] || copy_finished "$SAVED/$dir" "$RUNS/longdoc_${corpus}_$MAX_UPDATE${dir#$corpus}" -n
+    [[ ! -d $SAVED/$dir/runs ]] || copy_finished "$SAVED/$dir" "$(run_dir_of "$dir")" -n
 done
 A=("code no_memory 1" "code prefix 1" "code tarm_a0.5 1" "code tarm_a0.2 1"
    "code no_memory 2" "code rmt 2" "code tarm_gate 2" "code tarm_a0.5 3" "code prefix 3"
@@ -100,14 +104,13 @@ esac
 for job in "${QUEUE[@]}"; do
     read -r corpus setting seed variant <<< "$job"
     dir=$corpus${variant:+_$variant}
-    [[ -z ${variant:-} || -n ${VARIANT[$variant]:-} ]] || { echo "longdoc_matrix: unknown variant in '$job'" >&2; exit 2; }
     variant_flags "$dir"
     if [[ ! -f "$DATA/$corpus/dict.txt" ]]; then
         echo "longdoc_matrix: $DATA/$corpus missing (python scripts/prepare_longdoc.py $corpus --destdir $DATA/$corpus); skipping $job"
         continue
     fi
     echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) $job (code at $(git rev-parse --short HEAD))"
-    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$RUNS/longdoc_${corpus}_${MAX_UPDATE}${variant:+_$variant}" \
+    "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$(run_dir_of "$dir")" \
         --settings "$setting" --seeds "$seed" "${COMMON[@]}" "${VFLAGS[@]}"
 done
 echo "longdoc_matrix[$WORKER] $(date -u +%FT%TZ) queue done"

@@ -79,8 +79,9 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
     eval_reset_memory: bool = field(
         default=False,
         metadata={"help": "fairseq-eval-lm: read the initial memory E_0 at every segment, so that "
-                  "nothing is carried from one segment to the next: an ablation that shows what the "
-                  "carried memory adds beyond the learned E_0"},
+                  "nothing is carried from one segment to the next: how much a model relies on the carry "
+                  "(off its training distribution; --eval-memory-horizon 0 is the same, "
+                  "--memory-ema-alpha 0 trains such a model)"},
     )
     eval_memory_horizon: Optional[int] = field(
         default=None,

@@ -11,8 +11,9 @@ They wrap the iterator eval-lm scores (one segment per row per batch in the
       far    it occurs earlier, but not within those W
       new    its first occurrence
 
-  With W = the segment length, "far" tokens are exactly those that a model
-  without memory cannot see (Sun et al. 2021, "Do Long-Range Language Models
+  With W = the segment length, "far" tokens are among those that a model
+  without memory cannot see (so are local ones from the previous segment: the
+  window slides, segments do not) (Sun et al. 2021, "Do Long-Range Language Models
   Actually Use Long-Range Context?", find long-range gains on such tokens).
   Labels go into ``sample["token_class"]`` (-1 for padding).
 

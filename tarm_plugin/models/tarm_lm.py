@@ -56,7 +56,8 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
     num_memory_tokens: int = field(
         default=10,
         metadata={"help": "memory slots m read at each segment's start and written at "
-                  "its end; 0 = plain segment-level transformer (no memory)"},
+                  "its end; 0 = plain segment-level transformer (no memory); with --memory-kind assoc: "
+                  "the memory tokens that write the associative matrix (>= 1)"},
     )
     memory_ema_alpha: float = field(
         default=1.0,

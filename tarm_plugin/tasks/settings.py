@@ -99,7 +99,8 @@ class TarmLanguageModelingConfig(LanguageModelingConfig):
     eval_local_window: Optional[int] = field(
         default=None,
         metadata={"help": "with --eval-token-classes: the local window W in tokens (default: "
-                  "--segment-length, so 'far' tokens are those a model without memory cannot see)"},
+                  "--segment-length: 'far' tokens are then among those a model without memory cannot "
+                  "see, as are local ones from the previous segment)"},
     )
     eval_document_losses: Optional[str] = field(
         default=None,

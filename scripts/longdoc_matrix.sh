@@ -71,7 +71,7 @@ variant_flags() {  # variant_flags DIR: VFLAGS=(the longdoc.py flags of DIR's va
 if [[ $WORKER == save ]]; then
     for dir in "${DIRS[@]}"; do
         corpus=${dir%%_*}; out=$(run_dir_of "$dir")
-        [[ -d $out/runs ]] || continue
+        compgen -G "$out/runs/*/result.json" > /dev/null || continue  # no finished run: nothing to save
         variant_flags "$dir"
         if [[ -f $DATA/$corpus/dict.txt ]]; then  # the report over every finished run (the unigram line reads the data)
             "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$out" "${COMMON[@]}" "${VFLAGS[@]}" --report-only > /dev/null

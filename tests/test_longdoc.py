@@ -111,6 +111,11 @@ def test_matrix_saves_finished_runs_and_a_new_machine_restores_them(tmp_path):
             (runs / name / "result.json").write_text('{"setting": "rmt"}')
             (runs / name / "docs_test.json").write_text('{"rows": []}')
     (runs.parent / "results.md").write_text("table\n")
+    # prose: one run, unfinished, and the report of none: nothing of it is saved
+    prose = tmp_path / "runs" / "longdoc_prose_2400"
+    (prose / "runs" / "rmt_s1").mkdir(parents=True)
+    (prose / "runs" / "rmt_s1" / "train.log").write_text("training\n")
+    (prose / "results.md").write_text("no run finished\n")
     saved = tmp_path / "saved"
     env = dict(os.environ, RUNS=str(tmp_path / "runs"), SAVED=str(saved), DATA=str(tmp_path / "no_data"))
     script = os.path.join(ROOT, "scripts", "longdoc_matrix.sh")

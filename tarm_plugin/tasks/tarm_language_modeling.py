@@ -26,8 +26,10 @@ from ..carry import MemoryStore
 from ..datasets import check_same_dictionary, layout_split, load_split, separator_index
 from ..distributed import allow_checkpoint_broadcast, data_parallel_shard, unwrap
 from ..errors import TarmError
+from ..eval_batches import Mapped
 from ..eval_segments import SegmentPerplexity, eval_lm_batches
 from ..generation import TarmSequenceGenerator
+from ..heap import HeapTrim
 from ..savedir import hold_save_dir
 from .settings import (TRAINED_WITH, TarmLanguageModelingConfig, break_mode, cfg_get, check_args,
                        check_mode_settings, plain, use_trained_settings)
@@ -39,6 +41,10 @@ allow_checkpoint_broadcast()
 @register_task("tarm_language_modeling", dataclass=TarmLanguageModelingConfig)
 class TarmLanguageModelingTask(LanguageModelingTask):
     carries_memory = True  # batches of the same streams follow each other: models may carry memory
+
+    def __init__(self, args, dictionary, output_dictionary=None, targets=None):
+        super().__init__(args, dictionary, output_dictionary, targets)
+        self.valid_heap = HeapTrim()  # a CPU validation would otherwise grow the heap per batch
 
     @classmethod
     def setup_task(cls, args, **kwargs):
@@ -127,6 +133,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if self.is_train(sample["net_input"]["memory_key"]):  # it would re-lay out and overwrite the training streams
             raise TarmError("--valid-subset names the training split: validate on another split (a copy of it)")
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        self.valid_heap.after_batch()
         n_answer = self.args.eval_exact_match_segments
         if n_answer:  # --eval-exact-match-segments: decode the answer segments, count exact ones
             logging_output.update(answer_counts(model, sample, n_answer, self.dictionary.pad()))
@@ -170,7 +177,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
                                       ).next_epoch_itr(shuffle=False)
         window = (cfg_get(self.args, "eval_local_window") or self.args.segment_length
                   if cfg_get(self.args, "eval_token_classes") else None)
-        return eval_lm_batches(itr, dataset, self.dictionary.pad(), getattr(self, "segment_ppl", None),
+        return eval_lm_batches(Mapped(itr, HeapTrim()), dataset, self.dictionary.pad(),
+                               getattr(self, "segment_ppl", None),
                                reset_memory=bool(cfg_get(self.args, "eval_reset_memory")),
                                horizon=cfg_get(self.args, "eval_memory_horizon"), token_window=window,
                                mode=self.break_mode())

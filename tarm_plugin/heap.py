@@ -8,8 +8,9 @@ tensor of the same size does not fit (``posix_memalign``, which torch
 allocates with, asks for the size plus its alignment). A loop of equal batches
 then grows the heap by about a logits tensor per batch and keeps it: one
 848-batch validation of the long-document models (8k vocabulary, 8 x 64
-tokens) took fairseq-train from 0.8 GB to 13.7 GB, and two runs side by side
-were killed for memory. ``malloc_trim(0)`` returns the free pages of every
+tokens) peaked fairseq-train at 13.6 GB, against 1.2 GB with a trim every 32
+batches (``results/performance/heap_trim.md``); of two runs side by side one
+was killed for memory. ``malloc_trim(0)`` returns the free pages of every
 hole; a call every few dozen batches bounds the growth at little cost.
 
 Without glibc nothing happens. On a GPU the tensors are not on the heap and a

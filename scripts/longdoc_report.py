@@ -126,17 +126,17 @@ def targets(by, seeds, args):
 
     def line(label, setting, baseline, threshold, **where):
         """A target's line over the seeds in which both ``setting`` and ``baseline`` ran (a seed
-        of one of them alone is named as waiting, not counted as a miss), or none if no seed
-        has its numbers (runs evaluated before them)."""
+        of one of them alone is named, not counted as a miss: the 4x reference runs in fewer
+        seeds by plan), or none if no seed has its numbers (runs evaluated before them)."""
         both = [x for x in seeds if x in by[setting] and x in by[baseline]]
         per_seed = {x: gain(by, args, setting, baseline, x, **where) for x in both}
         if all(g is None for g in per_seed.values()):
             return []
         cells = "; ".join(f"seed {seed} {gain_cell(g)}" for seed, g in per_seed.items())
-        waiting = [f"seed {x}: {baseline if x in by[setting] else setting} not run yet"
+        alone = [f"seed {x}: no {baseline if x in by[setting] else setting} run"
                    for x in seeds if (x in by[setting]) != (x in by[baseline])]
         return [f"- {label}: {cells}: {every_seed({k: g and g[0] for k, g in per_seed.items()}, threshold)}"
-                + (f" ({'; '.join(waiting)})" if waiting else "")]
+                + (f" ({'; '.join(alone)})" if alone else "")]
 
     out = []
     if "context4x" in by:

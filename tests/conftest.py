@@ -61,35 +61,45 @@ def training_config(dict_dir, *flags):
 _server = {}
 
 
+def start_forkserver(preload_path):
+    """Start a fork server (tests/forkserver.py) that preloads from ``preload_path`` (a
+    PYTHONPATH value); returns (socket, shim dir, stop)."""
+    from forkserver import APPLIED
+
+    tmp = tempfile.mkdtemp(prefix="tarm-forkserver-")
+    sock, shims = os.path.join(tmp, "sock"), os.path.join(tmp, "bin")
+    log = open(os.path.join(tmp, "server.log"), "w")
+    # without the variables the server applies per request (each request brings its own)
+    env = {k: v for k, v in os.environ.items() if k not in APPLIED}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "forkserver.py"), sock, shims, preload_path],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(env, OMP_NUM_THREADS="1"))
+
+    def stop():
+        proc.kill()
+        proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = open(log.name).read()[-2000:]
+            stop()
+            raise RuntimeError(f"fork server did not start: {tail}")
+        time.sleep(0.05)
+    return sock, shims, stop
+
+
 def forkserver():
     """{'PATH': shims first, 'TARM_FORKSERVER': socket} of this test process's fork server
-    (tests/forkserver.py), started on first use; {} with TARM_TEST_FORK=0."""
+    (tests/forkserver.py), started on first use; {} with TARM_TEST_FORK=0. It preloads the
+    plugin from where this process's PYTHONPATH puts it (a worktree's copy)."""
     if os.environ.get("TARM_TEST_FORK", "1") == "0":
         return {}
     if not _server:
-        from forkserver import APPLIED
-
-        tmp = tempfile.mkdtemp(prefix="tarm-forkserver-")
-        sock, shims = os.path.join(tmp, "sock"), os.path.join(tmp, "bin")
-        log = open(os.path.join(tmp, "server.log"), "w")
-        # without the variables the server applies per request (each request brings its own)
-        env = {k: v for k, v in os.environ.items() if k not in APPLIED}
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "forkserver.py"), sock, shims],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(env, OMP_NUM_THREADS="1"))
-
-        def stop():
-            proc.kill()
-            proc.wait()
-            log.close()
-            shutil.rmtree(tmp, ignore_errors=True)
-
+        sock, shims, stop = start_forkserver(os.environ.get("PYTHONPATH", ""))
         atexit.register(stop)
-        deadline = time.monotonic() + 120
-        while not os.path.exists(sock):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"fork server did not start: {open(log.name).read()[-2000:]}")
-            time.sleep(0.05)
         _server.update(env={"TARM_FORKSERVER": sock}, shims=shims)
     return {**_server["env"], "PATH": _server["shims"] + os.pathsep + BIN + os.pathsep + os.environ.get("PATH", "")}
 

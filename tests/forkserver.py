@@ -37,7 +37,12 @@ started are killed: the supervisor that forked the child is its subreaper, so pr
 that left the child's process group or session (torchrun starts its ranks in new
 sessions) still end up as the supervisor's children once their parents are gone.
 
-    python tests/forkserver.py SOCKET SHIM_DIR   # serve until the parent process exits
+A test run from a checkout whose PYTHONPATH names it (a second ``git worktree`` sharing a
+venv whose editable install is another checkout) passes that PYTHONPATH as PRELOAD_PATH:
+the server imports ``tarm_plugin`` from there, and serves the requests whose PYTHONPATH
+holds the same entries (a request without them would import another copy: not served).
+
+    python tests/forkserver.py SOCKET SHIM_DIR [PRELOAD_PATH]   # serve until the parent process exits
 """
 
 import atexit
@@ -67,6 +72,7 @@ _FRESH_STDIO = [(f.encoding, f.errors) for f in (sys.__stdin__, sys.__stdout__, 
 COMMANDS = ("fairseq-train", "fairseq-eval-lm", "fairseq-generate", "fairseq-interactive",
             "fairseq-preprocess", "fairseq-hydra-train", "torchrun")
 PRELOAD = ("fairseq_cli.train", "tarm_plugin")
+_PRELOAD_PATH = []  # the PYTHONPATH entries the preloads were imported with (serve)
 # PYTHON* variables the child applies after the fork (see run_child); any other one that
 # differs from the server's makes the shim run the real program
 APPLIED = ("PYTHONPATH", "PYTHONWARNINGS", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
@@ -169,6 +175,13 @@ def why_not_served(request):
             where = getattr(module, "__file__", None)
             if where and not os.path.realpath(where).startswith(os.path.realpath(entry) + os.sep):
                 return f"PYTHONPATH entry {entry} holds {name}, imported here from {where}"
+    wanted = {os.path.realpath(p) for p in python_path(env, cwd)}
+    for entry in _PRELOAD_PATH:
+        if os.path.realpath(entry) not in wanted:
+            for name, module in list(sys.modules.items()):
+                where = getattr(module, "__file__", None)
+                if where and os.path.realpath(where).startswith(os.path.realpath(entry) + os.sep):
+                    return f"{name} was imported here from {entry}, not on the request's PYTHONPATH"
     plugin = os.path.dirname(os.path.realpath(sys.modules["tarm_plugin"].__file__))
     for user_dir in user_dirs(request["argv"][1:]):
         if os.path.realpath(os.path.join(cwd, user_dir)) != plugin:
@@ -346,10 +359,13 @@ def recv_request(conn):
     return json.loads(body), fds
 
 
-def serve(sock_path):
+def serve(sock_path, preload_path=""):
     parent = os.getppid()
+    _PRELOAD_PATH[:] = python_path({"PYTHONPATH": preload_path}, os.getcwd())
+    sys.path[1:1] = _PRELOAD_PATH  # for the preloads only: a request brings its own PYTHONPATH
     for name in PRELOAD:
         importlib.import_module(name)
+    del sys.path[1:1 + len(_PRELOAD_PATH)]
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
     server = socket.socket(socket.AF_UNIX)
     server.bind(sock_path + ".tmp")
@@ -391,4 +407,4 @@ if __name__ == "__main__":
                  "(the server applies each request's own)")
     sock, shim_dir = sys.argv[1:3]
     write_shims(shim_dir, os.path.dirname(sys.executable))
-    serve(sock)
+    serve(sock, *sys.argv[3:4])

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import PLUGIN, forkserver, run
+from conftest import PLUGIN, forkserver, run, start_forkserver
 
 SCRIPT = """
 import os, sys, time
@@ -38,6 +38,10 @@ if sys.argv[1] == "flags":  # served: the server's imports are here already
                       "mine": mine.__file__, "path1": sys.path[1], "bytecode": not sys.dont_write_bytecode,
                       "tmp": tempfile.gettempdir(), "encoding": sys.stdout.encoding,
                       "filters": [(f[0], f[2].__name__) for f in __import__("warnings").filters[:1]]}))
+if sys.argv[1] == "which-plugin":
+    served = "torch" in sys.modules
+    import tarm_plugin
+    print(tarm_plugin.__file__, served)
 if sys.argv[1] == "which-json":
     import json
     print(json.__file__, "torch" in sys.modules)
@@ -109,7 +113,9 @@ def flags(script, tmp_path, *args, **env):
     """What the probe sees, run in ``tmp_path`` with PYTHONPATH=lib (holding ``mine.py``)."""
     (tmp_path / "lib").mkdir(exist_ok=True)
     (tmp_path / "lib" / "mine.py").write_text("")
-    p = run([sys.executable, script, "flags", *args], cwd=str(tmp_path), env={"PYTHONPATH": "lib", **env})
+    # lib first, then this process's own entries (the server preloaded the plugin from them)
+    path = os.pathsep.join(["lib", *filter(None, [os.environ.get("PYTHONPATH")])])
+    p = run([sys.executable, script, "flags", *args], cwd=str(tmp_path), env={"PYTHONPATH": path, **env})
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout)
 
@@ -158,3 +164,32 @@ def test_what_it_does_not_serve_runs_as_itself():
     assert p.returncode == 0 and p.stdout.strip() == "0"  # the real interpreter, not the -S shim
     p = run(["fairseq-train", "--help"])
     assert p.returncode == 0 and "usage: fairseq-train" in p.stdout
+
+
+@served
+def test_a_worktree_s_plugin_is_preloaded_from_its_pythonpath(script, tmp_path):
+    """A server started with a PYTHONPATH (tests run from a second checkout) preloads that
+    copy of the plugin, serves the requests that name it, and not those that would import
+    another copy."""
+    import shutil
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(PLUGIN, copy / "tarm_plugin", ignore=shutil.ignore_patterns("__pycache__"))
+    sock, shims, stop = start_forkserver(str(copy))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(TARM_FORKSERVER=sock, PATH=shims + os.pathsep + env["PATH"])
+        python = os.path.join(shims, "python")
+
+        def which(**more):
+            p = subprocess.run([python, script, "which-plugin"], env={**env, **more}, capture_output=True,
+                               text=True, timeout=120)
+            assert p.returncode == 0, p.stderr[-2000:]
+            where, served = p.stdout.split()
+            return os.path.dirname(where), served == "True"
+
+        assert which(PYTHONPATH=str(copy)) == (str(copy / "tarm_plugin"), True)
+        where, served = which()
+        assert where != str(copy / "tarm_plugin") and not served
+    finally:
+        stop()

@@ -62,7 +62,7 @@ def seeds_of(seeds):
 def report(results, args):
     """results.md's tables (without its command line) from the finished runs, in order:
     depth, the targets, gains at depth, position in the segment, the reset ablation, the bootstrap gains,
-    token classes, the memory horizon, the seed's question, the checks."""
+    token classes, the memory horizon, the TARM paper's question, the checks."""
     by = by_setting(results)
     settings = [s for s in args.settings if s in by]
     depths = sorted({row["depth"] for r in results for row in r["test"]["by_depth"]}, key=lambda d: int(d.split("-")[0]))
@@ -261,7 +261,7 @@ def gain_cell(g):
 
 
 def bootstrap_tables(by, seeds, args):
-    """Gains over no memory, over the prefix control and (the seed's question: the averaged,
+    """Gains over no memory, over the prefix control and (the TARM paper's question: the averaged,
     gated and associative memories) over RMT, at depth >= DEEP and on far tokens, with 95%
     paired bootstrap intervals over the test documents, per seed. A table whose runs have no
     losses per document (evaluated before docs_test.json) is left out."""
@@ -336,7 +336,7 @@ def seeds_question(by):
             verdict = "rmt " + lab.separation(rmt, mine)
         rows.append([s, seeds_of(mine), ", ".join(f"{mine[x]:.2f}" for x in sorted(mine)),
                      ", ".join(f"{rmt[x]:.2f}" for x in sorted(mine)), verdict])
-    return ["", f"The seed's question at depth >= {DEEP} (test perplexity in the seeds both ran; the separation "
+    return ["", f"The TARM paper's question at depth >= {DEEP} (test perplexity in the seeds both ran; the separation "
             "rule of `docs/results.md`):", "",
             *markdown_table(["setting", "seeds", "per seed", "rmt per seed", "against rmt"], rows)]
 

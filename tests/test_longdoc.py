@@ -208,7 +208,7 @@ def test_a_target_holds_only_in_every_seed():
 
 
 def test_the_averaged_memories_are_compared_with_rmt_paired(tmp_path):
-    # the seed's question: each carrying memory against RMT on the same documents; no memory and
+    # the TARM paper's question: each carrying memory against RMT on the same documents; no memory and
     # the 4x reference are not (their gains over RMT would only repeat RMT's over them)
     import longdoc_report
 

@@ -258,11 +258,16 @@ def parse_args(argv=None):
     p.add_argument("--calibration-report", action="store_true",
                    help="evaluate the kept checkpoints (--keep-every) on valid by depth; write calibration.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables from the finished runs")
+    p.add_argument("--compare-with", metavar="OUT",
+                   help="another --out of the same model and data (e.g. the matrix's, BPTT through 4 segments): "
+                        "the report sets each run against the one of the same setting and seed there")
     args = p.parse_args(argv)
     if "context4x" in args.settings and args.bptt_segments != 4 and not args.report_only:
         p.error("context4x reads one 4L segment per sample: it needs --bptt-segments 4 (equal tokens)")
     if args.keep_every and args.keep_every % args.save_every:
         p.error(f"--keep-every {args.keep_every} is not a multiple of --save-every {args.save_every}")
+    if args.compare_with and not os.path.isdir(os.path.join(args.compare_with, "runs")):
+        p.error(f"--compare-with {args.compare_with}: no runs/ directory (another --out of scripts/longdoc.py)")
     if not os.path.isfile(os.path.join(args.data, "dict.txt")):
         p.error(f"--data {args.data}: no dict.txt (build it with scripts/prepare_longdoc.py)")
     return args

@@ -73,8 +73,10 @@ if [[ $WORKER == save ]]; then
         corpus=${dir%%_*}; out=$(run_dir_of "$dir")
         compgen -G "$out/runs/*/result.json" > /dev/null || continue  # no finished run: nothing to save
         variant_flags "$dir"
+        # a variant's report sets its runs against the matrix's of the same setting and seed
+        CMP=(); [[ $dir == "$corpus" ]] || CMP=(--compare-with "$(run_dir_of "$corpus")")
         if [[ -f $DATA/$corpus/dict.txt ]]; then  # the report over every finished run (the unigram line reads the data)
-            "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$out" "${COMMON[@]}" "${VFLAGS[@]}" --report-only > /dev/null
+            "$PY" scripts/longdoc.py --data "$DATA/$corpus" --out "$out" "${COMMON[@]}" "${VFLAGS[@]}" "${CMP[@]}" --report-only > /dev/null
         else
             echo "longdoc_matrix: $DATA/$corpus missing: the report of $out not rebuilt"
         fi

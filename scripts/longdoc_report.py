@@ -82,6 +82,8 @@ def report(results, args):
     out += class_table(by, args)
     out += horizon_table(by, args)
     out += seeds_question(by)
+    if getattr(args, "compare_with", None):
+        out += comparison(by, by_setting(lab.results_under(os.path.join(args.compare_with, "runs"))), args)
     out += ["", "Checks: eval-lm's validation loss against fairseq-train's last validation (bits):", ""]
     out += markdown_table(["run", "eval-lm valid", "fairseq-train valid", "test tokens scored"],
                           [[f"{s}_s{seed}", f"{r['valid_eval_lm_bits']:.4f}", r["valid_fairseq_train_bits"],
@@ -319,6 +321,41 @@ def horizon_table(by, args):
             f"{args.horizon_docs[0]}-{args.horizon_docs[1]} segments), the memory built from E_0 over only the "
             "K segments before each scored one (`--eval-memory-horizon K`), and carried as trained; "
             "mean over seeds:", "", *markdown_table(["setting", "seeds", *(f"K = {k}" for k in ks), "carried"], rows)]
+
+
+def comparison(by, other, args):
+    """Each run against the run of the same setting and seed under ``args.compare_with``
+    (another configuration of the same model and data, e.g. BPTT through 8 segments against
+    the matrix's 4): % lower test perplexity at depth >= DEEP and on far tokens, 95% paired
+    bootstrap intervals over the test documents, and both runs' memory horizons. ``other``:
+    {setting: {seed: result}} there."""
+    pairs = [(s, seed, r, other[s][seed]) for s in by for seed, r in sorted(by[s].items())
+             if seed in other.get(s, {})]
+    if not pairs:
+        return []
+    rows, horizons = [], []
+    for s, seed, mine, theirs in pairs:
+        dirs = [os.path.join(d, "runs", f"{s}_s{seed}") for d in (args.out, args.compare_with)]
+        cells = []
+        for kw in ({}, FAR):
+            a, b = (document_sums(d, **kw) for d in dirs)
+            cells.append(gain_cell(None if a is None or b is None else lab.bootstrap_gain(a, b, args.bootstrap)))
+        rows.append([f"{s}_s{seed}", f"{theirs['deep_ppl']:.2f}", f"{mine['deep_ppl']:.2f}", *cells])
+        for label, r in (("here", mine), ("compared", theirs)):
+            h = horizon_of(r, args)
+            if h:
+                horizons.append([f"{s}_s{seed}", label, *(f"{2 ** deep_loss(h['K'][str(k)]['by_depth'])[1]:.2f}"
+                                                          if str(k) in h["K"] else "-" for k in args.horizons),
+                                 f"{2 ** deep_loss(h['carried']['by_depth'])[1]:.2f}"])
+    out = ["", f"Against the same setting and seed under `{args.compare_with}` (% lower test perplexity here; "
+           f"95% interval from {args.bootstrap} paired bootstrap resamples of the test documents):", "",
+           *markdown_table(["run", f"depth >= {DEEP} there", f"depth >= {DEEP} here", f"gain at depth >= {DEEP}",
+                            "gain on far tokens"], rows)]
+    if horizons:
+        out += ["", f"Memory horizons of both (test perplexity at depth >= {DEEP} on the horizon subset, the memory "
+                "built over K segments, and carried):", "",
+                *markdown_table(["run", "where", *(f"K = {k}" for k in args.horizons), "carried"], horizons)]
+    return out
 
 
 def seeds_question(by):

@@ -175,9 +175,17 @@ def test_matrix_variant_runs_in_a_directory_of_its_own_with_its_flags(tmp_path):
     finished = tmp_path / "runs" / "longdoc_code_2400_bptt8" / "runs" / "rmt_s1"
     finished.mkdir(parents=True)
     (finished / "result.json").write_text('{"setting": "rmt"}')
-    subprocess.run(["bash", script, "save"], env=env, check=True, capture_output=True)
+    logged = tmp_path / "py.log"  # save's report calls, which it sends to /dev/null
+    fake_py = tmp_path / "py"
+    fake_py.write_text(f'#!/bin/sh\necho "$@" >> {logged}\n')
+    fake_py.chmod(0o755)
+    subprocess.run(["bash", script, "save"], env=dict(env, PY=str(fake_py)), check=True, capture_output=True)
     assert (tmp_path / "saved" / "code_bptt8" / "runs" / "rmt_s1" / "result.json").is_file()
     assert not (tmp_path / "saved" / "code" / "runs" / "rmt_s1").exists()
+    # the variant's report sets its runs against the matrix's
+    report, = logged.read_text().splitlines()
+    assert f"--out {tmp_path}/runs/longdoc_code_2400_bptt8 " in report
+    assert f"--compare-with {tmp_path}/runs/longdoc_code_2400 " in report and report.endswith("--report-only")
 
 
 def test_finished_runs_are_found_by_their_data_bins_name_not_its_path(tmp_path):
@@ -270,3 +278,43 @@ def test_a_target_waits_for_a_seed_whose_baseline_has_not_run(tmp_path):
     by["prefix"][3] = run(31.0)  # seed 3 ran, and rmt is not 3% below it there
     prefix = next(line for line in longdoc_report.targets(by, [1, 2, 3], args) if "below the prefix control" in line)
     assert "**not met** (2 of 3 seeds)" in prefix and "no prefix run" not in prefix
+
+
+def test_a_variant_is_set_against_the_same_setting_and_seed_elsewhere(tmp_path):
+    """--compare-with: each run against the run of the same setting and seed in another --out,
+    a paired bootstrap over the documents at depth >= 8 and on far tokens; runs without a
+    counterpart are left out."""
+    import argparse
+    import math
+
+    import longdoc_report
+
+    def run(out, setting, seed, nll_per_token):
+        d = tmp_path / out / "runs" / f"{setting}_s{seed}"
+        d.mkdir(parents=True)
+        rows = [[doc, depth, 1, 10, 10 * nll_per_token * (1 + 0.01 * doc)] for doc in range(6) for depth in (0, 8)]
+        (d / "docs_test.json").write_text(json.dumps({"rows": rows}))
+        return {"setting": setting, "seed": seed, "deep_ppl": 2 ** (nll_per_token / math.log(2)), "test": {}}
+
+    here = longdoc_report.by_setting([run("deep", "rmt", 1, 2.8), run("deep", "tarm_gate", 1, 2.7)])
+    there = longdoc_report.by_setting([run("matrix", "rmt", 1, 2.9), run("matrix", "rmt", 2, 2.9)])
+    args = argparse.Namespace(out=str(tmp_path / "deep"), compare_with=str(tmp_path / "matrix"), bootstrap=50,
+                              horizon_docs=[32, 128], horizons=[0, 1])
+    lines = longdoc_report.comparison(here, there, args)
+    rows = [line for line in lines if line.startswith("| rmt_s") or line.startswith("| tarm_gate")]
+    gain = 100 * (1 - math.exp((2.8 - 2.9) * 1.025))  # nats per token; the documents' mean factor 1.025
+    assert len(rows) == 1 and rows[0].startswith(f"| rmt_s1 | {2 ** (2.9 / math.log(2)):.2f} | {2 ** (2.8 / math.log(2)):.2f} | {gain:.1f}% [")
+    assert rows[0].count(f"{gain:.1f}% [") == 2, "the far tokens are these same tokens here"
+    assert longdoc_report.comparison(here, longdoc_report.by_setting([]), args) == []
+
+
+def test_compare_with_needs_another_out(tmp_path, capsys):
+    import longdoc
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "dict.txt").write_text("a 1\n")
+    with pytest.raises(SystemExit):
+        longdoc.parse_args(["--data", str(tmp_path / "code"), "--out", str(tmp_path / "out"),
+                            "--compare-with", str(tmp_path / "nowhere"), "--report-only"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"--compare-with {tmp_path}/nowhere: no runs/ directory (another --out of scripts/longdoc.py)")

@@ -167,10 +167,10 @@ def test_matrix_variant_runs_in_a_directory_of_its_own_with_its_flags(tmp_path):
     out = subprocess.run(["bash", script, "all"], env=env, check=True, capture_output=True, text=True).stdout
     calls = [line for line in out.splitlines() if line.startswith("scripts/longdoc.py")]
     deep = [c for c in calls if "--bptt-segments" in c]
-    assert len(calls) == 25 and len(deep) == 2
+    assert len(calls) == 24 and len(deep) == 1
     for c in deep:
         assert f"--out {tmp_path}/runs/longdoc_code_2400_bptt8 " in c and c.endswith("--bptt-segments 8 --batch-size 4")
-    assert {c.split("--settings ")[1].split(" --doc")[0] for c in deep} == {"rmt --seeds 1", "tarm_gate --seeds 1"}
+    assert {c.split("--settings ")[1].split(" --doc")[0] for c in deep} == {"rmt --seeds 1"}
     assert all("_bptt8" not in c for c in calls if c not in deep)
     finished = tmp_path / "runs" / "longdoc_code_2400_bptt8" / "runs" / "rmt_s1"
     finished.mkdir(parents=True)

@@ -172,12 +172,15 @@ class MemoryKind(nn.Module):
         return torch.where(reset.to(init.device).view(-1, *[1] * (init.dim() - 1)), init, carried)
 
     def scan(self, inputs: Sequence[Tensor], read: Tensor, step: SegmentStep,
-             reset: Optional[Tensor] = None, batch_independent: bool = True) -> MemoryTrace:
+             reset: Optional[Tensor] = None, batch_independent: bool = True,
+             detach_every: int = 0) -> MemoryTrace:
         """Run ``step`` over consecutive segments, carrying E between them.
 
         This is the one loop over segments. ``read`` is E_{t-1} of the first
         one; ``reset`` [B, n] (bool): row b reads E_0 at segment t instead of
-        what it carries (a stream or document starts there). Without memory
+        what it carries (a stream or document starts there). ``detach_every``
+        K > 0: E is detached after segments K, 2K, ... (the gradient through
+        the memory reaches back at most K segments; the values are unchanged). Without memory
         (m = 0) segments do not depend on each other, so with
         ``batch_independent`` equal-length segments run as one batch."""
         if (batch_independent and self.num_tokens == 0 and len(inputs) > 1
@@ -192,6 +195,8 @@ class MemoryKind(nn.Module):
                 trace.read = ema
             y, written = step(x, ema)
             ema, rate = self.update(ema, written)
+            if detach_every and (t + 1) % detach_every == 0:
+                ema = ema.detach()
             trace.outputs.append(y)
             trace.written.append(written)
             trace.averaged.append(ema)

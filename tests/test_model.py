@@ -151,6 +151,30 @@ def test_gradients_flow_within_a_sample_and_stop_between_samples(dict_dir):
     assert g2 is None, "the carried memory must be detached between samples"
 
 
+@pytest.mark.parametrize("kind", [[], ["--memory-kind", "assoc"]])
+def test_memory_detach_every_truncates_the_gradient_inside_a_sample(dict_dir, kind):
+    """--memory-detach-every 2 over 4 segments: segment 3's loss reaches segment 2's memory
+    (K = 1 back) but not segment 1's and 2's written before the cut; the loss is the same."""
+    src = stream_batches(n_batches=1, n_seg=4)[0]
+    reset = torch.ones(2, dtype=torch.bool)
+    losses = []
+    for every in (0, 2):
+        torch.manual_seed(0)
+        model = model_with(dict_dir, 3, 1.0 if kind else 0.5, "--memory-detach-every", str(every), *kind).train()
+        torch.manual_seed(1)  # the same dropout draws in both
+        logits, extra = model(src, reset=reset, memory_key="k", segment_length=L)
+        losses.append(logits.detach())
+        written = extra["written_memory"]
+        grads = torch.autograd.grad(logits[:, 2 * L:3 * L].sum(), [written[0], written[1], written[2]],
+                                    allow_unused=True, retain_graph=True)
+        reach = [g is not None and g.abs().sum().item() > 0 for g in grads]
+        assert reach == ([True, True, False] if every == 0 else [False, False, False]), (every, reach)
+        # after the cut at segment 2, segment 4's loss still reaches segment 3's memory
+        (g,) = torch.autograd.grad(logits[:, 3 * L:].sum(), written[2], allow_unused=True)
+        assert g is not None and g.abs().sum() > 0
+    assert torch.equal(losses[0], losses[1]), "detaching changes the gradient, not the values"
+
+
 def test_short_last_segment(dict_dir):
     model = model_with(dict_dir, m=2)
     src = torch.randint(4, 60, (2, 2 * L + 1))
@@ -191,6 +215,7 @@ def test_carried_memory_is_saved_with_the_model(dict_dir):
     (["--num-memory-tokens", "-1"], "--num-memory-tokens"),
     (["--segment-length", "0"], "--segment-length"),
     (["--bptt-segments", "0"], "--bptt-segments"),
+    (["--memory-detach-every", "-1"], "--memory-detach-every -1"),
     (["--segment-length", "100"], "--segment-length 100 exceeds"),
 ])
 def test_bad_flags_raise_tarm_error(dict_dir, flags, match):

@@ -102,6 +102,13 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
                   "recompute each segment there (--checkpoint-activations does it per layer); "
                   "makes deep --bptt-segments affordable"},
     )
+    memory_detach_every: int = field(
+        default=0,
+        metadata={"help": "in training, stop the gradient through the memory after every K segments of a "
+                  "sample (truncated BPTT inside it: the gradient reaches back 1 to K segments, as "
+                  "between samples of --bptt-segments K); 0 = through the whole sample. Sets the "
+                  "gradient's reach apart from the segments per sample and the rows per update"},
+    )
     segment_length: int = II("task.segment_length")
     # fairseq's transformer_lm defaults these to 512 whatever the model width,
     # adding silent projections; follow the width instead
@@ -137,6 +144,9 @@ class TarmLanguageModel(TransformerLanguageModel):
             raise TarmError(flag_names(str(e))) from None
         self.default_segment_length = safe_getattr(args, "segment_length", None)
         self.checkpoint_segments = bool(safe_getattr(args, "checkpoint_segments", False))
+        self.detach_every = int(safe_getattr(args, "memory_detach_every", 0))
+        if self.detach_every < 0:
+            raise TarmError(f"--memory-detach-every {self.detach_every}: must be >= 0 (0: through the whole sample)")
         self._masks = {}
         self.register_buffer("dictionary_hash", torch.tensor([-1, -1], dtype=torch.long))
 
@@ -181,7 +191,8 @@ class TarmLanguageModel(TransformerLanguageModel):
         # --checkpoint-segments: one segment at a time (m = 0 too), to recompute one at a time
         recompute = self.checkpoint_segments and self.training and torch.is_grad_enabled()
         step = self.checkpointed_segment_step if recompute else self.segment_step
-        trace = self.memory.scan(segments, read, step, reset=reset, batch_independent=not recompute)
+        trace = self.memory.scan(segments, read, step, reset=reset, batch_independent=not recompute,
+                                 detach_every=self.detach_every if self.training else 0)
 
         x = self.features(torch.cat(trace.outputs, dim=1))
         return (x if features_only else self.logits(x)), {
@@ -406,7 +417,8 @@ MEMORY_FLAGS = {"num_tokens": "--num-memory-tokens", "alpha": "--memory-ema-alph
 
 def flag_names(message: str) -> str:
     """RecurrentMemory's argument names in ``message`` as the command-line flags that set them."""
-    return re.sub(r"\b(" + "|".join(MEMORY_FLAGS) + r")\b", lambda m: MEMORY_FLAGS[m.group(1)], message)
+    # not inside a flag already named (--memory-ema-alpha holds "alpha")
+    return re.sub(r"(?<![-\w])(" + "|".join(MEMORY_FLAGS) + r")\b", lambda m: MEMORY_FLAGS[m.group(1)], message)
 
 
 def _output_is_normalised(decoder) -> bool:
@@ -431,6 +443,7 @@ def tarm_lm_architecture(args):
     args.assoc_key_dim = safe_getattr(args, "assoc_key_dim", 32)
     args.assoc_dpfp_nu = safe_getattr(args, "assoc_dpfp_nu", 3)
     args.checkpoint_segments = safe_getattr(args, "checkpoint_segments", False)
+    args.memory_detach_every = safe_getattr(args, "memory_detach_every", 0)
     base_lm_architecture(args)
 
 

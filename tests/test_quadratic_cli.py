@@ -265,6 +265,7 @@ def test_the_runner_trains_what_trained_seed_1():
                    "--reset-lr-scheduler", "--max-update", "12000"]}
     paths = {("common", "user_dir"), ("task", "data"), ("checkpoint", "save_dir"), ("task", "save_dir")}
     added = {("model", "memory_kind"): "tokens", ("model", "assoc_key_dim"): 32, ("model", "assoc_dpfp_nu"): 3,
+             ("model", "memory_detach_every"): 0,
              ("task", "eval_token_classes"): False, ("task", "eval_local_window"): None,
              ("task", "eval_memory_horizon"): None, ("task", "eval_document_losses"): None,  # eval-lm flags
              ("task", "max_tokens_valid"): None, ("criterion", "sentence_avg"): False}

@@ -40,7 +40,11 @@ def growth_mb(every):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
 def test_trim_every_32_batches_bounds_what_an_evaluation_loop_keeps():
-    kept = growth_mb(0)  # never trimmed
+    kept = 0
+    for _ in range(3):  # never trimmed; the holes appear in most runs, not all (measured: 55-3,500 MB)
+        kept = max(kept, growth_mb(0))
+        if kept >= 1000:
+            break
     if kept < 1000:
         pytest.skip(f"this allocator keeps {kept} MB without the trim: nothing to bound here")
     trimmed = growth_mb(32)

@@ -42,7 +42,7 @@ import time
 import lab
 import longdoc_report
 import prepare_longdoc
-from longdoc_report import deep_loss
+from longdoc_report import deep_loss, deep_ppl
 
 SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "prefix", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", "assoc")}
 SETTINGS["context4x"] = lab.SETTINGS["no_memory"]  # m = 0, one segment of 4L per sample
@@ -218,7 +218,7 @@ def calibration_report(args, argv=None):
             path = os.path.join(run_dir, f"eval_valid_{update}.log")
             done = os.path.exists(path) and "Loss (base 2)" in open(path).read()
             ev = lab.read_eval_lm(path) if done else evaluated(eval_cmd(args, run_dir, "valid", checkpoint=ckpt), path)
-            curves[name][update] = {"valid_bits": ev["loss_bits"], "deep_ppl": 2 ** deep_loss(ev["by_depth"])[1],
+            curves[name][update] = {"valid_bits": ev["loss_bits"], "deep_ppl": deep_ppl(ev),
                                     "train_valid_bits": train_valid.get(update)}
     print("\n".join(longdoc_report.calibration(curves, train_curves, args.out, lab.command_line(__file__, argv))))
 

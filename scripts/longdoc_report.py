@@ -26,6 +26,11 @@ def deep_loss(by_depth, deep=DEEP):
     return n, (sum(r["tokens"] * r["loss_bits"] for r in rows) / n if n else float("nan"))
 
 
+def deep_ppl(evaluation):
+    """Perplexity at depth >= DEEP of an eval-lm result (its ``by_depth`` table)."""
+    return 2 ** deep_loss(evaluation["by_depth"])[1]
+
+
 @functools.lru_cache(maxsize=None)
 def _rows(path, mtime):
     """docs_test.json's rows, read once per file version (every bootstrap cell sums them)."""
@@ -109,7 +114,7 @@ def every_seed(per_seed, threshold):
 def valid_deep_ppl(args, setting, seed, result):
     """Validation perplexity at depth >= DEEP of a run (its eval_valid.log), the test one if absent."""
     path = os.path.join(args.out, "runs", f"{setting}_s{seed}", "eval_valid.log")
-    return 2 ** deep_loss(lab.read_eval_lm(path)["by_depth"])[1] if os.path.exists(path) else result["deep_ppl"]
+    return deep_ppl(lab.read_eval_lm(path)) if os.path.exists(path) else result["deep_ppl"]
 
 
 def targets(by, seeds, args):
@@ -150,7 +155,7 @@ def targets(by, seeds, args):
     for x, r in sorted(by[best].items()):
         h = horizon_of(r, args)
         if "1" in h.get("K", {}):
-            k1, carried = (2 ** deep_loss(e["by_depth"])[1] for e in (h["K"]["1"], h["carried"]))
+            k1, carried = (deep_ppl(e) for e in (h["K"]["1"], h["carried"]))
             falls[x] = (k1, carried)
     if falls:
         cells = "; ".join(f"seed {x} {k1:.2f} -> {c:.2f} ({100 * (k1 - c) / k1:.1f}% lower)" for x, (k1, c) in falls.items())
@@ -239,6 +244,14 @@ def reset_ablation(by, settings):
 FAR = {"deep": 0, "cls": 1}  # document_sums' selection of the far tokens, at every depth
 
 
+def paired_gain(run_dir, base_dir, resamples, **selection):
+    """(% lower perplexity, 95% interval low, high) of the run in ``run_dir`` than the one in
+    ``base_dir`` on the tokens ``selection`` picks (default: depth >= DEEP), a paired bootstrap
+    over the test documents; None if either has no losses per document."""
+    a, b = (document_sums(d, **selection) for d in (run_dir, base_dir))
+    return None if a is None or b is None else lab.bootstrap_gain(a, b, resamples)
+
+
 def gain(by, args, setting, base, seed, point=False, **selection):
     """(% lower perplexity, 95% interval low, high) of ``setting`` than ``base`` in ``seed`` on the
     tokens ``selection`` picks (default: depth >= DEEP), a paired bootstrap over the test
@@ -246,11 +259,10 @@ def gain(by, args, setting, base, seed, point=False, **selection):
     depth >= DEEP: the point estimate from the results, without an interval)."""
     if seed not in by.get(setting, {}) or seed not in by.get(base, {}):
         return None
-    a, b = (document_sums(os.path.join(args.out, "runs", f"{s}_s{seed}"), **selection) for s in (setting, base))
-    if a is not None and b is not None:
-        return lab.bootstrap_gain(a, b, args.bootstrap)
-    if selection or not point:
-        return None
+    g = paired_gain(*(os.path.join(args.out, "runs", f"{s}_s{seed}") for s in (setting, base)), args.bootstrap,
+                    **selection)
+    if g is not None or selection or not point:
+        return g
     # runs evaluated before docs_test.json: the point estimate, no interval
     mine, theirs = by[setting][seed]["deep_ppl"], by[base][seed]["deep_ppl"]
     return 100 * (theirs - mine) / theirs, None, None
@@ -314,9 +326,9 @@ def horizon_table(by, args):
     for s in with_h:
         hs = {r["seed"]: horizon_of(r, args) for r in by[s].values() if horizon_of(r, args)}
         rows.append([s, seeds_of(hs),
-                     *(cell([2 ** deep_loss(h["K"][str(k)]["by_depth"])[1] for h in hs.values()
+                     *(cell([deep_ppl(h["K"][str(k)]) for h in hs.values()
                              if str(k) in h["K"]]) for k in ks),
-                     cell([2 ** deep_loss(h["carried"]["by_depth"])[1] for h in hs.values()])])
+                     cell([deep_ppl(h["carried"]) for h in hs.values()])])
     return ["", f"Memory horizon: test perplexity at depth >= {DEEP} on the horizon subset (test documents of "
             f"{args.horizon_docs[0]}-{args.horizon_docs[1]} segments), the memory built from E_0 over only the "
             "K segments before each scored one (`--eval-memory-horizon K`), and carried as trained; "
@@ -336,17 +348,14 @@ def comparison(by, other, args):
     rows, horizons = [], []
     for s, seed, mine, theirs in pairs:
         dirs = [os.path.join(d, "runs", f"{s}_s{seed}") for d in (args.out, args.compare_with)]
-        cells = []
-        for kw in ({}, FAR):
-            a, b = (document_sums(d, **kw) for d in dirs)
-            cells.append(gain_cell(None if a is None or b is None else lab.bootstrap_gain(a, b, args.bootstrap)))
+        cells = [gain_cell(paired_gain(*dirs, args.bootstrap, **kw)) for kw in ({}, FAR)]
         rows.append([f"{s}_s{seed}", f"{theirs['deep_ppl']:.2f}", f"{mine['deep_ppl']:.2f}", *cells])
         for label, r in (("here", mine), ("compared", theirs)):
             h = horizon_of(r, args)
             if h:
-                horizons.append([f"{s}_s{seed}", label, *(f"{2 ** deep_loss(h['K'][str(k)]['by_depth'])[1]:.2f}"
-                                                          if str(k) in h["K"] else "-" for k in args.horizons),
-                                 f"{2 ** deep_loss(h['carried']['by_depth'])[1]:.2f}"])
+                horizons.append([f"{s}_s{seed}", label, *(f"{deep_ppl(h['K'][str(k)]):.2f}" if str(k) in h["K"]
+                                                          else "-" for k in args.horizons),
+                                 f"{deep_ppl(h['carried']):.2f}"])
     out = ["", f"Against the same setting and seed under `{args.compare_with}` (% lower test perplexity here; "
            f"95% interval from {args.bootstrap} paired bootstrap resamples of the test documents):", "",
            *markdown_table(["run", f"depth >= {DEEP} there", f"depth >= {DEEP} here", f"gain at depth >= {DEEP}",

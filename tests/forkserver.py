@@ -156,6 +156,12 @@ def user_dirs(argv):
             yield arg.split("=", 1)[1]
 
 
+def imported_from(module, directory):
+    """Whether ``module`` was loaded from a file below ``directory``."""
+    where = getattr(module, "__file__", None)
+    return bool(where) and os.path.realpath(where).startswith(os.path.realpath(directory) + os.sep)
+
+
 def why_not_served(request):
     """Why a forked child could not behave as a fresh process for this request, or None."""
     env, cwd = request["env"], request["cwd"]
@@ -172,15 +178,13 @@ def why_not_served(request):
             continue
         for name in sorted(names):
             module = sys.modules.get(name)
-            where = getattr(module, "__file__", None)
-            if where and not os.path.realpath(where).startswith(os.path.realpath(entry) + os.sep):
-                return f"PYTHONPATH entry {entry} holds {name}, imported here from {where}"
+            if getattr(module, "__file__", None) and not imported_from(module, entry):
+                return f"PYTHONPATH entry {entry} holds {name}, imported here from {module.__file__}"
     wanted = {os.path.realpath(p) for p in python_path(env, cwd)}
     for entry in _PRELOAD_PATH:
         if os.path.realpath(entry) not in wanted:
             for name, module in list(sys.modules.items()):
-                where = getattr(module, "__file__", None)
-                if where and os.path.realpath(where).startswith(os.path.realpath(entry) + os.sep):
+                if imported_from(module, entry):
                     return f"{name} was imported here from {entry}, not on the request's PYTHONPATH"
     plugin = os.path.dirname(os.path.realpath(sys.modules["tarm_plugin"].__file__))
     for user_dir in user_dirs(request["argv"][1:]):

@@ -20,8 +20,9 @@ All numbers are ratios or rates measured in one run on the machine it runs on
           (its context window grows with the stream)
   gather  2 gloo processes: a data-parallel training step against the
           carried-memory all-gather for rank 0's checkpoints, i.e. the cost per
-          update of gathering after every step (before) or only where a
-          checkpoint may follow (after, --save-interval-updates 1000)
+          update of gathering after every step (today's behaviour; the JSON's
+          "before") or only where a checkpoint may follow (a schedule not
+          adopted; "after", --save-interval-updates 1000)
   generation  greedy generation tokens/s for 512..8k new tokens, batch 1:
           tarm's generate (segment by segment with memory) against fairseq's
           transformer_lm decoding incrementally (its cache grows), interleaved,
@@ -285,9 +286,10 @@ def _gather_rank(rank, data, port, steps, gathers, out_path):
 
 
 def bench_gather(data, steps, gathers=20, save_interval_updates=1000):
-    """Per-update cost of the carried-memory all-gather, 2 gloo processes: before, after
-    every training step; after, at the updates a checkpoint may follow (2 per
-    --save-interval-updates: the save and the one after it, plus one per epoch end)."""
+    """Per-update cost of the carried-memory all-gather, 2 gloo processes: "before", after
+    every training step (what the task does); "after", only at the updates a checkpoint may
+    follow (2 per --save-interval-updates: the save and the one after it, plus one per epoch
+    end), a schedule measured and not adopted. The keys keep their names for the committed JSON."""
     import socket
     import tempfile
 

@@ -23,8 +23,14 @@ test equations, overall and by kind.
   valid OUT_DIR CHECKPOINT [CHECKPOINT ...]
       The validation exact match of each checkpoint, by its update count:
       OUT_DIR/valid_update<N>.json and .misses.tsv; an evaluated update is skipped.
+  save OUT DEST [SETTING ...]
+      Each setting's logs and results (train.log, run.conf, test*.json/.log, valid_update*),
+      no checkpoints, copied from OUT/<setting>/ to DEST/<setting>/ (e.g. runs/quadratic23_s2
+      to results/quadratic23_s2), also while the run goes on: its log so far. A DEST holding
+      a longer log or another run.conf of the same setting is not replaced.
   report --runs OUT [--seed-runs OUT_S2 ...] --out FIG
-      The figure and the tables (scripts/quadratic_report.py).
+      The figure and the tables (scripts/quadratic_report.py); a seed still running shows its
+      updates and best validation so far.
 
 Settings: no_memory, rmt, tarm_a0.5, tarm_a0.2, tarm_learned, tarm_gate (lab.SETTINGS).
 
@@ -243,6 +249,41 @@ def cmd_valid(args):
         print(f"{ckpt}: update {n}, {result['accuracy']}")
 
 
+def saved_files(run_dir):
+    """What `save` copies of a run: its logs and results, never a checkpoint."""
+    return sorted(f for f in os.listdir(run_dir)
+                  if f in ("train.log", "run.conf") or re.fullmatch(r"(test\w*|valid_update\d+)\.(json|log|misses\.tsv)", f))
+
+
+def cmd_save(args):
+    if not os.path.isdir(args.out):
+        fail(f"OUT {args.out} is not a directory")
+    names = args.settings or sorted(n for n in os.listdir(args.out) if os.path.isfile(os.path.join(args.out, n, "train.log")))
+    if not names:
+        fail(f"no runs (<setting>/train.log) in {args.out}")
+    for name in names:  # every check before any copy: a refused save copies nothing
+        src, dst = os.path.join(args.out, name), os.path.join(args.dest, name)
+        if not os.path.isfile(os.path.join(src, "train.log")):
+            fail(f"no {src}/train.log")
+        old, new = os.path.join(dst, "train.log"), os.path.join(src, "train.log")
+        if os.path.isfile(old) and os.path.getsize(old) > os.path.getsize(new):
+            fail(f"{old} is longer than {new}: DEST holds a later state of this run; not replaced")
+        confs = [os.path.join(d, "run.conf") for d in (src, dst)]
+        if all(os.path.isfile(c) for c in confs) and open(confs[0]).read() != open(confs[1]).read():
+            fail(f"{confs[1]} differs from {confs[0]}: DEST holds another run of {name}; save into another DEST")
+    for name in names:
+        src, dst = os.path.join(args.out, name), os.path.join(args.dest, name)
+        os.makedirs(dst, exist_ok=True)
+        files = saved_files(src)
+        for f in files:
+            shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+        import quadratic_report
+
+        curve = quadratic_report.valid_accuracy(os.path.join(dst, "train.log"))
+        state = "finished" if nonempty(os.path.join(dst, "test.json")) else "running"
+        print(f"{dst}: {len(files)} files, validated to update {curve[-1][0] if curve else 0} ({state})")
+
+
 def parse_args(argv):
     argv, fairseq = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,6 +309,10 @@ def parse_args(argv):
     v.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     v.add_argument("--data", default="data-bin/quadratic-100k")
     v.add_argument("--threads", type=int, default=1)
+    s = sub.add_parser("save", help="copy runs' logs and results (no checkpoints) for committing")
+    s.add_argument("out", metavar="OUT")
+    s.add_argument("dest", metavar="DEST")
+    s.add_argument("settings", nargs="*", metavar="SETTING", help="default: every setting with a train.log in OUT")
     q = sub.add_parser("report", help="the figure and tables (scripts/quadratic_report.py)")
     import quadratic_report
     quadratic_report.add_arguments(q)
@@ -286,7 +331,7 @@ def main(argv=None):
     if args.cmd == "report":
         import quadratic_report
         return quadratic_report.write(args)
-    {"run": cmd_run, "branch": cmd_branch, "valid": cmd_valid}[args.cmd](args)
+    {"run": cmd_run, "branch": cmd_branch, "valid": cmd_valid, "save": cmd_save}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -233,6 +233,43 @@ def test_bad_runner_input_is_one_line(tmp_path):
         assert p.returncode == 2 and p.stderr.startswith("quadratic.py: error: ") and p.stderr.count("\n") == 1, p.stderr
 
 
+def test_save_copies_logs_and_results_not_checkpoints(tmp_path):
+    out, dest = tmp_path / "runs", tmp_path / "results"
+    run_dir = out / "tarm_a0.5"
+    os.makedirs(run_dir / "stable_end")
+    valid = '2026-01-01 00:00:00 | INFO | valid | {"valid_accuracy": "%s", "valid_num_updates": "%d"}\n'
+    (run_dir / "train.log").write_text(valid % ("50.0", 250))
+    (run_dir / "run.conf").write_text("MAX_UPDATE=8000 DECAY_UPDATES=4000 VALID_EVERY=250 SEED=2\n")
+    for f in ("checkpoint_last.pt", "checkpoint_1_1000.pt", "stable_end/checkpoint_best.pt", "tarm.lock"):
+        (run_dir / f).write_text("x")
+    p = run(quadratic("save", out, dest))
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(dest / "tarm_a0.5")) == ["run.conf", "train.log"]
+    assert "validated to update 250 (running)" in p.stdout
+    # the run goes on and ends: the log so far is replaced by the longer one, the results join it
+    with open(run_dir / "train.log", "a") as f:
+        f.write(valid % ("99.0", 500))
+    for f in ("test_stable.json", "test_stable.log", "test.json", "test.log", "valid_update500.json",
+              "valid_update500.misses.tsv"):
+        (run_dir / f).write_text('{"accuracy": 0.99}\n')
+    p = run(quadratic("save", out, dest, "tarm_a0.5"))
+    assert p.returncode == 0, p.stderr
+    assert (dest / "tarm_a0.5" / "train.log").read_text() == (run_dir / "train.log").read_text()
+    assert len(os.listdir(dest / "tarm_a0.5")) == 8 and "(finished)" in p.stdout
+    # a shorter log (an earlier state) or another run's run.conf never replaces what DEST holds
+    (run_dir / "train.log").write_text(valid % ("50.0", 250))
+    p = run(quadratic("save", out, dest))
+    assert p.returncode == 2 and "DEST holds a later state" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    (run_dir / "train.log").write_text(valid % ("50.0", 250) * 3)
+    (run_dir / "run.conf").write_text("MAX_UPDATE=8000 DECAY_UPDATES=4000 VALID_EVERY=250 SEED=3\n")
+    p = run(quadratic("save", out, dest))
+    assert p.returncode == 2 and "another run of tarm_a0.5" in p.stderr, p.stderr
+    assert "SEED=2" in (dest / "tarm_a0.5" / "run.conf").read_text()
+    for args in ([tmp_path / "absent", dest], [out, dest, "rmt"]):
+        p = run(quadratic("save", *args))
+        assert p.returncode == 2 and p.stderr.startswith("quadratic.py: error: ") and p.stderr.count("\n") == 1, p.stderr
+
+
 class _Names(dict):
     def __missing__(self, key):  # the enum values fairseq prints bare (eos, relu, ...)
         return key

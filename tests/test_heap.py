@@ -41,7 +41,11 @@ def growth_mb(every):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
 def test_trim_every_32_batches_bounds_what_an_evaluation_loop_keeps():
     kept = 0
-    for _ in range(3):  # never trimmed; the holes appear in most runs, not all (measured: 55-3,500 MB)
+    # never trimmed, the holes appear in most runs, not all (measured: 55-3,500 MB). The heap
+    # itself grows by that much (mallinfo2's arena, nearly all of it free), so it is glibc's
+    # placement, not an RSS artefact; it varies with PYTHONHASHSEED fixed, with one arena
+    # (glibc.malloc.arena_max=1) and with a fixed mmap threshold alike: cause not found
+    for _ in range(3):
         kept = max(kept, growth_mb(0))
         if kept >= 1000:
             break

@@ -67,6 +67,8 @@ def settings_flags(args, setting):
     out = ["--segment-length", str(L), "--bptt-segments", str(1 if wide else args.bptt_segments)]
     if has_memory(setting) and args.checkpoint_segments:
         out += ["--checkpoint-segments"]
+    if has_memory(setting) and args.memory_detach_every:
+        out += ["--memory-detach-every", str(args.memory_detach_every)]
     return out + lab.setting_flags(SETTINGS[setting], args.memory_tokens), L
 
 
@@ -250,6 +252,10 @@ def parse_args(argv=None):
                         "a multiple of --save-every; default: only the last)")
     p.add_argument("--checkpoint-segments", action="store_true",
                    help="recompute each segment in the backward pass (memory settings)")
+    p.add_argument("--memory-detach-every", type=int, default=0, metavar="K",
+                   help="the memory settings: gradients cut after every K segments of a sample (the model's "
+                        "--memory-detach-every), so that the gradient's reach differs while --bptt-segments and "
+                        "--batch-size stay; 0: through the whole sample. Give such runs an --out of their own")
     p.add_argument("--horizons", nargs="*", type=int, default=[0, 1, 2, 4, 8, 16],
                    help="memory horizons K (segments) scored on the horizon subset; none: skip")
     p.add_argument("--horizon-docs", nargs=2, type=int, default=[32, 128], metavar=("A", "B"),
@@ -264,6 +270,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if "context4x" in args.settings and args.bptt_segments != 4 and not args.report_only:
         p.error("context4x reads one 4L segment per sample: it needs --bptt-segments 4 (equal tokens)")
+    if args.memory_detach_every < 0 or 0 < args.bptt_segments <= args.memory_detach_every:
+        p.error(f"--memory-detach-every {args.memory_detach_every} must be 0 (never) or from 1 to --bptt-segments - 1 "
+                f"({args.bptt_segments - 1}): otherwise it cuts nothing")
     if args.keep_every and args.keep_every % args.save_every:
         p.error(f"--keep-every {args.keep_every} is not a multiple of --save-every {args.save_every}")
     if args.compare_with and not os.path.isdir(os.path.join(args.compare_with, "runs")):

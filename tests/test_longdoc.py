@@ -203,6 +203,20 @@ def test_finished_runs_are_found_by_their_data_bins_name_not_its_path(tmp_path):
     assert [r["setting"] for r in longdoc.finished_runs(args)] == ["rmt"]
 
 
+def test_the_gradients_reach_is_a_flag_of_the_memory_settings_only(doc_bin):  # noqa: F811
+    def parse(*argv):
+        return longdoc.parse_args(["--data", doc_bin["sep"], "--out", "o", *argv])
+
+    args = parse("--settings", "rmt", "no_memory", "--bptt-segments", "8", "--memory-detach-every", "4")
+    assert longdoc.settings_flags(args, "rmt")[0][:6] == ["--segment-length", "64", "--bptt-segments", "8",
+                                                         "--memory-detach-every", "4"]
+    assert "--memory-detach-every" not in longdoc.settings_flags(args, "no_memory")[0]
+    assert "--memory-detach-every" not in longdoc.settings_flags(parse(), "rmt")[0]
+    for bad in (["--memory-detach-every", "-1"], ["--memory-detach-every", "4"]):  # k = 4: detaching at 4 cuts nothing
+        with pytest.raises(SystemExit):
+            parse("--settings", "rmt", *bad)
+
+
 def test_a_target_holds_only_in_every_seed():
     import longdoc_report
 

@@ -256,13 +256,15 @@ def saved_files(run_dir):
 
 
 def cmd_save(args):
+    import quadratic_report
+
     if not os.path.isdir(args.out):
         fail(f"OUT {args.out} is not a directory")
     names = args.settings or sorted(n for n in os.listdir(args.out) if os.path.isfile(os.path.join(args.out, n, "train.log")))
     if not names:
         fail(f"no runs (<setting>/train.log) in {args.out}")
-    for name in names:  # every check before any copy: a refused save copies nothing
-        src, dst = os.path.join(args.out, name), os.path.join(args.dest, name)
+    pairs = [(name, os.path.join(args.out, name), os.path.join(args.dest, name)) for name in names]
+    for name, src, dst in pairs:  # every check before any copy: a refused save copies nothing
         if not os.path.isfile(os.path.join(src, "train.log")):
             fail(f"no {src}/train.log")
         old, new = os.path.join(dst, "train.log"), os.path.join(src, "train.log")
@@ -271,14 +273,11 @@ def cmd_save(args):
         confs = [os.path.join(d, "run.conf") for d in (src, dst)]
         if all(os.path.isfile(c) for c in confs) and open(confs[0]).read() != open(confs[1]).read():
             fail(f"{confs[1]} differs from {confs[0]}: DEST holds another run of {name}; save into another DEST")
-    for name in names:
-        src, dst = os.path.join(args.out, name), os.path.join(args.dest, name)
+    for _, src, dst in pairs:
         os.makedirs(dst, exist_ok=True)
         files = saved_files(src)
         for f in files:
             shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
-        import quadratic_report
-
         curve = quadratic_report.valid_accuracy(os.path.join(dst, "train.log"))
         state = "finished" if nonempty(os.path.join(dst, "test.json")) else "running"
         print(f"{dst}: {len(files)} files, validated to update {curve[-1][0] if curve else 0} ({state})")

@@ -188,6 +188,7 @@ def unshared_curves(runs):
 
 
 def write(args):
+    args.out = args.out or os.path.join(args.runs, "quadratic.png")
     plt = lab.pyplot()
     runs = {}
     for name in setting_names(args.runs):
@@ -254,7 +255,8 @@ def write(args):
 
 def add_arguments(p):
     p.add_argument("--runs", default="runs/quadratic12", help="a `quadratic.py run` OUT")
-    p.add_argument("--out", default="docs/fig_quadratic.png")
+    p.add_argument("--out", help="the figure (default: OUT/quadratic.png inside --runs, so that a report "
+                   "never replaces a committed figure unless asked to)")
     p.add_argument("--target", type=float, default=95.0, help="the dashed line, in %% (95: issue 12's target)")
     p.add_argument("--zoom", type=float, default=90.0, help="where the middle panel's y axis starts, in %%")
     p.add_argument("--seed-runs", nargs="*", default=[],

@@ -113,6 +113,13 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
                            "| rmt | 500 | 60.0% | 100.0% (6) | - | 0.0% (2) |",
                            "| rmt | 1000 | 60.0% | 100.0% (6) | - | 50.0% (2) |"]
     assert rows[15].startswith("wrote")
+    # without --out the figure goes into the runs' OUT, never over a committed figure in docs/
+    import quadratic
+
+    quadratic.main(["report", "--runs", str(tmp_path), "--target", "99.8"])
+    plt.close("all")
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'quadratic.png'}"
+    assert (tmp_path / "quadratic.png").stat().st_size > 1000
     # seeds side by side: seed 2 is a copy of seed 1 without its finished test
     import shutil
 

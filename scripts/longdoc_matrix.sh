@@ -34,9 +34,8 @@ DATA=${DATA:-data-bin}
 PY=${PY:-$(dirname "$RUNS")/.venv/bin/python}
 [[ -x "$PY" ]] || PY=python3
 MAX_UPDATE=${MAX_UPDATE:-2400}
-# two one-thread runs side by side train at 0.77-0.93 updates/s each here, one two-thread run at
-# 1.21-1.55 (train_inner of the seed-1 prefix, rmt, tarm_a0.5 logs): a and b do more per hour,
-# all finishes one run sooner
+# a = 0.5: one thread beside another run a median 0.83 updates/s, two threads alone 1.33-1.43
+# (docs/longdoc.md, docs/checks.md): a and b do more per hour, all finishes one run sooner
 THREADS=${THREADS:-$([[ $WORKER == all ]] && echo 2 || echo 1)}
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 # a validation every 400 updates and a kept checkpoint every 800 (the curves per run, docs/longdoc.md);

@@ -128,18 +128,21 @@ def plot_memory(args):
     print(f"wrote {args.out}")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("curves")
     c.add_argument("--runs", default="runs/ablation")
-    c.add_argument("--out", default="docs/fig_valid_ppl.png")
+    c.add_argument("--out", help="default: valid_ppl.png inside --runs")
     m = sub.add_parser("memory")
     m.add_argument("--path", required=True)
     m.add_argument("--data", default="data-bin/ptb")
     m.add_argument("--segments", type=int, default=200)
-    m.add_argument("--out", default="docs/fig_memory.png")
-    args = p.parse_args()
+    m.add_argument("--out", help="default: memory.png beside the checkpoint")
+    args = p.parse_args(argv)
+    # a figure goes beside what it was drawn from unless --out says otherwise, never over docs/
+    args.out = args.out or (os.path.join(args.runs, "valid_ppl.png") if args.cmd == "curves"
+                            else os.path.join(os.path.dirname(args.path), "memory.png"))
     {"curves": plot_curves, "memory": plot_memory}[args.cmd](args)
 
 

@@ -46,6 +46,8 @@ def test_curves_figure(tmp_path):
     out = tmp_path / "fig.png"
     plot.plot_curves(type("A", (), {"runs": str(tmp_path), "out": str(out)}))
     assert out.stat().st_size > 1000
+    plot.main(["curves", "--runs", str(tmp_path)])  # without --out: beside the runs, never over docs/
+    assert (tmp_path / "valid_ppl.png").stat().st_size > 1000
 
 
 def test_quadratic_figure_and_table(tmp_path, capsys):

@@ -227,6 +227,29 @@ def test_hub_sample_and_score(ptb_small, tmp_path):
 
 
 
+def test_memory_plot_traces_the_average(ptb_small, tmp_path, capsys):
+    """scripts/plot.py memory (the paper's Figure 2): the traced E_t is the average of the traced
+    M_t, E_t = a*M_t + (1-a)*E_{t-1}, segment after segment; the figure lands beside the checkpoint."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import plot
+
+    data, _ = ptb_small
+    train(data, tmp_path, max_update=2)
+    ckpt = str(tmp_path / "checkpoint_last.pt")
+    M, E, alpha = plot.memory_trace(ckpt, data, 12)
+    assert alpha == 0.5 and M.shape == E.shape == (12, 4, 32)
+    np.testing.assert_allclose(E[1:], 0.5 * M[1:] + 0.5 * E[:-1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(M[1:], M[:-1]), "the written memory moves from segment to segment"
+    plot.main(["memory", "--path", ckpt, "--data", data, "--segments", "12"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"wrote {tmp_path / 'memory.png'}" and (tmp_path / "memory.png").stat().st_size > 1000
+    assert json.loads(out[-2])["segments"] == 12
+
+
 def test_torchrun_without_world_size_is_refused(ptb_small, tmp_path):
     """WORLD_SIZE set (as torchrun does) but fairseq left single-process: N copies of the
     same run would train side by side and overwrite each other's checkpoints."""

@@ -123,7 +123,7 @@ def quadratic_table(runs):
     """Markdown: per setting and phase (stable, then decay), the updates, best
     valid exact match up to then, test exact match of that best checkpoint, overall and by kind;
     then the two-root answers by the segment in which the steps computed x1."""
-    lines = ["| setting | phase | updates | best valid EM | test EM | " + " | ".join(k for _, k in KINDS)
+    lines = ["| setting | phase | updates | best valid EM | test EM [95% interval] | " + " | ".join(k for _, k in KINDS)
              + " | wrong answers |", "|---|---|---|---|---|" + "---|" * (len(KINDS) + 1)]
     by_x1 = ["", "| setting | phase | two roots: x1 read in " + " | ".join(WHERE_X1) + " |",
              "|---|---|" + "---|" * len(WHERE_X1)]

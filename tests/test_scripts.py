@@ -104,6 +104,7 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     assert list(seg3.get_xdata()) == [500, 1000] and list(seg3.get_ydata()) == [0.0, 50.0]
     plt.close("all")
     rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("| setting | phase | updates | best valid EM | test EM [95% interval] |")
     assert rows[2].startswith("| no_memory | stable | 500 | 0.0% | (running) |")  # the canonical order
     # test exact match with its Wilson 95% interval (6 and 9 of 10 right)
     assert rows[3] == "| rmt | stable | 500 | 60.0% | **60.0%** [31.3, 83.2] | 50.0% (8) | - | 100.0% (2) | - |"

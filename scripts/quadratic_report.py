@@ -119,6 +119,22 @@ def seeds_table(run_dirs):
     return "\n".join(lines)
 
 
+SEED_STYLES = ["--", ":", "-."]
+
+
+def seed_curves(run_dirs):
+    """[(setting, seed, validation curve)] of the runs under the --seed-runs OUTs that have one
+    (the seed as the run's run.conf records it, else 2, 3, ... by place)."""
+    found = []
+    for place, runs_dir in enumerate(run_dirs, 2):
+        for name in setting_names(runs_dir):
+            log = os.path.join(runs_dir, name, "train.log")
+            curve = valid_accuracy(log) if os.path.isfile(log) else []
+            if curve:
+                found.append((name, run_seed(os.path.join(runs_dir, name)) or place, curve))
+    return found
+
+
 def quadratic_table(runs):
     """Markdown: per setting and phase (stable, then decay), the updates, best
     valid exact match up to then, test exact match of that best checkpoint, overall and by kind;
@@ -208,10 +224,16 @@ def write(args):
     ends = {run["stable_end"] for run in runs.values() if run["curve"] and run["stable_end"] is not None}
     decays = sorted(u for u in ends if any(c[0] > u for r in runs.values() for c in r["curve"]))
     drawn = unshared_curves(runs)
+    colours = {name: f"C{i}" for i, name in enumerate(drawn)}
+    seeds = seed_curves(args.seed_runs)
     for ax, ylim in zip(axes, [(-2, 102), (args.zoom, 100.5)]):
-        for i, (name, curve) in enumerate(drawn.items()):
+        for name, curve in drawn.items():
             if curve:
-                ax.plot(*zip(*curve), marker="o", ms=3, color=f"C{i}", label=name)
+                ax.plot(*zip(*curve), marker="o", ms=3, color=colours[name], label=name)
+        for name, seed, curve in seeds:  # other seeds: the setting's colour, a line style per seed
+            colour = colours.setdefault(name, f"C{len(colours)}")
+            ax.plot(*zip(*curve), ls=SEED_STYLES[(seed - 2) % len(SEED_STYLES)], lw=1.2, color=colour,
+                    label=f"{name}, seed {seed}")
         for u in decays:
             ax.axvline(u, color="black", ls=":", lw=0.8, label=f"LR decay from {u}")
         ax.axhline(args.target, color="gray", ls="--", lw=0.8, label=f"target {args.target:g}%")

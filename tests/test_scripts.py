@@ -145,6 +145,14 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
         f.write(valid_line(1250, 96.0))
     table = quadratic_report.seeds_table([str(tmp_path), str(tmp_path / "s3")]).splitlines()
     assert table[-1] == "| rmt | 3 | 1250 | (running) | 97.5% | - | - | - |"
+    # the figure draws the other seeds' curves in their setting's colour, a line style per seed
+    quadratic.main(["report", "--runs", str(tmp_path), "--seed-runs", str(tmp_path / "s2"), str(tmp_path / "s3"),
+                    "--out", str(tmp_path / "seeds.png")])
+    lines = {line.get_label(): line for line in plt.gcf().axes[0].lines}
+    plt.close("all")
+    assert lines["rmt, seed 2"].get_color() == lines["rmt, seed 3"].get_color() == lines["rmt"].get_color()
+    assert (lines["rmt, seed 2"].get_linestyle(), lines["rmt, seed 3"].get_linestyle()) == ("--", ":")
+    assert list(lines["rmt, seed 3"].get_xdata()) == [250, 500, 750, 1000, 1250]
 
 
 def test_a_run_continued_from_another_is_drawn_from_where_it_branched():

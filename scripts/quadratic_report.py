@@ -98,23 +98,24 @@ def run_seed(run_dir):
 
 def seeds_table(run_dirs):
     """Markdown: per setting and seed (one `quadratic.py run` OUT per seed; the seed as its run.conf
-    records it, else the OUT's place in the list), the final test exact match with its Wilson 95%
-    interval, the best validation exact match and the two-root answers by where the steps computed x1;
-    a run without its test.json yet: "(running)", its updates and best validation so far."""
-    lines = ["| setting | seed | updates | test EM [95% interval] | best valid EM | two roots: x1 read in "
-             + " | ".join(WHERE_X1) + " |", "|---|---|---|---|---|" + "---|" * len(WHERE_X1)]
+    records it, else the OUT's place in the list), the test exact match with its Wilson 95% interval
+    after the stable phase and at the end, the best validation exact match and the final test's
+    two-root answers by where the steps computed x1; a phase not finished yet: "(running)", the
+    updates and best validation so far."""
+    lines = ["| setting | seed | updates | test EM after the stable phase | test EM [95% interval] | best valid EM | "
+             "two roots: x1 read in " + " | ".join(WHERE_X1) + " |", "|---|---|---|---|---|---|" + "---|" * len(WHERE_X1)]
     for place, runs_dir in enumerate(run_dirs, 1):
         for name in setting_names(runs_dir):
             run_dir = os.path.join(runs_dir, name)
             seed = run_seed(run_dir) or place
             if not os.path.isfile(os.path.join(run_dir, "train.log")):
                 continue
-            test = read_test(os.path.join(run_dir, "test.json"))
+            stable, test = (read_test(os.path.join(run_dir, f)) for f in ("test_stable.json", "test.json"))
             curve = valid_accuracy(os.path.join(run_dir, "train.log"))
             x1 = test.get("two_roots_by_x1_segment", {}) if test else {}
-            best = f"{max(a for _, a in curve):.1f}%" if curve else "-"
-            em = f"{100 * test['accuracy']:.1f}% {interval(test)}" if test else "(running)"  # best valid: so far
-            lines.append(f"| {name} | {seed} | {curve[-1][0] if curve else '-'} | {em} | {best} | "
+            best = f"{max(a for _, a in curve):.1f}%" if curve else "-"  # so far, while running
+            em = [f"{100 * t['accuracy']:.1f}% {interval(t)}" if t else "(running)" for t in (stable, test)]
+            lines.append(f"| {name} | {seed} | {curve[-1][0] if curve else '-'} | {em[0]} | {em[1]} | {best} | "
                          + " | ".join(accuracy_cell(x1, w) for w in WHERE_X1) + " |")
     return "\n".join(lines)
 

@@ -131,20 +131,20 @@ def test_quadratic_figure_and_table(tmp_path, capsys):
     (tmp_path / "s2" / "rmt" / "test.json").write_text(result(1.0, 1.0, 1.0))
     (tmp_path / "s2" / "rmt" / "run.conf").write_text("MAX_UPDATE=500 DECAY_UPDATES=500 VALID_EVERY=250 SEED=2\n")
     table = quadratic_report.seeds_table([str(tmp_path), str(tmp_path / "s2")]).splitlines()
-    assert table[2:] == ["| no_memory | 1 | 500 | (running) | 0.0% | - | - | - |",  # no test.json yet
-                         "| rmt | 1 | 1000 | 90.0% [59.6, 98.2] | 97.5% | 100.0% (6) | - | 50.0% (2) |",
-                         "| tarm_gate | 1 | 500 | (running) | 20.0% | - | - | - |",
-                         "| rmt | 2 | 1000 | 100.0% [72.2, 100.0] | 97.5% | - | - | - |"]
+    assert table[2:] == ["| no_memory | 1 | 500 | (running) | (running) | 0.0% | - | - | - |",  # no test yet
+                         "| rmt | 1 | 1000 | 60.0% [31.3, 83.2] | 90.0% [59.6, 98.2] | 97.5% | 100.0% (6) | - | 50.0% (2) |",
+                         "| tarm_gate | 1 | 500 | (running) | (running) | 20.0% | - | - | - |",
+                         "| rmt | 2 | 1000 | 60.0% [31.3, 83.2] | 100.0% [72.2, 100.0] | 97.5% | - | - | - |"]
     # the seed is the run's own (run.conf), not the place in the list
     table = quadratic_report.seeds_table([str(tmp_path / "s2"), str(tmp_path)]).splitlines()
     assert [row.split(" | ")[1] for row in table[2:] if row.startswith("| rmt ")] == ["2", "1"]
-    # a seed still training: its updates and best validation so far, no test
-    shutil.copytree(tmp_path / "rmt", tmp_path / "s3" / "rmt", ignore=shutil.ignore_patterns("test*"))
+    # a seed in its decay phase: the stable phase's test, its updates and best validation so far
+    shutil.copytree(tmp_path / "rmt", tmp_path / "s3" / "rmt", ignore=shutil.ignore_patterns("test.json", "test.log"))
     (tmp_path / "s3" / "rmt" / "run.conf").write_text("MAX_UPDATE=500 DECAY_UPDATES=500 VALID_EVERY=250 SEED=3\n")
     with open(tmp_path / "s3" / "rmt" / "train.log", "a") as f:
         f.write(valid_line(1250, 96.0))
     table = quadratic_report.seeds_table([str(tmp_path), str(tmp_path / "s3")]).splitlines()
-    assert table[-1] == "| rmt | 3 | 1250 | (running) | 97.5% | - | - | - |"
+    assert table[-1] == "| rmt | 3 | 1250 | 60.0% [31.3, 83.2] | (running) | 97.5% | - | - | - |"
     # the figure draws the other seeds' curves in their setting's colour, a line style per seed
     quadratic.main(["report", "--runs", str(tmp_path), "--seed-runs", str(tmp_path / "s2"), str(tmp_path / "s3"),
                     "--out", str(tmp_path / "seeds.png")])

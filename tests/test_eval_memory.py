@@ -11,7 +11,6 @@ import re
 import pytest
 import torch
 
-from conftest import run
 from tarm_plugin.eval_batches import FAR, LOCAL, NEW, MemoryHorizon, TokenClasses
 from tarm_plugin.errors import TarmError
 from test_documents import DOC, doc_bin, doc_tokens  # noqa: F401 (doc_bin is a fixture)

@@ -96,6 +96,16 @@ def run_seed(run_dir):
     return int(seed) if seed else None
 
 
+def runs_by_seed(run_dirs, first_seed):
+    """(setting, seed, run dir) of each run with a train.log under `quadratic.py run` OUTs, one OUT
+    per seed: the seed as the run's run.conf records it, else first_seed, first_seed + 1, ... by place."""
+    for place, runs_dir in enumerate(run_dirs, first_seed):
+        for name in setting_names(runs_dir):
+            run_dir = os.path.join(runs_dir, name)
+            if os.path.isfile(os.path.join(run_dir, "train.log")):
+                yield name, run_seed(run_dir) or place, run_dir
+
+
 def seeds_table(run_dirs):
     """Markdown: per setting and seed (one `quadratic.py run` OUT per seed; the seed as its run.conf
     records it, else the OUT's place in the list), the test exact match with its Wilson 95% interval
@@ -104,19 +114,14 @@ def seeds_table(run_dirs):
     updates and best validation so far."""
     lines = ["| setting | seed | updates | test EM after the stable phase | test EM [95% interval] | best valid EM | "
              "two roots: x1 read in " + " | ".join(WHERE_X1) + " |", "|---|---|---|---|---|---|" + "---|" * len(WHERE_X1)]
-    for place, runs_dir in enumerate(run_dirs, 1):
-        for name in setting_names(runs_dir):
-            run_dir = os.path.join(runs_dir, name)
-            seed = run_seed(run_dir) or place
-            if not os.path.isfile(os.path.join(run_dir, "train.log")):
-                continue
-            stable, test = (read_test(os.path.join(run_dir, f)) for f in ("test_stable.json", "test.json"))
-            curve = valid_accuracy(os.path.join(run_dir, "train.log"))
-            x1 = test.get("two_roots_by_x1_segment", {}) if test else {}
-            best = f"{max(a for _, a in curve):.1f}%" if curve else "-"  # so far, while running
-            em = [f"{100 * t['accuracy']:.1f}% {interval(t)}" if t else "(running)" for t in (stable, test)]
-            lines.append(f"| {name} | {seed} | {curve[-1][0] if curve else '-'} | {em[0]} | {em[1]} | {best} | "
-                         + " | ".join(accuracy_cell(x1, w) for w in WHERE_X1) + " |")
+    for name, seed, run_dir in runs_by_seed(run_dirs, 1):
+        stable, test = (read_test(os.path.join(run_dir, f)) for f in ("test_stable.json", "test.json"))
+        curve = valid_accuracy(os.path.join(run_dir, "train.log"))
+        x1 = test.get("two_roots_by_x1_segment", {}) if test else {}
+        best = f"{max(a for _, a in curve):.1f}%" if curve else "-"  # so far, while running
+        em = [f"{100 * t['accuracy']:.1f}% {interval(t)}" if t else "(running)" for t in (stable, test)]
+        lines.append(f"| {name} | {seed} | {curve[-1][0] if curve else '-'} | {em[0]} | {em[1]} | {best} | "
+                     + " | ".join(accuracy_cell(x1, w) for w in WHERE_X1) + " |")
     return "\n".join(lines)
 
 
@@ -124,16 +129,10 @@ SEED_STYLES = ["--", ":", "-."]
 
 
 def seed_curves(run_dirs):
-    """[(setting, seed, validation curve)] of the runs under the --seed-runs OUTs that have one
-    (the seed as the run's run.conf records it, else 2, 3, ... by place)."""
-    found = []
-    for place, runs_dir in enumerate(run_dirs, 2):
-        for name in setting_names(runs_dir):
-            log = os.path.join(runs_dir, name, "train.log")
-            curve = valid_accuracy(log) if os.path.isfile(log) else []
-            if curve:
-                found.append((name, run_seed(os.path.join(runs_dir, name)) or place, curve))
-    return found
+    """[(setting, seed, validation curve)] of the runs under the --seed-runs OUTs that have one."""
+    found = [(name, seed, valid_accuracy(os.path.join(run_dir, "train.log")))
+             for name, seed, run_dir in runs_by_seed(run_dirs, 2)]
+    return [run for run in found if run[2]]
 
 
 def quadratic_table(runs):

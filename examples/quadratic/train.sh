@@ -6,7 +6,8 @@
 #   ALPHA=1  examples/quadratic/train.sh            # RMT
 #   ALPHA=0.2 examples/quadratic/train.sh           # TARM
 # Env: DATA, SAVE, MEMORY (default 30), ALPHA (default 1), SCHEDULER (default the paper's
-# reduce-on-plateau 0.5, as fairseq flags), and fairseq flags after the script.
+# reduce-on-plateau 0.5, as fairseq flags), and fairseq flags after the script; give it
+# --max-update N (no stopping flag is set here: fairseq would train until stopped).
 set -euo pipefail
 DATA=${DATA:-data-bin/quadratic}
 ALPHA=${ALPHA:-1}

@@ -27,7 +27,8 @@ test equations, overall and by kind.
       Each setting's logs and results (train.log, run.conf, test*.json/.log, valid_update*),
       no checkpoints, copied from OUT/<setting>/ to DEST/<setting>/ (e.g. runs/quadratic23_s2
       to results/quadratic23_s2), also while the run goes on: its log so far. A DEST holding
-      a longer log or another run.conf of the same setting is not replaced.
+      another run.conf, or a log that OUT's does not continue (a later state, or another
+      attempt of the same run), is not replaced.
   report --runs OUT [--seed-runs OUT_S2 ...] --out FIG
       The figure and the tables (scripts/quadratic_report.py); a seed still running shows its
       updates and best validation so far.
@@ -267,12 +268,16 @@ def cmd_save(args):
     for name, src, dst in pairs:  # every check before any copy: a refused save copies nothing
         if not os.path.isfile(os.path.join(src, "train.log")):
             fail(f"no {src}/train.log")
-        old, new = os.path.join(dst, "train.log"), os.path.join(src, "train.log")
-        if os.path.isfile(old) and os.path.getsize(old) > os.path.getsize(new):
-            fail(f"{old} is longer than {new}: DEST holds a later state of this run; not replaced")
         confs = [os.path.join(d, "run.conf") for d in (src, dst)]
         if all(os.path.isfile(c) for c in confs) and open(confs[0]).read() != open(confs[1]).read():
             fail(f"{confs[1]} differs from {confs[0]}: DEST holds another run of {name}; save into another DEST")
+        old, new = os.path.join(dst, "train.log"), os.path.join(src, "train.log")
+        if os.path.isfile(old):  # a run's log only grows: one log must begin with the other
+            with open(old, "rb") as f_old, open(new, "rb") as f_new:
+                held, log = f_old.read(), f_new.read()
+            if not log.startswith(held):
+                fail(f"{old} is a later state of {new}: not replaced" if held.startswith(log) else
+                     f"{old} is not an earlier state of {new}: DEST holds another attempt of {name}; save into another DEST")
     for _, src, dst in pairs:
         os.makedirs(dst, exist_ok=True)
         files = saved_files(src)

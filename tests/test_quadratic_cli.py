@@ -259,7 +259,11 @@ def test_save_copies_logs_and_results_not_checkpoints(tmp_path):
     # a shorter log (an earlier state) or another run's run.conf never replaces what DEST holds
     (run_dir / "train.log").write_text(valid % ("50.0", 250))
     p = run(quadratic("save", out, dest))
-    assert p.returncode == 2 and "DEST holds a later state" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert p.returncode == 2 and "is a later state of" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    # a log that does not continue DEST's (the same run started again), even a longer one, neither
+    (run_dir / "train.log").write_text(valid % ("51.0", 250) * 3)
+    p = run(quadratic("save", out, dest))
+    assert p.returncode == 2 and "another attempt of tarm_a0.5" in p.stderr and p.stderr.count("\n") == 1, p.stderr
     (run_dir / "train.log").write_text(valid % ("50.0", 250) * 3)
     (run_dir / "run.conf").write_text("MAX_UPDATE=8000 DECAY_UPDATES=4000 VALID_EVERY=250 SEED=3\n")
     p = run(quadratic("save", out, dest))

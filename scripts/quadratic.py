@@ -23,12 +23,16 @@ test equations, overall and by kind.
   valid OUT_DIR CHECKPOINT [CHECKPOINT ...]
       The validation exact match of each checkpoint, by its update count:
       OUT_DIR/valid_update<N>.json and .misses.tsv; an evaluated update is skipped.
-  save OUT DEST [SETTING ...]
-      Each setting's logs and results (train.log, run.conf, test*.json/.log, valid_update*),
-      no checkpoints, copied from OUT/<setting>/ to DEST/<setting>/ (e.g. runs/quadratic23_s2
-      to results/quadratic23_s2), also while the run goes on: its log so far. A DEST holding
+  save OUT DEST [SETTING ...] [--checkpoints]
+      Each setting's logs and results (train.log, run.conf, test*.json/.log, valid_update*)
+      copied from OUT/<setting>/ to DEST/<setting>/ (e.g. runs/quadratic23_s2 to
+      results/quadratic23_s2), also while the run goes on: its log so far. A DEST holding
       another run.conf, or a log that OUT's does not continue (a later state, or another
-      attempt of the same run), is not replaced.
+      attempt of the same run), is not replaced. --checkpoints: also what continues the
+      run elsewhere, checkpoint_last.pt and checkpoint_best.pt (without its optimizer state:
+      it is only evaluated); on another machine, copy DEST/<setting>/ to OUT/<setting>/ and
+      call `run` again. Without it a DEST's checkpoints from an earlier save are removed
+      (they would resume an older state).
   report --runs OUT [--seed-runs OUT_S2 ...] --out FIG
       The figure and the tables (scripts/quadratic_report.py); a seed still running shows its
       updates and best validation so far.
@@ -250,8 +254,11 @@ def cmd_valid(args):
         print(f"{ckpt}: update {n}, {result['accuracy']}")
 
 
+CHECKPOINTS = ("checkpoint_last.pt", "checkpoint_best.pt")  # what `save --checkpoints` adds
+
+
 def saved_files(run_dir):
-    """What `save` copies of a run: its logs and results, never a checkpoint."""
+    """What `save` copies of a run: its logs and results (no checkpoint)."""
     return sorted(f for f in os.listdir(run_dir)
                   if f in ("train.log", "run.conf") or re.fullmatch(r"(test\w*|valid_update\d+)\.(json|log|misses\.tsv)", f))
 
@@ -278,14 +285,38 @@ def cmd_save(args):
             if not log.startswith(held):
                 fail(f"{old} is a later state of {new}: not replaced" if held.startswith(log) else
                      f"{old} is not an earlier state of {new}: DEST holds another attempt of {name}; save into another DEST")
+        if args.checkpoints and not all(os.path.isfile(os.path.join(src, f)) for f in CHECKPOINTS):
+            fail(f"--checkpoints: {src} has no {' and '.join(CHECKPOINTS)} (no checkpoint saved yet)")
     for _, src, dst in pairs:
         os.makedirs(dst, exist_ok=True)
         files = saved_files(src)
         for f in files:
             shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+        removed = []
+        for f in CHECKPOINTS:
+            if args.checkpoints:
+                copy_checkpoint(os.path.join(src, f), os.path.join(dst, f), keep_optimizer=f == "checkpoint_last.pt")
+                files.append(f)
+            elif os.path.exists(os.path.join(dst, f)):
+                os.remove(os.path.join(dst, f))
+                removed.append(f)
         curve = quadratic_report.valid_accuracy(os.path.join(dst, "train.log"))
         state = "finished" if nonempty(os.path.join(dst, "test.json")) else "running"
-        print(f"{dst}: {len(files)} files, validated to update {curve[-1][0] if curve else 0} ({state})")
+        print(f"{dst}: {len(files)} files, validated to update {curve[-1][0] if curve else 0} ({state})"
+              + (f"; an earlier save's {' and '.join(removed)} removed (without --checkpoints)" if removed else ""))
+
+
+def copy_checkpoint(src, dst, keep_optimizer):
+    """``src`` to ``dst`` (atomically); without the optimizer state unless ``keep_optimizer``."""
+    if keep_optimizer:
+        shutil.copyfile(src, dst + ".tmp")
+    else:
+        import torch
+
+        state = torch.load(src, map_location="cpu", weights_only=False)
+        state.pop("last_optimizer_state", None)
+        torch.save(state, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
 
 
 def parse_args(argv):
@@ -313,10 +344,12 @@ def parse_args(argv):
     v.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
     v.add_argument("--data", default="data-bin/quadratic-100k")
     v.add_argument("--threads", type=int, default=1)
-    s = sub.add_parser("save", help="copy runs' logs and results (no checkpoints) for committing")
+    s = sub.add_parser("save", help="copy runs' logs and results for committing")
     s.add_argument("out", metavar="OUT")
     s.add_argument("dest", metavar="DEST")
     s.add_argument("settings", nargs="*", metavar="SETTING", help="default: every setting with a train.log in OUT")
+    s.add_argument("--checkpoints", action="store_true",
+                   help="also checkpoint_last.pt and checkpoint_best.pt (no optimizer state), to continue elsewhere")
     q = sub.add_parser("report", help="the figure and tables (scripts/quadratic_report.py)")
     import quadratic_report
     quadratic_report.add_arguments(q)

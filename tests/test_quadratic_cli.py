@@ -129,6 +129,10 @@ def test_runner_resumes_where_it_stopped(tmp_path):
     assert "tarm_gate stopped at update 4 of the stable phase" in p.stdout
     run_dir = tmp_path / "resumed" / "tarm_gate"
     assert not (run_dir / "test_stable.json").exists()
+    # what `save --checkpoints` keeps continues the run elsewhere (copied back into an OUT; below)
+    p = run(quadratic("save", tmp_path / "resumed", tmp_path / "kept", "--checkpoints"))
+    assert p.returncode == 0, p.stderr
+    shutil.copytree(tmp_path / "kept" / "tarm_gate", tmp_path / "elsewhere" / "tarm_gate")
     # stopped at the end of the stable phase: its test result is written, its updates are
     # not trained again (fairseq would do one more when started at its --max-update)
     p = runner("resumed", "--stop-at", "6")
@@ -168,6 +172,14 @@ def test_runner_resumes_where_it_stopped(tmp_path):
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
     for name in ("test_stable.json", "test.json"):
         assert json.loads((run_dir / name).read_text()) == json.loads((straight_dir / name).read_text())
+    runner("elsewhere")
+    log_elsewhere = (tmp_path / "elsewhere" / "tarm_gate" / "train.log").read_text()
+    assert re.findall(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)", log_elsewhere)[0] == "4"
+    elsewhere = per_update(log_elsewhere)
+    assert sorted(elsewhere) == list(range(1, 13))
+    assert all(elsewhere[u][0] == pytest.approx(straight[u][0], abs=2e-3) for u in straight)
+    for name in ("test_stable.json", "test.json"):
+        assert json.loads((tmp_path / "elsewhere" / "tarm_gate" / name).read_text()) == json.loads((straight_dir / name).read_text())
 
     # a finished run started again trains nothing and prints its results
     p = runner("resumed")
@@ -272,6 +284,33 @@ def test_save_copies_logs_and_results_not_checkpoints(tmp_path):
     for args in ([tmp_path / "absent", dest], [out, dest, "rmt"]):
         p = run(quadratic("save", *args))
         assert p.returncode == 2 and p.stderr.startswith("quadratic.py: error: ") and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_save_checkpoints_continues_the_run_elsewhere(tmp_path):
+    """save --checkpoints adds checkpoint_last.pt as it is and checkpoint_best.pt without its
+    optimizer state; a later save without the flag removes them from DEST."""
+    import torch
+
+    out, dest = tmp_path / "runs", tmp_path / "results"
+    run_dir = out / "rmt"
+    os.makedirs(run_dir)
+    (run_dir / "train.log").write_text('x | INFO | valid | {"valid_accuracy": "50.0", "valid_num_updates": "250"}\n')
+    (run_dir / "run.conf").write_text("MAX_UPDATE=8000 DECAY_UPDATES=4000 VALID_EVERY=250 SEED=2\n")
+    p = run(quadratic("save", out, dest, "--checkpoints"))
+    assert p.returncode == 2 and "--checkpoints" in p.stderr and "no checkpoint" in p.stderr, p.stderr
+    assert not dest.exists()  # a refused save copies nothing
+    for name, update in (("checkpoint_last.pt", 250), ("checkpoint_best.pt", 250)):
+        torch.save({"model": {"w": torch.ones(2)}, "last_optimizer_state": {"state": {0: torch.zeros(2)}},
+                    "optimizer_history": [{"num_updates": update}]}, run_dir / name)
+    p = run(quadratic("save", out, dest, "--checkpoints"))
+    assert p.returncode == 0, p.stderr
+    assert (dest / "rmt" / "checkpoint_last.pt").read_bytes() == (run_dir / "checkpoint_last.pt").read_bytes()
+    best = torch.load(dest / "rmt" / "checkpoint_best.pt", weights_only=False)
+    assert "last_optimizer_state" not in best and torch.equal(best["model"]["w"], torch.ones(2))
+    assert sorted(os.listdir(dest / "rmt")) == ["checkpoint_best.pt", "checkpoint_last.pt", "run.conf", "train.log"]
+    p = run(quadratic("save", out, dest))
+    assert p.returncode == 0 and "removed" in p.stdout, p.stderr
+    assert sorted(os.listdir(dest / "rmt")) == ["run.conf", "train.log"]
 
 
 class _Names(dict):

@@ -301,8 +301,9 @@ def resume_point(run_dir):
     fairseq saves a checkpoint's first file atomically (a .tmp file renamed) and then copies
     it, non-atomically, to the others (checkpoint_best.pt, checkpoint_last.pt). A kill during
     that copy leaves checkpoint_last.pt truncated (or absent after the very first save); then
-    the newest complete checkpoint in the directory, the first file of that same save, is put
-    in its place (a note on stderr) and the run resumes from it."""
+    the newest complete checkpoint in the directory that holds its optimizer state (the first
+    file of that same save; not a `quadratic.py save --checkpoints` copy of the best one) is
+    put in its place (a note on stderr) and the run resumes from it."""
     import glob
     import shutil
 
@@ -314,7 +315,7 @@ def resume_point(run_dir):
             return n
     elif not others:
         return 0
-    readable = [(n, p) for p in others if (n := checkpoint_updates(p)) is not None]
+    readable = [(n, p) for p in others if (n := checkpoint_updates(p, resumable=True)) is not None]
     if not readable:
         raise SystemExit(f"lab: error: {last} is unreadable and no other checkpoint in {run_dir} is complete")
     n, src = max(readable)
@@ -324,13 +325,16 @@ def resume_point(run_dir):
     return n
 
 
-def checkpoint_updates(path):
+def checkpoint_updates(path, resumable=False):
     """The update count stored in a fairseq checkpoint, None if it cannot be read (a
-    truncated file: torch raises whatever its zip reader hits)."""
+    truncated file: torch raises whatever its zip reader hits) or, with ``resumable``, if
+    it holds no optimizer state (fairseq would restart from update 0 with it)."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if resumable and "last_optimizer_state" not in state:
+            return None
         return int(state["optimizer_history"][-1]["num_updates"])
     except Exception:
         return None

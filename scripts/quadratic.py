@@ -29,10 +29,11 @@ test equations, overall and by kind.
       results/quadratic23_s2), also while the run goes on: its log so far. A DEST holding
       another run.conf, or a log that OUT's does not continue (a later state, or another
       attempt of the same run), is not replaced. --checkpoints: also what continues the
-      run elsewhere, checkpoint_last.pt and checkpoint_best.pt (without its optimizer state:
-      it is only evaluated); on another machine, copy DEST/<setting>/ to OUT/<setting>/ and
-      call `run` again. Without it a DEST's checkpoints from an earlier save are removed
-      (they would resume an older state).
+      run elsewhere, checkpoint_last.pt (checked readable) and checkpoint_best.pt (without
+      its optimizer state: it is only evaluated); on another machine, copy DEST/<setting>/
+      to OUT/<setting>/ and call `run` again. Not copied: stable_end/ (for `branch`) and the
+      kept checkpoints of every 1,000th update (for `valid`). A save without the flag
+      leaves a DEST's checkpoints from an earlier one (it prints their update).
   report --runs OUT [--seed-runs OUT_S2 ...] --out FIG
       The figure and the tables (scripts/quadratic_report.py); a seed still running shows its
       updates and best validation so far.
@@ -285,38 +286,54 @@ def cmd_save(args):
             if not log.startswith(held):
                 fail(f"{old} is a later state of {new}: not replaced" if held.startswith(log) else
                      f"{old} is not an earlier state of {new}: DEST holds another attempt of {name}; save into another DEST")
-        if args.checkpoints and not all(os.path.isfile(os.path.join(src, f)) for f in CHECKPOINTS):
-            fail(f"--checkpoints: {src} has no {' and '.join(CHECKPOINTS)} (no checkpoint saved yet)")
+    # the checkpoints read (and checked) before anything is copied: fairseq may be writing them
+    checkpoints = {dst: read_checkpoints(src) for _, src, dst in pairs} if args.checkpoints else {}
     for _, src, dst in pairs:
         os.makedirs(dst, exist_ok=True)
         files = saved_files(src)
         for f in files:
             shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
-        removed = []
-        for f in CHECKPOINTS:
-            if args.checkpoints:
-                copy_checkpoint(os.path.join(src, f), os.path.join(dst, f), keep_optimizer=f == "checkpoint_last.pt")
-                files.append(f)
-            elif os.path.exists(os.path.join(dst, f)):
-                os.remove(os.path.join(dst, f))
-                removed.append(f)
+        for f, data in checkpoints.get(dst, {}).items():
+            with open(os.path.join(dst, f + ".tmp"), "wb") as out:
+                out.write(data)
+            os.replace(os.path.join(dst, f + ".tmp"), os.path.join(dst, f))
+            files.append(f)
         curve = quadratic_report.valid_accuracy(os.path.join(dst, "train.log"))
         state = "finished" if nonempty(os.path.join(dst, "test.json")) else "running"
+        held = lab.checkpoint_updates(os.path.join(dst, CHECKPOINTS[0]))
         print(f"{dst}: {len(files)} files, validated to update {curve[-1][0] if curve else 0} ({state})"
-              + (f"; an earlier save's {' and '.join(removed)} removed (without --checkpoints)" if removed else ""))
+              + (f"; continues from update {held} ({CHECKPOINTS[0]})" if held is not None else ""))
 
 
-def copy_checkpoint(src, dst, keep_optimizer):
-    """``src`` to ``dst`` (atomically); without the optimizer state unless ``keep_optimizer``."""
-    if keep_optimizer:
-        shutil.copyfile(src, dst + ".tmp")
-    else:
-        import torch
+def read_checkpoints(run_dir):
+    """{name: bytes} of a run's checkpoint_last.pt (as it is: what training resumes from) and
+    checkpoint_best.pt without its optimizer state (it is only evaluated)."""
+    import io
 
-        state = torch.load(src, map_location="cpu", weights_only=False)
-        state.pop("last_optimizer_state", None)
-        torch.save(state, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    import torch
+
+    out = {}
+    for name in CHECKPOINTS:
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            fail(f"--checkpoints: no {path} (no checkpoint saved yet)")
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            int(state["optimizer_history"][-1]["num_updates"])
+        except Exception:
+            fail(f"--checkpoints: {path} is unreadable (being written, or truncated by a kill); save again", 1)
+        if name == "checkpoint_last.pt":
+            if "last_optimizer_state" not in state:
+                fail(f"--checkpoints: {path} holds no optimizer state: training cannot resume from it", 1)
+            out[name] = data
+        else:
+            state.pop("last_optimizer_state", None)
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            out[name] = buffer.getvalue()
+    return out
 
 
 def parse_args(argv):

@@ -178,6 +178,7 @@ def test_runner_resumes_where_it_stopped(tmp_path):
     elsewhere = per_update(log_elsewhere)
     assert sorted(elsewhere) == list(range(1, 13))
     assert all(elsewhere[u][0] == pytest.approx(straight[u][0], abs=2e-3) for u in straight)
+    assert all(elsewhere[u][1] == pytest.approx(straight[u][1], rel=1e-4) for u in straight)
     for name in ("test_stable.json", "test.json"):
         assert json.loads((tmp_path / "elsewhere" / "tarm_gate" / name).read_text()) == json.loads((straight_dir / name).read_text())
 
@@ -288,7 +289,8 @@ def test_save_copies_logs_and_results_not_checkpoints(tmp_path):
 
 def test_save_checkpoints_continues_the_run_elsewhere(tmp_path):
     """save --checkpoints adds checkpoint_last.pt as it is and checkpoint_best.pt without its
-    optimizer state; a later save without the flag removes them from DEST."""
+    optimizer state; one it cannot read, or a last one without optimizer state, is refused
+    before anything is copied; a later save without the flag leaves them."""
     import torch
 
     out, dest = tmp_path / "runs", tmp_path / "results"
@@ -296,21 +298,35 @@ def test_save_checkpoints_continues_the_run_elsewhere(tmp_path):
     os.makedirs(run_dir)
     (run_dir / "train.log").write_text('x | INFO | valid | {"valid_accuracy": "50.0", "valid_num_updates": "250"}\n')
     (run_dir / "run.conf").write_text("MAX_UPDATE=8000 DECAY_UPDATES=4000 VALID_EVERY=250 SEED=2\n")
+
+    def checkpoint(name, optimizer=True):
+        state = {"model": {"w": torch.ones(2)}, "optimizer_history": [{"num_updates": 250}]}
+        if optimizer:
+            state["last_optimizer_state"] = {"state": {0: torch.zeros(2)}}
+        torch.save(state, run_dir / name)
+
+    def refused(words):
+        p = run(quadratic("save", out, dest, "--checkpoints"))
+        assert p.returncode != 0 and all(w in p.stderr for w in words) and p.stderr.count("\n") == 1, p.stderr
+        assert not dest.exists()  # a refused save copies nothing
+
+    refused(["--checkpoints", "no checkpoint saved yet"])
+    checkpoint("checkpoint_best.pt")
+    checkpoint("checkpoint_last.pt")
+    (run_dir / "checkpoint_last.pt").write_bytes((run_dir / "checkpoint_last.pt").read_bytes()[:300])  # mid-write
+    refused(["checkpoint_last.pt is unreadable"])
+    checkpoint("checkpoint_last.pt", optimizer=False)
+    refused(["no optimizer state"])
+    checkpoint("checkpoint_last.pt")
     p = run(quadratic("save", out, dest, "--checkpoints"))
-    assert p.returncode == 2 and "--checkpoints" in p.stderr and "no checkpoint" in p.stderr, p.stderr
-    assert not dest.exists()  # a refused save copies nothing
-    for name, update in (("checkpoint_last.pt", 250), ("checkpoint_best.pt", 250)):
-        torch.save({"model": {"w": torch.ones(2)}, "last_optimizer_state": {"state": {0: torch.zeros(2)}},
-                    "optimizer_history": [{"num_updates": update}]}, run_dir / name)
-    p = run(quadratic("save", out, dest, "--checkpoints"))
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 0 and "continues from update 250" in p.stdout, p.stderr
     assert (dest / "rmt" / "checkpoint_last.pt").read_bytes() == (run_dir / "checkpoint_last.pt").read_bytes()
     best = torch.load(dest / "rmt" / "checkpoint_best.pt", weights_only=False)
     assert "last_optimizer_state" not in best and torch.equal(best["model"]["w"], torch.ones(2))
     assert sorted(os.listdir(dest / "rmt")) == ["checkpoint_best.pt", "checkpoint_last.pt", "run.conf", "train.log"]
     p = run(quadratic("save", out, dest))
-    assert p.returncode == 0 and "removed" in p.stdout, p.stderr
-    assert sorted(os.listdir(dest / "rmt")) == ["run.conf", "train.log"]
+    assert p.returncode == 0 and "continues from update 250" in p.stdout, p.stderr
+    assert sorted(os.listdir(dest / "rmt")) == ["checkpoint_best.pt", "checkpoint_last.pt", "run.conf", "train.log"]
 
 
 class _Names(dict):

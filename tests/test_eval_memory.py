@@ -168,6 +168,8 @@ def test_token_classes_in_eval_lm(doc_ckpt, tmp_path):
     (["--eval-memory-horizon", "2", "--eval-reset-memory"], "--eval-memory-horizon"),
     (["--eval-local-window", "0", "--eval-token-classes"], "--eval-local-window"),
     (["--eval-local-window", "8"], "--eval-token-classes"),
+    (["--eval-depth-unit", "8"], "--eval-segment-ppl"),
+    (["--eval-depth-unit", "8", "--eval-segment-ppl", "--sample-break-mode", "eos"], "--eval-depth-unit"),
     (["--eval-memory-horizon", "1", "--sample-break-mode", "eos"], "--eval-memory-horizon"),
     (["--eval-document-losses", "x.json", "--sample-break-mode", "none"], "--eval-document-losses"),
     (["--eval-token-classes", "--sample-break-mode", "eos", "--loss-start-segment", "1"], "--eval-token-classes"),

@@ -1,5 +1,8 @@
 """tarm_lm built through fairseq's own task/model API: causality, memory, EMA, RMT."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -281,6 +284,26 @@ def test_a_bare_call_is_a_function_of_its_inputs(dict_dir):
         carried, _ = model(src[:, 8:], memory_key="k")
         assert torch.allclose(carried, b, atol=1e-6)
         assert not torch.allclose(model(src[:, 8:])[0], b, atol=1e-3), "E_0 is not the carried memory"
+
+
+def test_max_tokens_batches_of_whole_samples_hold_the_longest(dict_dir, tmp_path):
+    # --sample-break-mode eos: a row holds a whole sample, padded to whole segments, so
+    # --max-tokens counts rows as wide as the longest sample (not L * k, not L)
+    from fairseq.data import Dictionary, indexed_dataset
+
+    shutil.copy(os.path.join(dict_dir, "dict.txt"), tmp_path / "dict.txt")
+    d = Dictionary.load(str(tmp_path / "dict.txt"))
+    for split in ("train", "valid"):
+        out = indexed_dataset.make_builder(str(tmp_path / f"{split}.bin"), impl="mmap", vocab_size=len(d))
+        for n in (5, 40, 12) * 4:  # the longest: 40 words + </s> = 3 segments of 16
+            out.add_item(d.encode_line(" ".join(f"w{i % 50}" for i in range(n)), add_if_not_exist=False))
+        out.finalize(str(tmp_path / f"{split}.idx"))
+    task, _ = build(str(tmp_path), "--sample-break-mode", "eos", "--max-tokens", "480",
+                    "--segment-length", "16", "--bptt-segments", "4")
+    for split in ("train", "valid"):
+        task.load_dataset(split)
+        sizes = [tuple(task.dataset(split)[i]["source"].shape) for i in range(len(task.dataset(split)))]
+        assert sizes[0] == (480 // 48, 48) and all(r * w <= 480 for r, w in sizes), (split, sizes)
 
 
 def test_validation_batches_follow_max_tokens_valid(dict_dir):

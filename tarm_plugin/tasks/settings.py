@@ -138,6 +138,8 @@ def check_args(args) -> None:
         raise TarmError("--eval-local-window needs --eval-token-classes")
     if (cfg_get(args, "eval_depth_unit") or 0) < 0:
         raise TarmError(f"--eval-depth-unit must be >= 0 (0 = the segment length), got {args.eval_depth_unit}")
+    if cfg_get(args, "eval_depth_unit") and not cfg_get(args, "eval_segment_ppl"):
+        raise TarmError("--eval-depth-unit needs --eval-segment-ppl (it sets that table's depth unit)")
     if getattr(args, "add_bos_token", False):
         raise TarmError("--add-bos-token is not supported: streams already start after </s>")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
@@ -171,6 +173,9 @@ def check_mode_settings(args) -> str:
         if value and mode != "eos":
             raise TarmError(f"{flag} needs --sample-break-mode eos (it names segments of each sample; "
                             f"--sample-break-mode {mode} has no samples)")
+    if cfg_get(a, "eval_depth_unit") and mode == "eos":
+        raise TarmError("--eval-depth-unit needs --sample-break-mode doc or none (with eos the depth is "
+                        "the segment's index within its sample)")
     if cfg_get(a, "doc_separator") and mode != "doc":
         raise TarmError(f"--doc-separator needs --sample-break-mode doc (got {mode})")
     if cfg_get(a, "eval_token_classes") and (a.loss_start_segment or a.loss_last_segments):

@@ -8,7 +8,8 @@ clobbers the training streams' memory; the model is a function of its inputs, an
 :class:`~tarm_plugin.carry.MemoryStore` per model built passes the carried memory in and
 keeps what comes out. Training items hold ``--bptt-segments`` segments (gradients flow
 through the memory across them); evaluation items (eval-lm's, whatever the split) hold one
-segment, memory carried through the whole split. With several ranks, every rank's carried
+segment, memory carried through the whole split; with ``--sample-break-mode eos`` every item
+holds whole samples, in training and evaluation. With several ranks, every rank's carried
 memory is gathered after each training step, for rank 0's checkpoints. The settings and
 their checks are in :mod:`.settings`, eval-lm's tables and batches in :mod:`..eval_segments`.
 """
@@ -74,13 +75,16 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             use_trained_settings(self.args, trained)
 
     # ------------------------------------------------------------------ data
-    def batch_size_for(self, split: str) -> int:
+    def batch_size_for(self, split: str, row_tokens: int = 0) -> int:
+        """Rows per batch: --batch-size (--batch-size-valid for other splits than training's), else
+        as many rows of ``row_tokens`` tokens as --max-tokens (--max-tokens-valid) holds; rows are
+        by default ``L * k`` tokens in training and ``L`` in evaluation."""
         train = self.is_train(split)
         get = lambda name: getattr(self.args, name, None)  # noqa: E731
         bsz = (None if train else get("batch_size_valid")) or get("batch_size")
         if bsz is None:  # from --max-tokens (--max-tokens-valid for validation)
             max_tokens = (None if train else get("max_tokens_valid")) or get("max_tokens")
-            width = self.args.segment_length * (self.args.bptt_segments if train else 1)
+            width = row_tokens or self.args.segment_length * (self.args.bptt_segments if train else 1)
             bsz = max(1, max_tokens // width) if max_tokens else 1
         return int(bsz)
 
@@ -98,8 +102,13 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         train = self.is_train(split) if train is None else train  # train=False: evaluation's layout
         a = self.args
         mode = check_mode_settings(a)  # here, not in setup_task: eval-lm may take them from the checkpoint
+        L = a.segment_length
+        if mode == "eos":  # a row holds a whole sample: --max-tokens must hold the longest
+            row_tokens = -(-int(data.sizes.max()) // L) * L if len(data) else L
+        else:
+            row_tokens = L * (a.bptt_segments if train else 1)
         ds, layout = layout_split(
-            data, mode, split, train, self.batch_size_for(split), a.segment_length, a.bptt_segments,
+            data, mode, split, train, self.batch_size_for(split, row_tokens), L, a.bptt_segments,
             self.dictionary, seed=a.seed, separator=separator_index(self.dictionary, cfg_get(a, "doc_separator")),
             separator_name=cfg_get(a, "doc_separator"), loss_start_segment=a.loss_start_segment,
             loss_last_segments=a.loss_last_segments, shard_id=shard_id, num_shards=num_shards)

@@ -161,6 +161,8 @@ def one_line_error(p, flag):
     (["--memory-ema-alpha", "-0.5"], "--memory-ema-alpha"),
     (["--memory-ema-alpha", "0", "--memory-gate"], "--memory-gate"),
     (["--num-memory-tokens", "-2"], "--num-memory-tokens"),
+    # one segment per sample: the gate shapes only what the next sample reads, after the cut
+    (["--memory-gate", "--memory-ema-alpha", "0.5", "--bptt-segments", "1"], "--bptt-segments"),
     (["--valid-subset", "nosuch"], "nosuch"),
     (["--valid-subset", "train"], "--valid-subset"),  # would re-lay out and overwrite the training streams
 ])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import build
+from tarm_plugin.errors import TarmError
 from tarm_plugin.memory import RecurrentMemory, memory_stats
 
 L = 4
@@ -69,14 +70,66 @@ def test_rmt_with_memory_write_input_is_lm_rmt(dict_dir):
         assert not torch.allclose(other, lm_rmt_reference(learned, src, L), atol=1e-3)
 
 
-def test_memory_write_input_creates_no_unused_parameter(dict_dir):
-    model = model_with(dict_dir, m=3, alpha=0.5).train()
-    assert not any("write_slots" in name for name in model.state_dict())
+NO_UNUSED = {  # settings whose every parameter gets a gradient over 2+ segments
+    "rmt": ([], 3, 1.0), "a0.5": ([], 3, 0.5), "no memory": ([], 0, 1.0),
+    "prefix, learned write input": (["--memory-write-input", "learned"], 3, 0.0),
+    "learned write input": (["--memory-write-input", "learned"], 3, 0.5),
+    "gate": (["--memory-gate"], 3, 0.5), "learned rate": (["--memory-ema-learned"], 3, 0.5),
+    "assoc": (["--memory-kind", "assoc"], 3, 1.0),
+}
+
+
+@pytest.mark.parametrize("setting", NO_UNUSED)
+def test_every_parameter_gets_a_gradient(dict_dir, setting):
+    flags, m, alpha = NO_UNUSED[setting]
+    model = model_with(dict_dir, *flags, m=m, alpha=alpha).train()
     src = torch.randint(4, 60, (2, 3 * L))
     logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
     logits.float().sum().backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []  # DDP (find_unused_parameters=False) would fail on any of these
+    if alpha == 0.0 or flags == []:
+        assert not any("write_slots" in name for name in model.state_dict())
+
+
+def test_torch_ddp_trains_every_setting(dict_dir):
+    # fairseq's default --ddp-backend (pytorch_ddp) stops at the second step on a parameter
+    # without a gradient: two steps of each setting under torch's DDP (gloo, one process)
+    import torch.distributed as dist
+
+    from conftest import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        for setting, (flags, m, alpha) in NO_UNUSED.items():
+            ddp = torch.nn.parallel.DistributedDataParallel(model_with(dict_dir, *flags, m=m, alpha=alpha).train())
+            for step in range(2):
+                src = torch.randint(4, 60, (2, 2 * L), generator=torch.Generator().manual_seed(step))
+                logits, _ = ddp(src, reset=torch.ones(2, dtype=torch.bool), segment_length=L)
+                logits.float().sum().backward()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_parameter_that_only_a_cut_carry_would_train_is_refused(dict_dir):
+    # one segment per sample: the gate shapes only what the next sample reads, after the cut
+    from types import SimpleNamespace
+
+    from tarm_plugin.tasks.settings import check_memory_gradients
+
+    model = model_with(dict_dir, "--memory-gate", m=3, alpha=0.5).train()
+    logits, _ = model(torch.randint(4, 60, (2, L)), reset=torch.ones(2, dtype=torch.bool), segment_length=L)
+    logits.float().sum().backward()
+    with pytest.raises(TarmError, match=r"gate_weight, gate_bias .*--bptt-segments 1"):
+        check_memory_gradients(model, SimpleNamespace(bptt_segments=1))
+
+
+def test_older_prefix_checkpoint_with_write_slots_loads(dict_dir):
+    # a = 0 no longer creates learned write slots (nothing runs them): an older checkpoint's load
+    model = model_with(dict_dir, "--memory-write-input", "learned", m=3, alpha=0.0)
+    state = dict(model.state_dict(), **{"memory.write_slots": torch.zeros(3, 32)})
+    model.load_state_dict(state)
+    assert model.memory.write_slots is None
 
 
 def test_gradients_flow_through_both_memory_copies(dict_dir, monkeypatch):

@@ -366,7 +366,7 @@ class TarmLanguageModel(TransformerLanguageModel):
                 "the model was trained on"
             )
         for change in self.memory.match_state_dict(state_dict, prefix="memory."):
-            logger.warning(f"checkpoint from before memory write inputs: loading it with {change}")
+            logger.warning(f"older checkpoint: loading it with {change}")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 

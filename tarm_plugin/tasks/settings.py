@@ -186,6 +186,21 @@ def check_mode_settings(args) -> str:
     return mode
 
 
+def check_memory_gradients(model, args) -> None:
+    """After the first training step: every parameter of the memory has a gradient. One without
+    shapes only the memory that later segments read, and the gradient is cut before them (one
+    segment per sample, or a detach after every segment): it never learns, and PyTorch's DDP
+    (fairseq's default --ddp-backend) stops at the next step on it."""
+    memory = getattr(model, "memory", None)
+    dead = [n for n, p in memory.named_parameters() if p.requires_grad and p.grad is None] if memory else []
+    if dead:
+        cut = ("--memory-detach-every 1" if getattr(model, "detach_every", 0) == 1
+               else f"--bptt-segments {args.bptt_segments}")
+        raise TarmError(f"the memory's {', '.join(dead)} got no gradient in the first update: they shape only "
+                        f"what later segments read, and {cut} cuts the gradient before them; train with "
+                        "2 or more segments per sample (--bptt-segments) and --memory-detach-every 0 or >= 2")
+
+
 def use_trained_settings(args, trained) -> None:
     """Evaluate as trained: each setting of TRAINED_WITH that the user did not
     give is taken from the checkpoint; one that was given and differs is used,

@@ -33,7 +33,7 @@ from ..generation import TarmSequenceGenerator
 from ..heap import HeapTrim
 from ..savedir import hold_save_dir
 from .settings import (TRAINED_WITH, TarmLanguageModelingConfig, break_mode, cfg_get, check_args,
-                       check_mode_settings, plain, use_trained_settings)
+                       check_memory_gradients, check_mode_settings, plain, use_trained_settings)
 
 logger = logging.getLogger(__name__)
 allow_checkpoint_broadcast()
@@ -134,9 +134,14 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if isinstance(store, MemoryStore):  # an --amp retry re-runs the update's batches: same reads
             store.begin_step(update_num)
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+        if not self.memory_gradients_checked:
+            check_memory_gradients(unwrap(model), self.args)
+            self.memory_gradients_checked = True
         # a checkpoint may follow any step: a gather costs ~0.35 ms beside a step's 0.5-4 s (docs/performance.md)
         self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))
         return out
+
+    memory_gradients_checked = False
 
     def valid_step(self, sample, model, criterion):
         if self.is_train(sample["net_input"]["memory_key"]):  # it would re-lay out and overwrite the training streams

@@ -19,6 +19,9 @@ the call's ``memory`` before it and keeps the returned memory after it
   within a training update (:meth:`begin_step`) each batch's read is kept;
   outside one, a batch repeated at once reads the memory from before it;
 - a different batch size reads E_0 (a warning unless every row resets anyway);
+- memory restored from a checkpoint whose streams were laid out otherwise (another
+  segment length, BPTT depth, batch, data or document order: :meth:`use_layout`)
+  reads E_0: it belongs to other places in the text, maybe later ones;
 - with several ranks, every rank's memory of the training streams is gathered
   (:meth:`gather`) for rank 0's checkpoints.
 
@@ -54,6 +57,8 @@ class MemoryStore(nn.Module):
         self._call: Optional[Tuple[str, Optional[int]]] = None
         self._step = None  # the training update running (begin_step), None outside training
         self._reads: Dict[Tuple[str, int], Optional[Entry]] = {}  # what each batch of that update read
+        self.layouts: Dict[str, str] = {}  # key -> how its streams are laid out (use_layout)
+        self._restored_layouts: Optional[Dict[str, str]] = None  # the checkpoint's, until checked
 
     def begin_step(self, step) -> None:
         """A training update (fairseq's update number) runs its batches: while it is the same
@@ -84,6 +89,18 @@ class MemoryStore(nn.Module):
         if now is not None and (batch_id is None or now[2] != batch_id):
             self._before[key] = now
         self._now[key] = (memory, valid, batch_id)
+
+    def use_layout(self, key: str, layout: str) -> None:
+        """The streams of ``key`` are laid out as ``layout`` (a description that changes with
+        anything that moves a row's text). Memory restored from a checkpoint that laid them out
+        otherwise is dropped: E_0 instead of memory from other, maybe later, places in the text."""
+        restored = (self._restored_layouts or {}).pop(key, None)
+        if restored is not None and restored != layout and self.has(key):
+            if data_parallel_shard()[0] == 0:
+                logger.warning(f"memory '{key}': the checkpoint's streams were laid out as [{restored}], "
+                               f"now as [{layout}]: the carried memory restarts from E_0")
+            self.clear(key)
+        self.layouts[key] = layout
 
     def has(self, key: str) -> bool:
         return key in self._now
@@ -147,7 +164,8 @@ class MemoryStore(nn.Module):
         checkpoints, so with several ranks it holds what :meth:`gather` last
         gathered (the training streams of every rank)."""
         world = data_parallel_shard()[1]
-        state = {"carried": {k: v[0].cpu() for k, v in self._now.items()}, "world_size": world}
+        state = {"carried": {k: v[0].cpu() for k, v in self._now.items()}, "world_size": world,
+                 "layouts": dict(self.layouts)}
         if world > 1:
             state["per_rank"] = {k: v.cpu() for k, v in self._per_rank.items()}
         return state
@@ -165,6 +183,7 @@ class MemoryStore(nn.Module):
         self.clear()
         if not state or not state.get("carried"):
             return
+        self._restored_layouts = dict(state["layouts"]) if "layouts" in state else None  # older: unknown
         rank, world = data_parallel_shard()
         saved_world = state.get("world_size", 1)
         if saved_world == 1 and world == 1:

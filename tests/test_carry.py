@@ -119,6 +119,23 @@ def test_the_store_rides_in_the_model_checkpoint(dict_dir):
     assert torch.equal(fresh.carried.get("s", 2)[0], model.carried.get("s", 2)[0])
 
 
+def test_memory_restored_into_other_streams_is_dropped():
+    saved = MemoryStore()
+    saved.use_layout("train", "100 tokens in 2x1 streams, 5 batches of 2x4 tokens")
+    saved.put("train", torch.ones(2, 3, 4))
+    state = saved.get_extra_state()
+    for layout, kept in (("100 tokens in 2x1 streams, 5 batches of 2x4 tokens", True),
+                         ("100 tokens in 2x1 streams, 3 batches of 4x4 tokens", False)):
+        store = MemoryStore()
+        store.set_extra_state(state)
+        store.use_layout("train", layout)
+        assert (store.get("train", 2)[0] is not None) == kept, layout
+    older = MemoryStore()  # a checkpoint from before layouts were saved: kept, as before
+    older.set_extra_state({k: v for k, v in state.items() if k != "layouts"})
+    older.use_layout("train", "anything")
+    assert older.get("train", 2)[0] is not None
+
+
 def test_a_checkpoint_from_before_the_store_loads_and_evaluates_the_same(tmp_path):
     """tests/fixtures/legacy_checkpoint (made by make.sh at commit 23ca6ae, when the carried
     memory was the model's own extra state): its carried memory lands in the store, and

@@ -87,6 +87,11 @@ def test_train_eval_resume(ptb_small, tmp_path):
     log = train(data, tmp_path, max_update=35)
     assert "Loaded checkpoint" in log and "@ 30 updates" in log
     assert max(train_losses(log)) == 35
+    assert "restarts from E_0" not in log
+    # resumed with other streams (4 segments per row, not 2): the carried memory belongs to
+    # other places in the text, so it is dropped, not read
+    log = train(data, tmp_path, "--bptt-segments", "4", max_update=37)
+    assert "@ 35 updates" in log and "the carried memory restarts from E_0" in log
 
 
 def test_resume_mid_epoch_matches_straight_run(ptb_small, tmp_path):

@@ -114,6 +114,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             loss_last_segments=a.loss_last_segments, shard_id=shard_id, num_shards=num_shards)
         logger.info(f"{split}: {layout}" + (f", from {data_path}" if train else ""))
         ds.backing, ds.train_layout = data, train  # MMapIndexedDataset unmaps its buffer when collected
+        ds.layout = layout + (f", documents shuffled by seed {a.seed}" if mode == "doc" and train else "")
         self.datasets[split] = ds
 
     def get_batch_iterator(self, dataset, num_workers=0, epoch=1, data_buffer_size=0, collate_fn=None, **kwargs):
@@ -133,6 +134,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         store = getattr(unwrap(model), "carried", None)
         if isinstance(store, MemoryStore):  # an --amp retry re-runs the update's batches: same reads
             store.begin_step(update_num)
+            key = sample["net_input"]["memory_key"]
+            store.use_layout(key, self.datasets[key].layout)  # a resumed run laid out otherwise: E_0
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
         if not self.memory_gradients_checked:
             check_memory_gradients(unwrap(model), self.args)

@@ -48,7 +48,12 @@ def answer_counts(model, sample: dict, n_segments: int, pad: int) -> dict:
     greedy decoding writes exactly (rows with an answer to write)."""
     net = sample["net_input"]
     L = net.get("segment_length") or sample["target"].size(1)
+    if not bool(sample["target"].ne(pad).any()):  # a shard past the split's end: padding only
+        return {"em_correct": 0, "em_total": 0}
     check_equal_segments(net["src_tokens"], pad, L)
+    if net["src_tokens"].size(1) < n_segments * L:
+        raise TarmError(f"--eval-exact-match-segments {n_segments}: this validation batch's samples have "
+                        f"{net['src_tokens'].size(1) // L} segments of --segment-length {L}")
     answer = sample["target"][:, -n_segments * L:]
     generated = greedy_last_segments(model, net["src_tokens"], L, n_segments)
     return {"em_correct": int(exact_match_rows(generated, answer, pad).sum()),

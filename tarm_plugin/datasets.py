@@ -64,6 +64,10 @@ def first_target(target: torch.Tensor, pad: int) -> torch.Tensor:
     return target.eq(pad).long().cumprod(dim=1).sum(dim=1)  # leading padding
 
 
+LOWER_BATCH = ("lower the batch size (--batch-size, or for a split other than training's "
+               "--batch-size-valid; --max-tokens / --max-tokens-valid without them)")
+
+
 class WholeBatchDataset(FairseqDataset):
     """Each item is already a whole batch ``[bsz, <= width]`` of this shard: the
     collater only adds fairseq's fields and the memory bookkeeping."""
@@ -140,7 +144,7 @@ class SegmentStreamDataset(WholeBatchDataset):
         if n < n_streams:
             raise TarmError(
                 f"split '{name}' has {n} tokens, fewer than the {n_streams} streams asked for "
-                f"(--batch-size x world size); lower the batch size"
+                f"({bsz} per batch x world size {num_shards}): {LOWER_BATCH}"
             )
         base, extra = divmod(n, n_streams)
         lengths = np.full(n_streams, base, dtype=np.int64)
@@ -293,7 +297,7 @@ class DocumentStreamDataset(WholeBatchDataset):
         n_rows = bsz * num_shards
         if len(self.spans) < n_rows:
             raise TarmError(f"split '{name}' has {len(self.spans)} documents, fewer than the {n_rows} rows "
-                            f"(--batch-size {bsz} x world size {num_shards}): lower --batch-size")
+                            f"({bsz} per batch x world size {num_shards}): {LOWER_BATCH}")
         self.lay_out(np.arange(len(self.spans)))
 
     def set_epoch(self, epoch):

@@ -57,6 +57,8 @@ def generate_with_scores(model, inputs: torch.Tensor, max_new_tokens: int, segme
     model.eval()
     L = segment_length or model.default_segment_length
     B = inputs.size(0)
+    if inputs.size(1) < 1:
+        raise ValueError("generation needs at least one input token (the stream starts with </s>)")
     n_full = (inputs.size(1) - 1) // L  # keep >= 1 token for the current segment
     read = model.initial_memory(B)
     prompt_lp = []

@@ -51,3 +51,21 @@ def test_exact_match_refuses_rows_ending_in_different_segments():
     mixed = torch.tensor([[2, 5, 6, 7, 8, 9, 1, 1], [2, 5, 6, 1, 1, 1, 1, 1]])  # 2 and 1 segments
     with pytest.raises(TarmError, match="--eval-exact-match-segments needs samples with the same number"):
         check_equal_segments(mixed, pad, L)
+
+
+def test_answer_counts_of_a_padding_shard_and_of_too_short_samples(dict_dir):
+    # a rank past the split's end gets one row of padding: nothing to count, no decoding;
+    # samples shorter than the answer asked for: one line naming the flag
+    from tarm_plugin.answer import answer_counts
+    from tarm_plugin.errors import TarmError
+
+    L = 4
+    _, model = build(dict_dir, "--segment-length", str(L), "--num-memory-tokens", "3")
+    pad = model.decoder.padding_idx
+    empty = torch.full((1, L), pad)
+    sample = {"net_input": {"src_tokens": empty, "segment_length": L}, "target": empty}
+    assert answer_counts(model.eval(), sample, 3, pad) == {"em_correct": 0, "em_total": 0}
+    src = torch.randint(4, 60, (2, 2 * L))
+    sample = {"net_input": {"src_tokens": src, "segment_length": L}, "target": src}
+    with pytest.raises(TarmError, match="--eval-exact-match-segments 3: .* 2 segments"):
+        answer_counts(model, sample, 3, pad)

@@ -97,7 +97,7 @@ def test_every_document_token_is_a_target_once_and_memory_resets_at_its_start(n_
                     assert bool(real.all()) or not bool(real[int(real.sum()):].any()), "padding only at the end"
                     for j in range(int(real.sum())):
                         tok = int(seg[j])
-                        assert tok not in seen, "scored twice"
+                        assert tok not in seen, "scored twice"  # </s>: keyed by position, counted below
                         seen[tok if tok != EOS else (i, b, t, j, shard)] = (
                             int(src[b, t * L + j]), bool(reset[b, t]), int(depth[b, t]))
     assert len(lengths) == 1, "every shard has the same number of batches"
@@ -128,7 +128,8 @@ def test_rows_are_balanced_and_the_order_shuffles_per_epoch_by_seed():
     ds, first = layout(1)
     used = (ds.count > 0).sum(axis=1)
     longest = max(-(-(b - a) // 8) for a, b in spans)
-    assert used.max() - used.min() <= longest, "longest-first balancing: rows end within one document"
+    # each document goes to the row used least so far (in the epoch's order): rows end within one document
+    assert used.max() - used.min() <= longest, "least-used-row assignment: rows end within one document"
     assert ds.padding_share < 0.25
     assert np.array_equal(first, layout(1)[1]), "the same epoch and seed give the same layout"
     assert not np.array_equal(first, layout(2)[1]), "another epoch, another order"

@@ -121,3 +121,9 @@ def test_a_prefix_taken_from_masked_targets_is_the_inputs(dict_dir):
     a = gen.generate([model], {"net_input": {"src_tokens": src}}, prefix_tokens=masked[:, :6], bos_token=d.eos())
     b = gen.generate([model], {"net_input": {"src_tokens": src}}, prefix_tokens=line[:, :6], bos_token=d.eos())
     assert torch.equal(a[0][0]["tokens"], b[0][0]["tokens"]) and torch.equal(a[0][0]["tokens"][:6], line[0, :6])
+
+
+def test_an_empty_prompt_is_refused(dict_dir):
+    _, model = build(dict_dir, "--segment-length", "4", "--num-memory-tokens", "2")
+    with pytest.raises(ValueError, match="at least one input token"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 3)

@@ -63,7 +63,8 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
         default=1.0,
         metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in [0, 1]; 1 = RMT; 0 = every segment "
                   "reads E_0, nothing carried (a learned-prefix control) "
-                  "(with --memory-ema-learned or --memory-gate: the rate a starts at)"},
+                  "(with --memory-ema-learned or --memory-gate: the rate a starts at, clamped to "
+                  "[0.001, 0.999] since a = sigmoid(b) never reaches 1)"},
     )
     memory_ema_learned: bool = field(
         default=False,

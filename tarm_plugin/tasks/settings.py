@@ -126,6 +126,10 @@ def check_args(args) -> None:
         raise TarmError(f"--segment-length must be >= 1, got {args.segment_length}")
     if args.bptt_segments is None or args.bptt_segments < 1:
         raise TarmError(f"--bptt-segments must be >= 1, got {args.bptt_segments}")
+    for name in ("batch_size", "batch_size_valid", "max_tokens", "max_tokens_valid"):
+        value = cfg_get(args, name)
+        if value is not None and value < 1:
+            raise TarmError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if str(args.sample_break_mode) not in SAMPLE_BREAK_MODES:
         raise TarmError(f"--sample-break-mode {args.sample_break_mode} is not supported: use none "
                         "(contiguous streams), eos (one sample per line) or doc (documents)")

@@ -112,6 +112,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             self.dictionary, seed=a.seed, separator=separator_index(self.dictionary, cfg_get(a, "doc_separator")),
             separator_name=cfg_get(a, "doc_separator"), loss_start_segment=a.loss_start_segment,
             loss_last_segments=a.loss_last_segments, shard_id=shard_id, num_shards=num_shards)
+        n_answer = a.eval_exact_match_segments
+        if n_answer and not train and len(data) and n_answer > ds.k:
+            raise TarmError(f"--eval-exact-match-segments {n_answer}: the longest sample of split '{split}' "
+                            f"has {ds.k} segments of --segment-length {L}")
         logger.info(f"{split}: {layout}" + (f", from {data_path}" if train else ""))
         ds.backing, ds.train_layout = data, train  # MMapIndexedDataset unmaps its buffer when collected
         ds.layout = layout + (f", documents shuffled by seed {a.seed}" if mode == "doc" and train else "")
@@ -210,9 +214,12 @@ class TarmLanguageModelingTask(LanguageModelingTask):
 
     def build_model(self, args, from_checkpoint=False):
         model = super().build_model(args, from_checkpoint)
-        if getattr(model, "carries_memory", False):
-            model.check_segment_length(self.args.segment_length)
-            MemoryStore().attach(model)  # before a checkpoint loads: its carried memory is the store's
+        if not getattr(model, "carries_memory", False):  # its forward takes no memory, reset or key
+            arch = cfg_get(args, "_name") or cfg_get(args, "arch")
+            raise TarmError(f"--task tarm_language_modeling needs a model that carries memory (--arch tarm_lm, "
+                            f"tarm_lm_wiki103 or tarm_lm_quadratic); --arch {arch} does not")
+        model.check_segment_length(self.args.segment_length)
+        MemoryStore().attach(model)  # before a checkpoint loads: its carried memory is the store's
         tables = any(cfg_get(self.args, f) for f in ("eval_segment_ppl", "eval_token_classes", "eval_document_losses"))
         if tables and getattr(self, "segment_ppl", None) is None:
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), cfg_get(self.args, "eval_depth_unit") or 0)

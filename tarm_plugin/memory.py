@@ -195,7 +195,7 @@ class MemoryKind(nn.Module):
                 trace.read = ema
             y, written = step(x, ema)
             ema, rate = self.update(ema, written)
-            if detach_every and (t + 1) % detach_every == 0:
+            if detach_every and (t + 1) % detach_every == 0 and self.carries:  # a = 0: E is E_0, learned
                 ema = ema.detach()
             trace.outputs.append(y)
             trace.written.append(written)

@@ -178,6 +178,16 @@ def test_memory_detach_every_truncates_the_gradient_inside_a_sample(dict_dir, ki
     assert torch.equal(losses[0], losses[1]), "detaching changes the gradient, not the values"
 
 
+def test_a_learned_prefix_learns_from_every_segment_whatever_the_detach(dict_dir):
+    # a = 0: every segment reads E_0 itself; a cut after each segment has nothing carried to cut
+    src = stream_batches(n_batches=1, n_seg=4)[0]
+    model = model_with(dict_dir, 3, 0.0, "--memory-detach-every", "1").train()
+    for reset in (None, torch.ones(2, dtype=torch.bool)):
+        logits, _ = model(src, reset=reset, memory_key=None, segment_length=L)
+        (g,) = torch.autograd.grad(logits[:, 3 * L:].sum(), model.memory.initial)
+        assert g.abs().sum() > 0, f"segment 4 must reach E_0 (reset={reset is not None})"
+
+
 def test_short_last_segment(dict_dir):
     model = model_with(dict_dir, m=2)
     src = torch.randint(4, 60, (2, 2 * L + 1))

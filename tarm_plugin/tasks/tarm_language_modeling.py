@@ -137,7 +137,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         hold_save_dir(self.args.save_dir)  # only fairseq-train steps: one run per save dir
         store = getattr(unwrap(model), "carried", None)
         if isinstance(store, MemoryStore):  # an --amp retry re-runs the update's batches: same reads
-            store.begin_step(update_num)
+            # with the epoch: fp16 overflows repeat an update number, and batch ids repeat each epoch
+            store.begin_step((self.epoch, update_num))
             key = sample["net_input"]["memory_key"]
             store.use_layout(key, self.datasets[key].layout)  # a resumed run laid out otherwise: E_0
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
@@ -149,6 +150,11 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         return out
 
     memory_gradients_checked = False
+    epoch = 0
+
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        self.epoch = epoch
 
     def valid_step(self, sample, model, criterion):
         if self.is_train(sample["net_input"]["memory_key"]):  # it would re-lay out and overwrite the training streams

@@ -37,7 +37,8 @@ That is one *kind* of memory (``tokens``). Every kind is a :class:`MemoryKind`:
 the state for B rows, what a segment reads, what it writes, the update and a
 per-row reset, carried by the one segment loop (:meth:`MemoryKind.scan`);
 ``--memory-kind NAME`` picks a kind registered with :func:`register_memory_kind`
-(the associative memory is :mod:`tarm_plugin.assoc`).
+(the associative memory is :mod:`tarm_plugin.kinds.assoc`; every module in
+:mod:`tarm_plugin.kinds` is one).
 """
 
 import math
@@ -89,6 +90,16 @@ def memory_attention_mask(
     return mask.masked_fill(~allowed, float("-inf"))
 
 
+@dataclass(frozen=True)
+class Option:
+    """A kind's own flag ``--name-with-dashes`` (a field of the model's config): its
+    default, its help, and for a flag that takes one of some words, the words."""
+
+    default: Any
+    help: str
+    choices: Optional[Tuple[str, ...]] = None
+
+
 # step(x_t, E_{t-1}) -> (y_t, M_t)
 SegmentStep = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 
@@ -116,11 +127,11 @@ class MemoryKind(nn.Module):
     :meth:`written` makes M_t from the outputs at the ``after`` positions, and
     :meth:`update` makes E_t from E_{t-1} and M_t. A kind is built by
     ``from_config(cfg, dim, num_layers, init_std, write_norm, dropout)`` from the model's
-    flags (its own flags in ``OPTIONS``, name -> default) and registered with
+    flags (its own flags in ``OPTIONS``, name -> :class:`Option`) and registered with
     :func:`register_memory_kind`.
     """
 
-    OPTIONS: Dict[str, Any] = {}
+    OPTIONS: Dict[str, Option] = {}
     num_tokens: int = 0
     learned_rate = False  # a learned averaging rate, logged as mem_rate_* (tokens)
     # E is m vectors [B, m, d] averaged at the rate a (tokens): what the memory plot and the
@@ -235,8 +246,8 @@ def build_memory(kind: str, cfg, **common) -> MemoryKind:
     if kind not in MEMORY_KINDS:
         raise ValueError(f"--memory-kind {kind!r} is not one of {sorted(MEMORY_KINDS)}")
     for other, cls in MEMORY_KINDS.items():
-        for option, default in cls.OPTIONS.items():
-            if other != kind and getattr(cfg, option, default) != default:
+        for option, spec in cls.OPTIONS.items():
+            if other != kind and getattr(cfg, option, spec.default) != spec.default:
                 raise ValueError(f"--{option.replace('_', '-')} needs --memory-kind {other}")
     return MEMORY_KINDS[kind].from_config(cfg, **common)
 
@@ -254,8 +265,20 @@ class RecurrentMemory(MemoryKind):
     written memory, ``write_norm=True``).
     """
 
-    OPTIONS = {"memory_ema_alpha": 1.0, "memory_ema_learned": False, "memory_gate": False,
-               "memory_write_input": "memory"}
+    OPTIONS = {
+        "memory_ema_alpha": Option(1.0, "a in E_t = a*M_t + (1-a)*E_{t-1}, in [0, 1]; 1 = RMT; 0 = every segment "
+                                   "reads E_0, nothing carried (a learned-prefix control) (with "
+                                   "--memory-ema-learned or --memory-gate: the rate a starts at, clamped to "
+                                   "[0.001, 0.999] since a = sigmoid(b) never reaches 1)"),
+        "memory_ema_learned": Option(False, "learn the averaging rate per slot and channel, a = sigmoid(b), "
+                                     "starting at --memory-ema-alpha"),
+        "memory_gate": Option(False, "a content-dependent rate per slot and channel, g_t = sigmoid(W [M_t ; "
+                              "E_{t-1}] + b), with W = 0 and sigmoid(b) = --memory-ema-alpha at the start"),
+        "memory_write_input": Option("memory", "what the write positions hold: 'memory' = the memory this "
+                                     "segment reads (the RMT authors' LM code; the written memory has a "
+                                     "residual path from the old one), 'learned' = separately learned slots",
+                                     choices=WRITE_INPUTS),
+    }
     token_slots = True
 
     @classmethod

@@ -1,4 +1,4 @@
-"""--memory-kind assoc (tarm_plugin/assoc.py): the delta rule stores and replaces, a
+"""--memory-kind assoc (tarm_plugin/kinds/assoc.py): the delta rule stores and replaces, a
 write strength of 0 is the no-carry twin, rows reset alone, generation equals the
 teacher-forced argmax, --checkpoint-segments and fp16 work, bad flags get one line."""
 
@@ -7,7 +7,7 @@ import torch
 
 from conftest import build
 from test_documents import doc_bin  # noqa: F401  (a fixture)
-from tarm_plugin.assoc import delta_write, dpfp, lookup
+from tarm_plugin.kinds.assoc import delta_write, dpfp, lookup
 from tarm_plugin.errors import TarmError
 from tarm_plugin.generation import generate
 

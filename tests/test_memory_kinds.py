@@ -76,3 +76,82 @@ if __name__ == "__main__":  # write the reference (only ever from the code it pi
         d.save(os.path.join(tmp, "dict.txt"))
         torch.save({s: outputs(tmp, f) for s, f in SETTINGS.items()}, REFERENCE)
     print(f"wrote {REFERENCE}")
+
+
+SUM_KIND = '''"""A test kind: E_t = E_{t-1} + s * M_t, a running sum of the written memory."""
+
+import torch
+from torch import nn
+
+from ..memory import MemoryKind, Option, register_memory_kind
+
+
+@register_memory_kind("sum")
+class SumMemory(MemoryKind):
+    OPTIONS = {"sum_scale": Option(0.5, "the weight s of each written memory")}
+
+    @classmethod
+    def from_config(cls, cfg, dim, num_layers, init_std, write_norm, dropout):
+        return cls(cfg.num_memory_tokens, dim, cfg.sum_scale, init_std)
+
+    def __init__(self, num_tokens, dim, scale, init_std):
+        super().__init__()
+        self.num_tokens, self.scale = num_tokens, scale
+        self.initial = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
+
+    def initial_memory(self, bsz):
+        return self.initial.unsqueeze(0).expand(bsz, -1, -1)
+
+    def segment_memory(self, read, dtype):
+        return read.to(dtype), read.to(dtype)
+
+    def written(self, final, layers):
+        return final
+
+    def update(self, prev, written):
+        return prev + self.scale * written, None
+'''
+
+BUILD_SUM = '''
+import sys, torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+argv = [sys.argv[1], "--user-dir", sys.argv[2], "--task", "tarm_language_modeling", "--arch", "tarm_lm",
+        "--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+        "--decoder-attention-heads", "4", "--segment-length", "4", "--num-memory-tokens", "3", *sys.argv[3:]]
+cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+model = tasks.setup_task(cfg.task).build_model(cfg.model)
+logits, extra = model(torch.randint(4, 60, (2, 12)), segment_length=4)
+logits.sum().backward()
+print(type(model.memory).__name__, model.memory.scale, tuple(extra["memory"].shape),
+      all(p.grad is not None for p in model.memory.parameters()))
+'''
+
+
+def test_a_new_kind_is_one_file(dict_dir, tmp_path):
+    """A module dropped into tarm_plugin/kinds/ is a --memory-kind with its own flags, the
+    import contract holds, and nothing else in the package changes."""
+    import shutil
+    import subprocess
+
+    from conftest import PLUGIN
+    from test_layers import lint_imports
+
+    pkg = tmp_path / "tarm_plugin"
+    shutil.copytree(PLUGIN, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "kinds" / "sum.py").write_text(SUM_KIND)
+    script = tmp_path / "build_sum.py"
+    script.write_text(BUILD_SUM)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+
+    def build_sum(*flags):
+        return subprocess.run([sys.executable, str(script), dict_dir, str(pkg), *flags], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+
+    p = build_sum("--memory-kind", "sum", "--sum-scale", "2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["SumMemory", "2.0", "(2,", "3,", "32)", "True"], p.stdout
+    p = build_sum("--memory-kind", "tokens", "--sum-scale", "2")  # another kind's flag
+    assert p.returncode != 0 and "tarm: error: --sum-scale needs --memory-kind sum" in p.stderr, p.stderr[-2000:]
+    assert "1 kept, 0 broken" in lint_imports(str(tmp_path)).stdout

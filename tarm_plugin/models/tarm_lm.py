@@ -21,7 +21,7 @@ the task's batches name their streams, and the task's
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
 import torch
@@ -39,19 +39,23 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import TarmError
 from ..generation import TarmHubInterface, generate, sentencepiece_defaults
-from ..memory import WRITE_INPUTS, build_memory, memory_attention_mask
+from .. import kinds  # noqa: F401  (every kind in tarm_plugin/kinds/ registers itself)
+from ..memory import MEMORY_KINDS, build_memory, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TarmLanguageModelConfig(TransformerLanguageModelConfig):
+class TarmBaseConfig(TransformerLanguageModelConfig):
+    """The flags every kind of memory shares; each kind adds its own (its ``OPTIONS``)."""
+
     memory_kind: str = field(
         default="tokens",
         metadata={"help": "the kind of memory carried between segments: 'tokens' = m memory "
                   "vectors read at a segment's start and written at its end (RMT, the averaging "
                   "of TARM, the gate), 'assoc' = an associative matrix per layer written by the "
-                  "memory tokens with a delta rule and read by every position (ARMT)"},
+                  "memory tokens with a delta rule and read by every position (ARMT); any kind "
+                  "in tarm_plugin/kinds/"},
     )
     num_memory_tokens: int = field(
         default=10,
@@ -59,42 +63,10 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
                   "its end; 0 = plain segment-level transformer (no memory); with --memory-kind assoc: "
                   "the memory tokens that write the associative matrix (>= 1)"},
     )
-    memory_ema_alpha: float = field(
-        default=1.0,
-        metadata={"help": "a in E_t = a*M_t + (1-a)*E_{t-1}, in [0, 1]; 1 = RMT; 0 = every segment "
-                  "reads E_0, nothing carried (a learned-prefix control) "
-                  "(with --memory-ema-learned or --memory-gate: the rate a starts at, clamped to "
-                  "[0.001, 0.999] since a = sigmoid(b) never reaches 1)"},
-    )
-    memory_ema_learned: bool = field(
-        default=False,
-        metadata={"help": "learn the averaging rate per slot and channel, a = sigmoid(b), "
-                  "starting at --memory-ema-alpha"},
-    )
-    memory_gate: bool = field(
-        default=False,
-        metadata={"help": "a content-dependent rate per slot and channel, "
-                  "g_t = sigmoid(W [M_t ; E_{t-1}] + b), with W = 0 and sigmoid(b) = "
-                  "--memory-ema-alpha at the start"},
-    )
-    memory_write_input: ChoiceEnum(WRITE_INPUTS) = field(
-        default="memory",
-        metadata={"help": "what the write positions hold: 'memory' = the memory this segment "
-                  "reads (the RMT authors' LM code; the written memory has a residual path "
-                  "from the old one), 'learned' = separately learned slots"},
-    )
     memory_dropout: Optional[float] = field(
         default=None,
         metadata={"help": "dropout on the memory inputs (read and write positions); "
                   "default: --dropout, as the RMT authors' code drops out the whole input"},
-    )
-    assoc_key_dim: int = field(
-        default=32,
-        metadata={"help": "with --memory-kind assoc: the key dimension of the associative memory"},
-    )
-    assoc_dpfp_nu: int = field(
-        default=3,
-        metadata={"help": "with --memory-kind assoc: the DPFP feature map's nu (features = 2 * key dim * nu)"},
     )
     checkpoint_segments: bool = field(
         default=False,
@@ -115,6 +87,25 @@ class TarmLanguageModelConfig(TransformerLanguageModelConfig):
     # adding silent projections; follow the width instead
     decoder_input_dim: int = II("model.decoder_embed_dim")
     decoder_output_dim: int = II("model.decoder_embed_dim")
+
+
+def kind_fields():
+    """The config fields of every registered kind's own flags (``MemoryKind.OPTIONS``)."""
+    fields, owner = [], {}
+    for kind, cls in MEMORY_KINDS.items():
+        for name, spec in cls.OPTIONS.items():
+            if name in owner or hasattr(TarmBaseConfig, name):
+                raise ValueError(f"memory kind {kind!r}: option {name!r} is taken (by {owner.get(name, 'tarm_lm')})")
+            owner[name] = kind
+            kind_type = ChoiceEnum(list(spec.choices)) if spec.choices else type(spec.default)
+            help = spec.help if kind == "tokens" else f"with --memory-kind {kind}: {spec.help}"
+            fields.append((name, kind_type, field(default=spec.default, metadata={"help": help})))
+    return fields
+
+
+# the shared flags and every kind's own (kinds register when tarm_plugin.kinds is imported)
+TarmLanguageModelConfig = make_dataclass("TarmLanguageModelConfig", kind_fields(), bases=(TarmBaseConfig,))
+TarmLanguageModelConfig.__module__ = __name__
 
 
 def dictionary_fingerprint(dictionary) -> int:
@@ -436,13 +427,10 @@ def tarm_lm_architecture(args):
     """Defaults of ``--arch tarm_lm`` (fairseq registers that name with the model)."""
     args.memory_kind = safe_getattr(args, "memory_kind", "tokens")
     args.num_memory_tokens = safe_getattr(args, "num_memory_tokens", 10)
-    args.memory_ema_alpha = safe_getattr(args, "memory_ema_alpha", 1.0)
-    args.memory_ema_learned = safe_getattr(args, "memory_ema_learned", False)
-    args.memory_gate = safe_getattr(args, "memory_gate", False)
-    args.memory_write_input = safe_getattr(args, "memory_write_input", "memory")
+    for cls in MEMORY_KINDS.values():
+        for name, spec in cls.OPTIONS.items():
+            setattr(args, name, safe_getattr(args, name, spec.default))
     args.memory_dropout = safe_getattr(args, "memory_dropout", None)
-    args.assoc_key_dim = safe_getattr(args, "assoc_key_dim", 32)
-    args.assoc_dpfp_nu = safe_getattr(args, "assoc_dpfp_nu", 3)
     args.checkpoint_segments = safe_getattr(args, "checkpoint_segments", False)
     args.memory_detach_every = safe_getattr(args, "memory_detach_every", 0)
     base_lm_architecture(args)

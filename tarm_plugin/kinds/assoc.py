@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .memory import MemoryKind, register_memory_kind
+from ..memory import MemoryKind, Option, register_memory_kind
 
 EPS = 1e-6
 
@@ -71,7 +71,10 @@ class AssociativeMemory(MemoryKind):
     """Per layer: W_q, W_k [key_dim, d], W_v [d, d], the strength w_b [1, d] + b;
     ``tokens`` [m, d], the memory tokens that write."""
 
-    OPTIONS = {"assoc_key_dim": 32, "assoc_dpfp_nu": 3}
+    OPTIONS = {
+        "assoc_key_dim": Option(32, "the key dimension of the associative memory"),
+        "assoc_dpfp_nu": Option(3, "the DPFP feature map's nu (features = 2 * key dim * nu)"),
+    }
 
     @classmethod
     def from_config(cls, cfg, dim: int, num_layers: int, init_std: float, write_norm: bool,

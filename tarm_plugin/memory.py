@@ -192,9 +192,9 @@ class MemoryKind(nn.Module):
         what it carries (a stream or document starts there). ``detach_every``
         K > 0: E is detached after segments K, 2K, ... (the gradient through
         the memory reaches back at most K segments; the values are unchanged). Without memory
-        (m = 0) segments do not depend on each other, so with
+        (m = 0, nothing carried) segments do not depend on each other, so with
         ``batch_independent`` equal-length segments run as one batch."""
-        if (batch_independent and self.num_tokens == 0 and len(inputs) > 1
+        if (batch_independent and self.num_tokens == 0 and not self.carries and len(inputs) > 1
                 and len({x.size(1) for x in inputs}) == 1):
             return self._parallel(inputs, read, step)
         trace = MemoryTrace([], [], [])
@@ -219,7 +219,7 @@ class MemoryKind(nn.Module):
     def _parallel(inputs: Sequence[Tensor], read: Tensor, step: SegmentStep) -> MemoryTrace:
         """m = 0: the n segments of a [B, n*L] batch as one [B*n, L] batch."""
         n, (bsz, L) = len(inputs), inputs[0].shape[:2]
-        y, _ = step(torch.stack(list(inputs), dim=1).reshape(bsz * n, L), read.repeat(n, 1, 1))
+        y, _ = step(torch.stack(list(inputs), dim=1).reshape(bsz * n, L), read.repeat(n, *[1] * (read.dim() - 1)))
         return MemoryTrace(list(y.reshape(bsz, n * L, -1).split(L, dim=1)), [read] * n, [read] * n, read=read)
 
     def match_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = "") -> List[str]:

@@ -133,7 +133,8 @@ class TarmLanguageModel(TransformerLanguageModel):
                 dropout=_memory_dropout(args),
             )
         except ValueError as e:  # the memory checks its arguments: name them as flags
-            raise TarmError(flag_names(str(e))) from None
+            # the token memory names its Python arguments; other kinds name their flags themselves
+            raise TarmError(flag_names(str(e)) if str(args.memory_kind) == "tokens" else str(e)) from None
         self.default_segment_length = safe_getattr(args, "segment_length", None)
         self.checkpoint_segments = bool(safe_getattr(args, "checkpoint_segments", False))
         self.detach_every = int(safe_getattr(args, "memory_detach_every", 0))
@@ -408,7 +409,8 @@ MEMORY_FLAGS = {"num_tokens": "--num-memory-tokens", "alpha": "--memory-ema-alph
 
 
 def flag_names(message: str) -> str:
-    """RecurrentMemory's argument names in ``message`` as the command-line flags that set them."""
+    """RecurrentMemory's argument names in ``message`` as the command-line flags that set them
+    (only its messages: another kind's words are its own)."""
     # not inside a flag already named (--memory-ema-alpha holds "alpha")
     return re.sub(r"(?<![-\w])(" + "|".join(MEMORY_FLAGS) + r")\b", lambda m: MEMORY_FLAGS[m.group(1)], message)
 

@@ -93,7 +93,8 @@ def memory_attention_mask(
 @dataclass(frozen=True)
 class Option:
     """A kind's own flag ``--name-with-dashes`` (a field of the model's config): its
-    default, its help, and for a flag that takes one of some words, the words."""
+    default (a bool, int, float or str: the field's type), its help, and for a flag
+    that takes one of some words, the words."""
 
     default: Any
     help: str
@@ -256,13 +257,13 @@ def build_memory(kind: str, cfg, **common) -> MemoryKind:
 class RecurrentMemory(MemoryKind):
     """The learned memory of a TARM model and the recursion that carries it.
 
-    Parameters, each created only when used (DDP rejects unused ones):
-    ``initial`` [m, d] (M_0 = E_0, read by a stream's first segment; with m = 0
-    an empty buffer); ``write_slots`` [m, d] (the write-position inputs,
-    ``write_input="learned"`` with a memory that carries); ``rate_logit`` [m, d]
-    (b of a learned rate sigmoid(b)); ``gate_weight`` [d, 2d] and ``gate_bias``
-    [m, d] (W and b of the gate, ``gate=True``); ``norm`` (a LayerNorm on the
-    written memory, ``write_norm=True``).
+    Parameters: ``initial`` [m, d] (M_0 = E_0, read by a stream's first segment);
+    ``write_slots`` [m, d] (the write-position inputs, ``write_input="learned"``
+    only); ``rate_logit`` [m, d] (b of a learned rate sigmoid(b)); ``gate_weight``
+    [d, 2d] and ``gate_bias`` [m, d] (W and b of the gate, ``gate=True``); ``norm``
+    (a LayerNorm on the written memory, ``write_norm=True``). A batch's gradient
+    need not reach all of them (one segment: what shapes only the next read);
+    the model keeps them in its graph (``TarmLanguageModel.forward``).
     """
 
     OPTIONS = {
@@ -309,15 +310,12 @@ class RecurrentMemory(MemoryKind):
         self.dim = dim
         self.alpha = float(alpha)
         self.write_input = write_input
-        if num_tokens > 0:
-            self.initial = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
-        else:  # nothing to learn; the checkpoint key stays
-            self.register_buffer("initial", torch.zeros(0, dim))
+        self.initial = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
         self.write_slots = None
-        if write_input == "learned" and num_tokens > 0 and alpha > 0.0:  # a = 0 runs no write slots
+        if write_input == "learned":
             self.write_slots = nn.Parameter(torch.randn(num_tokens, dim) * init_std)
         self.rate_logit = None
-        if learn_alpha and num_tokens > 0:
+        if learn_alpha:
             self.rate_logit = nn.Parameter(torch.full((num_tokens, dim), _logit(self.alpha)))
         self.gate_weight = self.gate_bias = None
         if gate and num_tokens > 0:
@@ -395,10 +393,7 @@ class RecurrentMemory(MemoryKind):
         in it means none was used. Returns what was changed (empty if nothing)."""
         changes = []
         slots = state_dict.get(prefix + "write_slots")
-        if slots is not None and not self.carries:  # saved before a = 0 stopped creating them: unused
-            del state_dict[prefix + "write_slots"]
-            changes.append("no write slots (the checkpoint's were never used: nothing is carried)")
-        elif slots is not None and self.write_slots is None:
+        if slots is not None and self.write_slots is None:
             self.write_slots = nn.Parameter(torch.zeros_like(slots, device=self.initial.device))
             self.write_input = "learned"
             changes.append("write input 'learned' (the checkpoint has write_slots)")

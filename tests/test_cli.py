@@ -166,8 +166,6 @@ def one_line_error(p, flag):
     (["--memory-ema-alpha", "-0.5"], "--memory-ema-alpha"),
     (["--memory-ema-alpha", "0", "--memory-gate"], "--memory-gate"),
     (["--num-memory-tokens", "-2"], "--num-memory-tokens"),
-    # one segment per sample: the gate shapes only what the next sample reads, after the cut
-    (["--memory-gate", "--memory-ema-alpha", "0.5", "--bptt-segments", "1"], "--bptt-segments"),
     (["--sample-break-mode", "eos", "--eval-exact-match-segments", "99"], "--eval-exact-match-segments"),
     (["--batch-size", "0"], "--batch-size"),
     (["--arch", "transformer_lm"], "--arch transformer_lm"),  # its forward takes no memory

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from conftest import build
-from tarm_plugin.errors import TarmError
 from tarm_plugin.memory import RecurrentMemory, memory_stats
 
 L = 4
@@ -70,7 +69,7 @@ def test_rmt_with_memory_write_input_is_lm_rmt(dict_dir):
         assert not torch.allclose(other, lm_rmt_reference(learned, src, L), atol=1e-3)
 
 
-NO_UNUSED = {  # settings whose every parameter gets a gradient over 2+ segments
+NO_UNUSED = {  # every parameter gets a gradient in training, whatever the batch's segments
     "rmt": ([], 3, 1.0), "a0.5": ([], 3, 0.5), "no memory": ([], 0, 1.0),
     "prefix, learned write input": (["--memory-write-input", "learned"], 3, 0.0),
     "learned write input": (["--memory-write-input", "learned"], 3, 0.5),
@@ -79,22 +78,25 @@ NO_UNUSED = {  # settings whose every parameter gets a gradient over 2+ segments
 }
 
 
+@pytest.mark.parametrize("segments", [1, 3])
 @pytest.mark.parametrize("setting", NO_UNUSED)
-def test_every_parameter_gets_a_gradient(dict_dir, setting):
+def test_every_parameter_gets_a_gradient(dict_dir, setting, segments):
+    # one segment: the gate, a learned rate, the writers shape only the next batch's read
     flags, m, alpha = NO_UNUSED[setting]
     model = model_with(dict_dir, *flags, m=m, alpha=alpha).train()
-    src = torch.randint(4, 60, (2, 3 * L))
-    logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), memory_key="k", segment_length=L)
+    src = torch.randint(4, 60, (2, segments * L))
+    logits, _ = model(src, reset=torch.ones(2, dtype=torch.bool), segment_length=L)
     logits.float().sum().backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []  # DDP (find_unused_parameters=False) would fail on any of these
-    if alpha == 0.0 or flags == []:
-        assert not any("write_slots" in name for name in model.state_dict())
+    model.eval()
+    with torch.no_grad():  # the zero term is training's only: evaluation is the plain forward
+        assert torch.equal(model(src, segment_length=L)[0], model(src, segment_length=L)[0])
 
 
 def test_torch_ddp_trains_every_setting(dict_dir):
-    # fairseq's default --ddp-backend (pytorch_ddp) stops at the second step on a parameter
-    # without a gradient: two steps of each setting under torch's DDP (gloo, one process)
+    # fairseq's default --ddp-backend (pytorch_ddp) stops at the next step on a parameter
+    # without a gradient: steps of 2, 1 and 2 segments of each setting under torch's DDP
     import torch.distributed as dist
 
     from conftest import free_port
@@ -103,33 +105,27 @@ def test_torch_ddp_trains_every_setting(dict_dir):
     try:
         for setting, (flags, m, alpha) in NO_UNUSED.items():
             ddp = torch.nn.parallel.DistributedDataParallel(model_with(dict_dir, *flags, m=m, alpha=alpha).train())
-            for step in range(2):
-                src = torch.randint(4, 60, (2, 2 * L), generator=torch.Generator().manual_seed(step))
+            for step, segments in enumerate((2, 1, 2)):  # e.g. an epoch's last batch of one segment
+                src = torch.randint(4, 60, (2, segments * L), generator=torch.Generator().manual_seed(step))
                 logits, _ = ddp(src, reset=torch.ones(2, dtype=torch.bool), segment_length=L)
                 logits.float().sum().backward()
     finally:
         dist.destroy_process_group()
 
 
-def test_a_parameter_that_only_a_cut_carry_would_train_is_refused(dict_dir):
-    # one segment per sample: the gate shapes only what the next sample reads, after the cut
+def test_a_parameter_that_only_a_cut_carry_would_train_is_named(dict_dir):
+    # one segment per row: the gate shapes only what the next batch reads, after the cut
     from types import SimpleNamespace
 
-    from tarm_plugin.tasks.settings import check_memory_gradients
+    from tarm_plugin.tasks.settings import untrained_memory
 
     model = model_with(dict_dir, "--memory-gate", m=3, alpha=0.5).train()
     logits, _ = model(torch.randint(4, 60, (2, L)), reset=torch.ones(2, dtype=torch.bool), segment_length=L)
     logits.float().sum().backward()
-    with pytest.raises(TarmError, match=r"gate_weight, gate_bias .*--bptt-segments 1"):
-        check_memory_gradients(model, SimpleNamespace(bptt_segments=1))
-
-
-def test_older_prefix_checkpoint_with_write_slots_loads(dict_dir):
-    # a = 0 no longer creates learned write slots (nothing runs them): an older checkpoint's load
-    model = model_with(dict_dir, "--memory-write-input", "learned", m=3, alpha=0.0)
-    state = dict(model.state_dict(), **{"memory.write_slots": torch.zeros(3, 32)})
-    model.load_state_dict(state)
-    assert model.memory.write_slots is None
+    warning = untrained_memory(model, SimpleNamespace(bptt_segments=1), "none")
+    assert warning and "gate_weight, gate_bias" in warning and "--bptt-segments 1" in warning
+    assert untrained_memory(model, SimpleNamespace(bptt_segments=1), "eos") is None  # eos: the data's rows
+    assert untrained_memory(model, SimpleNamespace(bptt_segments=4), "none") is None
 
 
 def test_gradients_flow_through_both_memory_copies(dict_dir, monkeypatch):

@@ -314,6 +314,9 @@ def test_max_tokens_batches_of_whole_samples_hold_the_longest(dict_dir, tmp_path
         task.load_dataset(split)
         sizes = [tuple(task.dataset(split)[i]["source"].shape) for i in range(len(task.dataset(split)))]
         assert sizes[0] == (480 // 48, 48) and all(r * w <= 480 for r, w in sizes), (split, sizes)
+    task, _ = build(str(tmp_path), "--sample-break-mode", "eos", "--max-tokens", "40", "--segment-length", "16")
+    with pytest.raises(TarmError, match="--max-tokens 40 is below the longest sample of split 'train' .48 tokens"):
+        task.load_dataset("train")
 
 
 def test_validation_batches_follow_max_tokens_valid(dict_dir):

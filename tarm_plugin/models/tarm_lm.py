@@ -97,6 +97,9 @@ def kind_fields():
             if name in owner or hasattr(TarmBaseConfig, name):
                 raise ValueError(f"memory kind {kind!r}: option {name!r} is taken (by {owner.get(name, 'tarm_lm')})")
             owner[name] = kind
+            if not spec.choices and type(spec.default) not in (bool, int, float, str):
+                raise ValueError(f"memory kind {kind!r}: option {name!r} needs a bool, int, float or str "
+                                 f"default (or choices), got {spec.default!r}")
             kind_type = ChoiceEnum(list(spec.choices)) if spec.choices else type(spec.default)
             help = spec.help if kind == "tokens" else f"with --memory-kind {kind}: {spec.help}"
             fields.append((name, kind_type, field(default=spec.default, metadata={"help": help})))
@@ -188,6 +191,8 @@ class TarmLanguageModel(TransformerLanguageModel):
                                  detach_every=self.detach_every if self.training else 0)
 
         x = self.features(torch.cat(trace.outputs, dim=1))
+        if self.training and torch.is_grad_enabled():
+            x = x + self.memory_in_graph(x)
         return (x if features_only else self.logits(x)), {
             "memory": trace.averaged[-1],
             "read_memory": trace.read,
@@ -195,6 +200,13 @@ class TarmLanguageModel(TransformerLanguageModel):
             "ema_memory": trace.averaged,
             "memory_gates": trace.gates,
         }
+
+    def memory_in_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """0 times every memory parameter, to add to the features: a batch whose gradient does
+        not reach a parameter (one segment: the gate, a learned rate, the writers shape only
+        the next batch's read, after the cut) gives it a zero gradient, where PyTorch's DDP
+        (fairseq's default backend) would stop at the next step."""
+        return sum((p.sum().to(x.dtype) for p in self.memory.parameters()), x.new_zeros(())) * 0.0
 
     def check_segment_length(self, L: int) -> int:
         if L > self.max_positions():

@@ -142,8 +142,10 @@ def check_args(args) -> None:
         raise TarmError("--eval-local-window needs --eval-token-classes")
     if (cfg_get(args, "eval_depth_unit") or 0) < 0:
         raise TarmError(f"--eval-depth-unit must be >= 0 (0 = the segment length), got {args.eval_depth_unit}")
-    if cfg_get(args, "eval_depth_unit") and not cfg_get(args, "eval_segment_ppl"):
-        raise TarmError("--eval-depth-unit needs --eval-segment-ppl (it sets that table's depth unit)")
+    tables = ("eval_segment_ppl", "eval_token_classes", "eval_document_losses")
+    if cfg_get(args, "eval_depth_unit") and not any(cfg_get(args, t) for t in tables):
+        raise TarmError("--eval-depth-unit needs --eval-segment-ppl, --eval-token-classes or "
+                        "--eval-document-losses (it sets the depth unit of their tables)")
     if getattr(args, "add_bos_token", False):
         raise TarmError("--add-bos-token is not supported: streams already start after </s>")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
@@ -190,19 +192,23 @@ def check_mode_settings(args) -> str:
     return mode
 
 
-def check_memory_gradients(model, args) -> None:
-    """After the first training step: every parameter of the memory has a gradient. One without
-    shapes only the memory that later segments read, and the gradient is cut before them (one
-    segment per sample, or a detach after every segment): it never learns, and PyTorch's DDP
-    (fairseq's default --ddp-backend) stops at the next step on it."""
-    memory = getattr(model, "memory", None)
-    dead = [n for n, p in memory.named_parameters() if p.requires_grad and p.grad is None] if memory else []
-    if dead:
-        cut = ("--memory-detach-every 1" if getattr(model, "detach_every", 0) == 1
-               else f"--bptt-segments {args.bptt_segments}")
-        raise TarmError(f"the memory's {', '.join(dead)} got no gradient in the first update: they shape only "
-                        f"what later segments read, and {cut} cuts the gradient before them; train with "
-                        "2 or more segments per sample (--bptt-segments) and --memory-detach-every 0 or >= 2")
+def untrained_memory(model, args, mode: str) -> Optional[str]:
+    """After the first training update: with one segment per row (``--bptt-segments 1``, not
+    ``eos``) or ``--memory-detach-every 1``, the memory's parameters that got no gradient shape
+    only what later segments read, after the gradient is cut: they never learn. A warning
+    naming them, or None. (Any batch may leave one without a gradient, e.g. an epoch's last of
+    one segment; the model keeps them in its graph, so that costs nothing.)"""
+    one = mode != "eos" and args.bptt_segments == 1
+    if not (one or getattr(model, "detach_every", 0) == 1) or getattr(model, "memory", None) is None:
+        return None
+    dead = [n for n, p in model.memory.named_parameters()
+            if p.requires_grad and p.numel() and (p.grad is None or not bool(p.grad.any()))]
+    if not dead:
+        return None
+    cut = f"--bptt-segments {args.bptt_segments}" if one else "--memory-detach-every 1"
+    return (f"the memory's {', '.join(dead)} got no gradient in the first update and will not learn: "
+            f"they shape only what later segments read, and {cut} cuts the gradient before them "
+            "(2 or more segments per row, --bptt-segments, train them)")
 
 
 def use_trained_settings(args, trained) -> None:

@@ -33,7 +33,7 @@ from ..generation import TarmSequenceGenerator
 from ..heap import HeapTrim
 from ..savedir import hold_save_dir
 from .settings import (TRAINED_WITH, TarmLanguageModelingConfig, break_mode, cfg_get, check_args,
-                       check_memory_gradients, check_mode_settings, plain, use_trained_settings)
+                       check_mode_settings, plain, untrained_memory, use_trained_settings)
 
 logger = logging.getLogger(__name__)
 allow_checkpoint_broadcast()
@@ -79,14 +79,19 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         """Rows per batch: --batch-size (--batch-size-valid for other splits than training's), else
         as many rows of ``row_tokens`` tokens as --max-tokens (--max-tokens-valid) holds; rows are
         by default ``L * k`` tokens in training and ``L`` in evaluation."""
-        train = self.is_train(split)
-        get = lambda name: getattr(self.args, name, None)  # noqa: E731
-        bsz = (None if train else get("batch_size_valid")) or get("batch_size")
+        bsz, max_tokens = self.batch_flags(split)
         if bsz is None:  # from --max-tokens (--max-tokens-valid for validation)
-            max_tokens = (None if train else get("max_tokens_valid")) or get("max_tokens")
-            width = row_tokens or self.args.segment_length * (self.args.bptt_segments if train else 1)
+            width = row_tokens or self.args.segment_length * (self.args.bptt_segments if self.is_train(split) else 1)
             bsz = max(1, max_tokens // width) if max_tokens else 1
         return int(bsz)
+
+    def batch_flags(self, split: str):
+        """(rows per batch, max tokens) as given for ``split``: the validation flags, else the
+        training ones, for a split other than training's; None where not given."""
+        train = self.is_train(split)
+        get = lambda name: getattr(self.args, name, None)  # noqa: E731
+        return ((None if train else get("batch_size_valid")) or get("batch_size"),
+                (None if train else get("max_tokens_valid")) or get("max_tokens"))
 
     def load_dataset(self, split, epoch=1, combine=False, train=None, **kwargs):
         # several data paths (DATA1:DATA2:...): epoch i reads the i-th (fairseq reloads the
@@ -105,6 +110,11 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         L = a.segment_length
         if mode == "eos":  # a row holds a whole sample: --max-tokens must hold the longest
             row_tokens = -(-int(data.sizes.max()) // L) * L if len(data) else L
+            rows, max_tokens = self.batch_flags(split)
+            if rows is None and max_tokens and max_tokens < row_tokens:
+                raise TarmError(f"--max-tokens{'' if self.is_train(split) else '-valid (or --max-tokens)'} "
+                                f"{max_tokens} is below the longest sample of split '{split}' ({row_tokens} "
+                                f"tokens in whole segments of {L})")
         else:
             row_tokens = L * (a.bptt_segments if train else 1)
         ds, layout = layout_split(
@@ -143,8 +153,10 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             store.use_layout(key, self.datasets[key].layout)  # a resumed run laid out otherwise: E_0
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
         if not self.memory_gradients_checked:
-            check_memory_gradients(unwrap(model), self.args)
             self.memory_gradients_checked = True
+            warning = untrained_memory(unwrap(model), self.args, self.break_mode())
+            if warning and data_parallel_shard()[0] == 0:
+                logger.warning(warning)
         # a checkpoint may follow any step: a gather costs ~0.35 ms beside a step's 0.5-4 s (docs/performance.md)
         self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))
         return out

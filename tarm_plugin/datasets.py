@@ -64,6 +64,14 @@ def first_target(target: torch.Tensor, pad: int) -> torch.Tensor:
     return target.eq(pad).long().cumprod(dim=1).sum(dim=1)  # leading padding
 
 
+def previous_tokens(tokens: np.ndarray, lo: int, hi: int, eos: int, starts: bool) -> torch.Tensor:
+    """The inputs of ``tokens[lo:hi]``: each token's predecessor, ``</s>`` for the first where a
+    stream or document ``starts`` there. A token after a segment or batch boundary is still
+    predicted from the one before it, and scored exactly once."""
+    prev = np.concatenate([[eos], tokens[lo : hi - 1]]) if starts else tokens[lo - 1 : hi - 1]
+    return torch.from_numpy(np.asarray(prev, dtype=np.int64))
+
+
 LOWER_BATCH = ("lower the batch size (--batch-size, or for a split other than training's "
                "--batch-size-valid; --max-tokens / --max-tokens-valid without them)")
 
@@ -168,10 +176,7 @@ class SegmentStreamDataset(WholeBatchDataset):
             if hi <= lo:
                 continue
             target[b, : hi - lo] = torch.from_numpy(self.tokens[lo:hi].astype(np.int64))
-            # the input of token j is token j-1: the token crossing a segment or
-            # batch boundary is still predicted, and scored exactly once
-            prev = self.tokens[lo - 1 : hi - 1] if lo > 0 else np.concatenate([[self.eos], self.tokens[: hi - 1]])
-            source[b, : hi - lo] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
+            source[b, : hi - lo] = previous_tokens(self.tokens, lo, hi, self.eos, starts=lo == 0)
         reset = torch.zeros(self.bsz, n_seg, dtype=torch.bool)
         reset[:, 0] = i == 0
         depth = (i * self.k + torch.arange(n_seg)).expand(self.bsz, n_seg).clone()
@@ -348,12 +353,7 @@ class DocumentStreamDataset(WholeBatchDataset):
                     continue
                 lo, col = int(offset[b, t]), t * self.L
                 target[b, col : col + n] = torch.from_numpy(self.tokens[lo : lo + n].astype(np.int64))
-                # the input of token j is token j-1, and </s> at the document's start
-                if depth[b, t] == 0:
-                    prev = np.concatenate([[self.eos], self.tokens[lo : lo + n - 1]])
-                else:
-                    prev = self.tokens[lo - 1 : lo + n - 1]
-                source[b, col : col + n] = torch.from_numpy(np.asarray(prev, dtype=np.int64))
+                source[b, col : col + n] = previous_tokens(self.tokens, lo, lo + n, self.eos, starts=depth[b, t] == 0)
         depth = torch.from_numpy(depth.copy())
         reset = depth <= 0  # a document starts here (or the row has none left: padding)
         return {"id": i, "source": source, "target": target, "reset": reset, "depth": depth,

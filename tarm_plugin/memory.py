@@ -90,6 +90,24 @@ def memory_attention_mask(
     return mask.masked_fill(~allowed, float("-inf"))
 
 
+class _KeepInGraph(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, *params):
+        ctx.params = [(p.shape, p.dtype, p.device) for p in params]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad, *(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.params))
+
+
+def keep_in_graph(x: Tensor, params) -> Tensor:
+    """``x`` itself (no arithmetic), with a zero gradient for each of ``params`` in the backward
+    pass: every parameter gets a gradient whatever reached it (PyTorch's DDP needs one)."""
+    params = [p for p in params if p.requires_grad]
+    return _KeepInGraph.apply(x, *params) if params else x
+
+
 @dataclass(frozen=True)
 class Option:
     """A kind's own flag ``--name-with-dashes`` (a field of the model's config): its
@@ -227,6 +245,12 @@ class MemoryKind(nn.Module):
         """Make this module fit an older checkpoint; returns what was changed."""
         return []
 
+    def carry_only_parameters(self) -> List[str]:
+        """The names of the parameters that shape only E_t, what later segments read (not the
+        segment's own outputs): with one segment per row, or a detach after every segment, the
+        gradient is cut before they matter, and they never learn."""
+        return []
+
 
 MEMORY_KINDS: Dict[str, Type[MemoryKind]] = {}
 
@@ -337,6 +361,10 @@ class RecurrentMemory(MemoryKind):
     @property
     def gated(self) -> bool:
         return self.gate_weight is not None
+
+    def carry_only_parameters(self) -> List[str]:
+        return [n for n, _ in self.named_parameters() if n.split(".")[0] in ("write_slots", "rate_logit", "gate_weight",
+                                                                            "gate_bias", "norm")]
 
     def rate(self) -> Union[float, Tensor]:
         """The averaging rate a: the fixed number, or sigmoid(b) [m, d]."""

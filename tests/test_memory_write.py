@@ -89,9 +89,31 @@ def test_every_parameter_gets_a_gradient(dict_dir, setting, segments):
     logits.float().sum().backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []  # DDP (find_unused_parameters=False) would fail on any of these
-    model.eval()
-    with torch.no_grad():  # the zero term is training's only: evaluation is the plain forward
-        assert torch.equal(model(src, segment_length=L)[0], model(src, segment_length=L)[0])
+    # no arithmetic on the values: the same outputs as without the zero-gradient pass-through
+    import tarm_plugin.models.tarm_lm as tarm_lm
+
+    torch.manual_seed(3)
+    kept = model(src, reset=torch.ones(2, dtype=torch.bool), segment_length=L)[0]
+    keep, tarm_lm.keep_in_graph = tarm_lm.keep_in_graph, lambda x, params: x
+    try:
+        torch.manual_seed(3)
+        plain = model(src, reset=torch.ones(2, dtype=torch.bool), segment_length=L)[0]
+    finally:
+        tarm_lm.keep_in_graph = keep
+    assert torch.equal(kept, plain)
+
+
+def test_the_zero_gradients_survive_half_precision(dict_dir):
+    # a gate's bias starts at logit(0.999) = 6.9: summed in fp16 over a wide memory it would
+    # overflow; the pass-through does no arithmetic on the parameters or the features
+    model = model_with(dict_dir, "--memory-gate", m=3, alpha=1.0)
+    model.memory.gate_bias.data.fill_(60000.0)
+    model = model.half().train()
+    logits, _ = model(torch.randint(4, 60, (2, L)), reset=torch.ones(2, dtype=torch.bool), segment_length=L)
+    assert torch.isfinite(logits).all()
+    logits.float().sum().backward()
+    assert model.memory.gate_bias.grad is not None and torch.equal(model.memory.gate_bias.grad,
+                                                                    torch.zeros_like(model.memory.gate_bias))
 
 
 def test_torch_ddp_trains_every_setting(dict_dir):
@@ -113,17 +135,27 @@ def test_torch_ddp_trains_every_setting(dict_dir):
         dist.destroy_process_group()
 
 
-def test_a_parameter_that_only_a_cut_carry_would_train_is_named(dict_dir):
-    # one segment per row: the gate shapes only what the next batch reads, after the cut
+@pytest.mark.parametrize("setting", NO_UNUSED)
+def test_what_only_a_cut_carry_would_train_is_named(dict_dir, setting):
+    # one segment per row: what shapes only the next batch's read never gets a gradient;
+    # the names a kind declares are exactly those (the rest learn from the segment's own loss)
     from types import SimpleNamespace
 
     from tarm_plugin.tasks.settings import untrained_memory
 
-    model = model_with(dict_dir, "--memory-gate", m=3, alpha=0.5).train()
+    flags, m, alpha = NO_UNUSED[setting]
+    model = model_with(dict_dir, *flags, m=m, alpha=alpha).train()
     logits, _ = model(torch.randint(4, 60, (2, L)), reset=torch.ones(2, dtype=torch.bool), segment_length=L)
+    # the written memory, read by a second segment, is what a carry would pass on
     logits.float().sum().backward()
+    untouched = {n for n, p in model.memory.named_parameters() if p.numel() and not bool(p.grad.any())}
+    if setting == "assoc":
+        untouched -= {n for n in untouched if n.startswith("query.")}  # E_0 = 0 reads nothing: a carried A would
+    assert set(model.memory.carry_only_parameters()) == untouched, setting
     warning = untrained_memory(model, SimpleNamespace(bptt_segments=1), "none")
-    assert warning and "gate_weight, gate_bias" in warning and "--bptt-segments 1" in warning
+    assert (warning is not None) == bool(untouched)
+    if warning:
+        assert "--bptt-segments 1" in warning and all(n in warning for n in untouched)
     assert untrained_memory(model, SimpleNamespace(bptt_segments=1), "eos") is None  # eos: the data's rows
     assert untrained_memory(model, SimpleNamespace(bptt_segments=4), "none") is None
 

@@ -131,6 +131,10 @@ class AssociativeMemory(MemoryKind):
             strengths.append(strength)
         return torch.stack(states, dim=1), torch.stack(strengths, dim=1)
 
+    def carry_only_parameters(self):
+        # the memory tokens and their writers act after the segment's tokens; the queries read
+        return [n for n, _ in self.named_parameters() if n.split(".")[0] in ("tokens", "key", "value", "strength")]
+
     def extra_repr(self) -> str:
         return (f"num_tokens={self.num_tokens}, dim={self.dim}, layers={self.num_layers}, "
                 f"key_dim={self.key_dim}, nu={self.nu} (features {self.features})")

@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import TarmError
 from ..generation import TarmHubInterface, generate, sentencepiece_defaults
 from .. import kinds  # noqa: F401  (every kind in tarm_plugin/kinds/ registers itself)
-from ..memory import MEMORY_KINDS, build_memory, memory_attention_mask
+from ..memory import MEMORY_KINDS, build_memory, keep_in_graph, memory_attention_mask
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,10 @@ class TarmLanguageModel(TransformerLanguageModel):
 
         x = self.features(torch.cat(trace.outputs, dim=1))
         if self.training and torch.is_grad_enabled():
-            x = x + self.memory_in_graph(x)
+            # a batch whose gradient does not reach a memory parameter (one segment: the gate, a
+            # learned rate, the writers shape only the next batch's read) gives it zeros, where
+            # PyTorch's DDP (fairseq's default backend) would stop at the next step
+            x = keep_in_graph(x, self.memory.parameters())
         return (x if features_only else self.logits(x)), {
             "memory": trace.averaged[-1],
             "read_memory": trace.read,
@@ -200,13 +203,6 @@ class TarmLanguageModel(TransformerLanguageModel):
             "ema_memory": trace.averaged,
             "memory_gates": trace.gates,
         }
-
-    def memory_in_graph(self, x: torch.Tensor) -> torch.Tensor:
-        """0 times every memory parameter, to add to the features: a batch whose gradient does
-        not reach a parameter (one segment: the gate, a learned rate, the writers shape only
-        the next batch's read, after the cut) gives it a zero gradient, where PyTorch's DDP
-        (fairseq's default backend) would stop at the next step."""
-        return sum((p.sum().to(x.dtype) for p in self.memory.parameters()), x.new_zeros(())) * 0.0
 
     def check_segment_length(self, L: int) -> int:
         if L > self.max_positions():

@@ -193,22 +193,20 @@ def check_mode_settings(args) -> str:
 
 
 def untrained_memory(model, args, mode: str) -> Optional[str]:
-    """After the first training update: with one segment per row (``--bptt-segments 1``, not
-    ``eos``) or ``--memory-detach-every 1``, the memory's parameters that got no gradient shape
-    only what later segments read, after the gradient is cut: they never learn. A warning
-    naming them, or None. (Any batch may leave one without a gradient, e.g. an epoch's last of
-    one segment; the model keeps them in its graph, so that costs nothing.)"""
+    """With one segment per row (``--bptt-segments 1``, not ``eos``) or ``--memory-detach-every
+    1``, the memory's parameters that shape only what later segments read (the kind's
+    ``carry_only_parameters``) never get a gradient: a warning naming them, or None."""
     one = mode != "eos" and args.bptt_segments == 1
-    if not (one or getattr(model, "detach_every", 0) == 1) or getattr(model, "memory", None) is None:
+    memory = getattr(model, "memory", None)
+    if not (one or getattr(model, "detach_every", 0) == 1) or memory is None:
         return None
-    dead = [n for n, p in model.memory.named_parameters()
-            if p.requires_grad and p.numel() and (p.grad is None or not bool(p.grad.any()))]
+    dead = memory.carry_only_parameters()
     if not dead:
         return None
-    cut = f"--bptt-segments {args.bptt_segments}" if one else "--memory-detach-every 1"
-    return (f"the memory's {', '.join(dead)} got no gradient in the first update and will not learn: "
-            f"they shape only what later segments read, and {cut} cuts the gradient before them "
-            "(2 or more segments per row, --bptt-segments, train them)")
+    cut, fix = (("--bptt-segments 1", "--bptt-segments 2 or more") if one
+                else ("--memory-detach-every 1", "--memory-detach-every 0 or 2 or more"))
+    return (f"the memory's {', '.join(dead)} will not learn: they shape only what later segments read, "
+            f"and {cut} cuts the gradient before them (train them with {fix})")
 
 
 def use_trained_settings(args, trained) -> None:

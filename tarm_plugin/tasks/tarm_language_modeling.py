@@ -111,7 +111,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         if mode == "eos":  # a row holds a whole sample: --max-tokens must hold the longest
             row_tokens = -(-int(data.sizes.max()) // L) * L if len(data) else L
             rows, max_tokens = self.batch_flags(split)
-            if rows is None and max_tokens and max_tokens < row_tokens:
+            if rows is None and max_tokens and len(data) and max_tokens < row_tokens:
                 raise TarmError(f"--max-tokens{'' if self.is_train(split) else '-valid (or --max-tokens)'} "
                                 f"{max_tokens} is below the longest sample of split '{split}' ({row_tokens} "
                                 f"tokens in whole segments of {L})")
@@ -152,8 +152,8 @@ class TarmLanguageModelingTask(LanguageModelingTask):
             key = sample["net_input"]["memory_key"]
             store.use_layout(key, self.datasets[key].layout)  # a resumed run laid out otherwise: E_0
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
-        if not self.memory_gradients_checked:
-            self.memory_gradients_checked = True
+        if not self.untrained_memory_checked:
+            self.untrained_memory_checked = True
             warning = untrained_memory(unwrap(model), self.args, self.break_mode())
             if warning and data_parallel_shard()[0] == 0:
                 logger.warning(warning)
@@ -161,7 +161,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
         self.share_carried_memory(model, sample["net_input"]["memory_key"], sample["target"].size(0))
         return out
 
-    memory_gradients_checked = False
+    untrained_memory_checked = False
     epoch = 0
 
     def begin_epoch(self, epoch, model):

@@ -20,8 +20,9 @@ the call's ``memory`` before it and keeps the returned memory after it
   outside one, a batch repeated at once reads the memory from before it;
 - a different batch size reads E_0 (a warning unless every row resets anyway);
 - memory restored from a checkpoint whose streams were laid out otherwise (another
-  segment length, BPTT depth, batch, data or document order: :meth:`use_layout`)
-  reads E_0: it belongs to other places in the text, maybe later ones;
+  segment length, BPTT depth, batch, document order's seed, or data of another size:
+  :meth:`use_layout` compares the layouts' counts) reads E_0: it belongs to other
+  places in the text, maybe later ones;
 - with several ranks, every rank's memory of the training streams is gathered
   (:meth:`gather`) for rank 0's checkpoints.
 
@@ -61,7 +62,8 @@ class MemoryStore(nn.Module):
         self._restored_layouts: Optional[Dict[str, str]] = None  # the checkpoint's, until checked
 
     def begin_step(self, step) -> None:
-        """A training update (fairseq's update number) runs its batches: while it is the same
+        """A training update (the task passes its epoch and fairseq's update number) runs its
+        batches: while it is the same
         update, a batch that runs again (an ``--amp`` retry of the update's batches) reads what
         it read the first time."""
         if step != self._step:

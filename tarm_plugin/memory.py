@@ -30,8 +30,8 @@ Block-Recurrent Transformer's "fixed gate"), or a gate that depends on content,
 
 per slot and channel (a GRU-style retain/overwrite valve; W starts at zero and b
 at logit(a), so the gate starts as the fixed rate a). Within one training sample
-of k segments gradients flow through E; between samples the carried E is
-detached (truncated BPTT).
+of k segments gradients flow through E (unless ``detach_every`` cuts it inside);
+between samples the carried E is detached (truncated BPTT).
 
 That is one *kind* of memory (``tokens``). Every kind is a :class:`MemoryKind`:
 the state for B rows, what a segment reads, what it writes, the update and a
@@ -363,8 +363,9 @@ class RecurrentMemory(MemoryKind):
         return self.gate_weight is not None
 
     def carry_only_parameters(self) -> List[str]:
-        return [n for n, _ in self.named_parameters() if n.split(".")[0] in ("write_slots", "rate_logit", "gate_weight",
-                                                                            "gate_bias", "norm")]
+        # a = 0: the write slots never run, at any depth (not a matter of the cut)
+        names = ("write_slots", "rate_logit", "gate_weight", "gate_bias", "norm") if self.carries else ()
+        return [n for n, _ in self.named_parameters() if n.split(".")[0] in names]
 
     def rate(self) -> Union[float, Tensor]:
         """The averaging rate a: the fixed number, or sigmoid(b) [m, d]."""

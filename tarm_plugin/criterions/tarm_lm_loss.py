@@ -12,7 +12,8 @@ Memory diagnostics (see :func:`tarm_plugin.memory.memory_stats`), averaged
 over batches: ``mem_norm`` (slot norm of the memory read), ``mem_dM`` and
 ``mem_dE`` (relative change per segment of the written memory M_t and of the
 averaged memory E_t), with a learned rate ``mem_rate_mean/min/max``, and with
-``--memory-gate`` ``mem_gate_mean/min/max`` (the gate values g_t of the batch).
+``--memory-gate`` ``mem_gate_mean/min/max`` (the gate values g_t of the batch; the
+associative memory logs its write strengths there).
 """
 
 import math

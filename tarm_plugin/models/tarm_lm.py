@@ -2,14 +2,17 @@
 
 The decoder is fairseq's own ``TransformerDecoder`` (embeddings, adaptive
 input, layers, adaptive softmax all unchanged); this model only changes what
-sequence the layers see: each segment becomes ``[E_{t-1} | tokens | write]``
-under :func:`~tarm_plugin.memory.memory_attention_mask`, and the memory
-recursion lives in :class:`~tarm_plugin.memory.RecurrentMemory`.
+sequence the layers see: each segment becomes ``[before | tokens | after]``
+under :func:`~tarm_plugin.memory.memory_attention_mask` (the token memory:
+``[E_{t-1} | tokens | write]``), with the positions and the recursion of the
+memory kind that ``--memory-kind`` picks (:func:`~tarm_plugin.memory.build_memory`;
+the one segment loop is :meth:`~tarm_plugin.memory.MemoryKind.scan`).
 
 ``forward`` returns ``(logits, extra)`` like any fairseq decoder, with
 ``extra["written_memory"]`` = [M_1..M_n] and ``extra["ema_memory"]`` =
-[E_1..E_n] (each ``[B, m, d]``), ``extra["memory_gates"]`` = the gate values
-[g_1..g_n] (detached; empty without ``--memory-gate``) and
+[E_1..E_n] (the token memory's: each ``[B, m, d]``), ``extra["memory_gates"]`` =
+the rates the update used, detached (the gate values g_t; the associative
+memory's write strengths; empty for a fixed rate) and
 ``extra["read_memory"]`` = what the first segment of the batch read, and
 ``extra["memory"]`` = E_n, to pass to the next call as ``memory=``. A bare
 call starts from E_0; rows and segments whose ``reset`` flag is set read E_0

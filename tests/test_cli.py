@@ -266,3 +266,11 @@ def test_torchrun_without_world_size_is_refused(ptb_small, tmp_path):
              "--optimizer", "adam", "--lr", "1e-3", "--max-update", "1", "--cpu", "--save-dir", str(tmp_path)],
             env={"WORLD_SIZE": "2"})
     one_line_error(p, "--distributed-world-size")
+
+
+def test_one_segment_per_row_warns_what_will_not_learn(ptb_small, tmp_path):
+    # fairseq-train logs it once, after the first update; the run goes on (a zero gradient each)
+    data, _ = ptb_small
+    log = train(data, tmp_path, "--memory-gate", "--bptt-segments", "1", "--disable-validation", max_update=2)
+    assert log.count("will not learn") == 1 and "gate_weight, gate_bias" in log, log[-3000:]
+    assert max(train_losses(log)) == 2

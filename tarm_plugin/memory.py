@@ -245,11 +245,17 @@ class MemoryKind(nn.Module):
         """Make this module fit an older checkpoint; returns what was changed."""
         return []
 
+    # the top-level names of the parameters that shape only E_t (carry_only_parameters)
+    CARRY_ONLY: Tuple[str, ...] = ()
+
     def carry_only_parameters(self) -> List[str]:
         """The names of the parameters that shape only E_t, what later segments read (not the
         segment's own outputs): with one segment per row, or a detach after every segment, the
-        gradient is cut before they matter, and they never learn."""
-        return []
+        gradient is cut before they matter, and they never learn. A memory that carries nothing
+        has none (its unused parameters are not a matter of the cut)."""
+        if not self.carries:
+            return []
+        return [n for n, _ in self.named_parameters() if n.split(".")[0] in self.CARRY_ONLY]
 
 
 MEMORY_KINDS: Dict[str, Type[MemoryKind]] = {}
@@ -305,6 +311,7 @@ class RecurrentMemory(MemoryKind):
                                      choices=WRITE_INPUTS),
     }
     token_slots = True
+    CARRY_ONLY = ("write_slots", "rate_logit", "gate_weight", "gate_bias", "norm")  # a = 0 runs none of them
 
     @classmethod
     def from_config(cls, cfg, dim: int, num_layers: int, init_std: float, write_norm: bool,
@@ -361,11 +368,6 @@ class RecurrentMemory(MemoryKind):
     @property
     def gated(self) -> bool:
         return self.gate_weight is not None
-
-    def carry_only_parameters(self) -> List[str]:
-        # a = 0: the write slots never run, at any depth (not a matter of the cut)
-        names = ("write_slots", "rate_logit", "gate_weight", "gate_bias", "norm") if self.carries else ()
-        return [n for n, _ in self.named_parameters() if n.split(".")[0] in names]
 
     def rate(self) -> Union[float, Tensor]:
         """The averaging rate a: the fixed number, or sigmoid(b) [m, d]."""

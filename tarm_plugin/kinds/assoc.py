@@ -71,6 +71,8 @@ class AssociativeMemory(MemoryKind):
     """Per layer: W_q, W_k [key_dim, d], W_v [d, d], the strength w_b [1, d] + b;
     ``tokens`` [m, d], the memory tokens that write."""
 
+    # the memory tokens and their writers act after the segment's tokens; the queries read
+    CARRY_ONLY = ("tokens", "key", "value", "strength")
     OPTIONS = {
         "assoc_key_dim": Option(32, "the key dimension of the associative memory"),
         "assoc_dpfp_nu": Option(3, "the DPFP feature map's nu (features = 2 * key dim * nu)"),
@@ -130,10 +132,6 @@ class AssociativeMemory(MemoryKind):
             states.append(torch.cat([A, z.unsqueeze(-1)], dim=-1))
             strengths.append(strength)
         return torch.stack(states, dim=1), torch.stack(strengths, dim=1)
-
-    def carry_only_parameters(self):
-        # the memory tokens and their writers act after the segment's tokens; the queries read
-        return [n for n, _ in self.named_parameters() if n.split(".")[0] in ("tokens", "key", "value", "strength")]
 
     def extra_repr(self) -> str:
         return (f"num_tokens={self.num_tokens}, dim={self.dim}, layers={self.num_layers}, "

@@ -119,6 +119,10 @@ TRAINED_WITH = ("segment_length", "sample_break_mode", "doc_separator", "loss_st
                 "loss_last_segments")
 
 
+# the flags that make eval-lm log its tables by depth (one SegmentPerplexity for all of them)
+EVAL_TABLES = ("eval_segment_ppl", "eval_token_classes", "eval_document_losses")
+
+
 def check_args(args) -> None:
     """One-line errors for settings that are wrong whatever the data (fairseq-train,
     fairseq-eval-lm and the hub all set the task up through here)."""
@@ -142,8 +146,7 @@ def check_args(args) -> None:
         raise TarmError("--eval-local-window needs --eval-token-classes")
     if (cfg_get(args, "eval_depth_unit") or 0) < 0:
         raise TarmError(f"--eval-depth-unit must be >= 0 (0 = the segment length), got {args.eval_depth_unit}")
-    tables = ("eval_segment_ppl", "eval_token_classes", "eval_document_losses")
-    if cfg_get(args, "eval_depth_unit") and not any(cfg_get(args, t) for t in tables):
+    if cfg_get(args, "eval_depth_unit") and not any(cfg_get(args, t) for t in EVAL_TABLES):
         raise TarmError("--eval-depth-unit needs --eval-segment-ppl, --eval-token-classes or "
                         "--eval-document-losses (it sets the depth unit of their tables)")
     if getattr(args, "add_bos_token", False):

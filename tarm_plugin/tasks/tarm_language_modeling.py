@@ -32,7 +32,7 @@ from ..eval_segments import SegmentPerplexity, eval_lm_batches
 from ..generation import TarmSequenceGenerator
 from ..heap import HeapTrim
 from ..savedir import hold_save_dir
-from .settings import (TRAINED_WITH, TarmLanguageModelingConfig, break_mode, cfg_get, check_args,
+from .settings import (EVAL_TABLES, TRAINED_WITH, TarmLanguageModelingConfig, break_mode, cfg_get, check_args,
                        check_mode_settings, plain, untrained_memory, use_trained_settings)
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class TarmLanguageModelingTask(LanguageModelingTask):
                             f"tarm_lm_wiki103 or tarm_lm_quadratic); --arch {arch} does not")
         model.check_segment_length(self.args.segment_length)
         MemoryStore().attach(model)  # before a checkpoint loads: its carried memory is the store's
-        tables = any(cfg_get(self.args, f) for f in ("eval_segment_ppl", "eval_token_classes", "eval_document_losses"))
+        tables = any(cfg_get(self.args, f) for f in EVAL_TABLES)
         if tables and getattr(self, "segment_ppl", None) is None:
             self.segment_ppl = SegmentPerplexity(self.dictionary.pad(), cfg_get(self.args, "eval_depth_unit") or 0)
             self.segment_ppl.watch(model)  # the first model of an ensemble

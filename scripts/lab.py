@@ -47,8 +47,25 @@ SETTINGS = {
     "tarm_a0.2": ["--memory-ema-alpha", "0.2"],
     "tarm_learned": ["--memory-ema-learned", "--memory-ema-alpha", "0.5"],  # a = sigmoid(b), from 0.5
     "tarm_gate": ["--memory-gate", "--memory-ema-alpha", "0.5"],  # content gate, starting as a = 0.5
-    "assoc": ["--memory-kind", "assoc"],  # the associative memory (docs/model.md)
 }
+
+
+def memory_kinds(plugin=PLUGIN):
+    """The memory kinds in ``plugin``/kinds/, by the names their ``@register_memory_kind("name")``
+    decorator lines give (a literal name at a line's start), in file order: read from the
+    source, so listing them imports no fairseq."""
+    found = []
+    for name in sorted(os.listdir(os.path.join(plugin, "kinds"))):
+        if name.endswith(".py"):
+            with open(os.path.join(plugin, "kinds", name)) as f:
+                found += re.findall(r"""^@register_memory_kind\(\s*["']([^"']+)["']\s*\)""", f.read(), re.M)
+    return found
+
+
+# every kind there is a setting of its own name with its defaults (assoc: the associative memory,
+# docs/model.md): a new kind's file puts it on the benchmarks that take kinds (longdoc.py, recall.py)
+KINDS = memory_kinds()
+SETTINGS.update({kind: ["--memory-kind", kind] for kind in KINDS})
 
 
 def has_memory(flags):

@@ -16,7 +16,8 @@ Settings (same model, data, tokens per update and updates for all):
   rmt         m memory tokens, a = 1 (RMT)
   tarm_a0.5   a = 0.5;  tarm_a0.2: a = 0.2
   tarm_gate   the content-dependent gate, starting at a = 0.5
-  assoc       the associative memory (--memory-kind assoc), m memory tokens that write
+  assoc       the associative memory (--memory-kind assoc), m memory tokens that write; any
+              other kind in tarm_plugin/kinds/ likewise, by its name, with its defaults
   context4x   m = 0, segments of 4L (attention over 4x the context), 1 segment per sample
 
 Each run also evaluates the validation split and records fairseq-train's own
@@ -44,7 +45,7 @@ import longdoc_report
 import prepare_longdoc
 from longdoc_report import deep_loss, deep_ppl
 
-SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "prefix", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", "assoc")}
+SETTINGS = {s: lab.SETTINGS[s] for s in ("no_memory", "prefix", "rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", *lab.KINDS)}
 SETTINGS["context4x"] = lab.SETTINGS["no_memory"]  # m = 0, one segment of 4L per sample
 RUN_FLAGS = ("data", "doc_separator", "segment_length", "bptt_segments", "batch_size", "layers", "dim",
              "ffn", "heads", "memory_tokens", "dropout", "lr", "warmup", "max_update", "checkpoint_segments")

@@ -96,7 +96,7 @@ def report(results, args):
     return "\n".join(out) + "\n"
 
 
-CARRYING = ("rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", "assoc")  # settings whose memory carries content
+CARRYING = ("rmt", "tarm_a0.5", "tarm_a0.2", "tarm_gate", *lab.KINDS)  # settings whose memory carries content
 
 
 def every_seed(per_seed, threshold):

@@ -59,6 +59,15 @@ def test_settings_registry_gives_memory_settings_their_m():
     assert cmd[cmd.index("--user-dir") + 1] == lab.PLUGIN and "--lr" in cmd
 
 
+def test_the_kinds_read_from_the_source_are_the_registered_ones():
+    """lab.KINDS reads the decorators' names without importing the plugin; the registry that
+    fairseq's --memory-kind checks against must hold the same names (besides the built-in tokens)."""
+    from tarm_plugin.memory import MEMORY_KINDS
+
+    assert sorted(lab.KINDS) == sorted(set(MEMORY_KINDS) - {"tokens"}) and "assoc" in lab.KINDS
+    assert all(lab.SETTINGS[kind] == ["--memory-kind", kind] for kind in lab.KINDS)
+
+
 def test_report_helpers():
     assert lab.cell([]) == "-" and lab.cell([1.0]) == "1.00" and lab.cell([0.5], 1, 100, " (n=1)") == "50.0 (n=1)"
     assert lab.cell([1.0, 3.0], 1) == f"2.0 +- {math.sqrt(2):.1f}"

@@ -155,3 +155,7 @@ def test_a_new_kind_is_one_file(dict_dir, tmp_path):
     p = build_sum("--memory-kind", "tokens", "--sum-scale", "2")  # another kind's flag
     assert p.returncode != 0 and "tarm: error: --sum-scale needs --memory-kind sum" in p.stderr, p.stderr[-2000:]
     assert "1 kept, 0 broken" in lint_imports(str(tmp_path)).stdout
+    sys.path.insert(0, os.path.join(os.path.dirname(PLUGIN), "scripts"))
+    import lab
+
+    assert lab.memory_kinds(str(pkg)) == ["assoc", "sum"]  # and so a setting of the benchmarks

@@ -1,16 +1,14 @@
 """Hand the heap's free pages back to the system during long evaluations on CPU.
 
-glibc serves large blocks with ``mmap`` and returns them to the system when
-freed, but each such block freed raises its threshold for ``mmap`` to that
-size (up to 32 MiB). After a while of training, tensors of a few MiB to 32 MiB
-therefore come from the heap, where a freed tensor leaves a hole that the next
-tensor of the same size does not fit (``posix_memalign``, which torch
-allocates with, asks for the size plus its alignment). A loop of equal batches
-then grows the heap by about a logits tensor per batch and keeps it: one
-848-batch validation of the long-document models (8k vocabulary, 8 x 64
-tokens) peaked fairseq-train at 13.6 GB, against 1.2 GB with a trim every 32
-batches (``results/performance/heap_trim.md``); of two runs side by side one
-was killed for memory. ``malloc_trim(0)`` returns the free pages of every
+One 848-batch validation of the long-document models (8k vocabulary, 8 x 64
+tokens) peaked fairseq-train at a maximum RSS of 13.0 GiB, against 1.2 GiB with
+a trim every 32 batches, the same loss (``results/performance/heap_trim.md``);
+of two runs side by side one was killed for memory. Our reading, not measured:
+glibc serves large blocks with ``mmap`` and returns them when freed, but each
+such block freed raises its threshold for ``mmap`` to that size (up to 32 MiB),
+so after a while of training tensors of a few MiB come from the heap, where
+free blocks that are not at its top stay with the process (``malloc_info``
+after a validation: 9.16 of 9.47 GB free, one free block of 8.69 GB). ``malloc_trim(0)`` returns the free pages of every
 hole; a call every few dozen batches bounds the growth at little cost.
 
 Without glibc nothing happens. On a GPU the tensors are not on the heap and a

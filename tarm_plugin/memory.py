@@ -280,7 +280,12 @@ def build_memory(kind: str, cfg, **common) -> MemoryKind:
         for option, spec in cls.OPTIONS.items():
             if other != kind and getattr(cfg, option, spec.default) != spec.default:
                 raise ValueError(f"--{option.replace('_', '-')} needs --memory-kind {other}")
-    return MEMORY_KINDS[kind].from_config(cfg, **common)
+    memory = MEMORY_KINDS[kind].from_config(cfg, **common)
+    wanted = int(getattr(cfg, "num_memory_tokens", 0) or 0)
+    if wanted > 0 and memory.num_tokens == 0:  # the model would silently run without memory
+        raise ValueError(f"--memory-kind {kind}: {type(memory).__name__} leaves num_tokens at 0 with "
+                         f"--num-memory-tokens {wanted}; set self.num_tokens in its __init__")
+    return memory
 
 
 @register_memory_kind("tokens")

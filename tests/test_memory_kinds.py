@@ -158,4 +158,10 @@ def test_a_new_kind_is_one_file(dict_dir, tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(PLUGIN), "scripts"))
     import lab
 
-    assert lab.memory_kinds(str(pkg)) == ["assoc", "sum"]  # and so a setting of the benchmarks
+    assert sorted(lab.memory_kinds(str(pkg))) == sorted(lab.KINDS + ["sum"])  # and so a setting of the benchmarks
+    # a kind that forgets num_tokens would run as a plain transformer: refused, naming it
+    (pkg / "kinds" / "sum.py").write_text(SUM_KIND.replace("self.num_tokens, self.scale = num_tokens, scale",
+                                                           "self.scale = scale"))
+    p = build_sum("--memory-kind", "sum")
+    assert p.returncode != 0 and "tarm: error: --memory-kind sum: SumMemory leaves num_tokens at 0" in p.stderr, \
+        p.stderr[-2000:]

@@ -51,20 +51,45 @@ SETTINGS = {
 
 
 def memory_kinds(plugin=PLUGIN):
-    """The memory kinds in ``plugin``/kinds/, by the names their ``@register_memory_kind("name")``
-    decorator lines give (a literal name at a line's start), in file order: read from the
-    source, so listing them imports no fairseq."""
-    found = []
-    for name in sorted(os.listdir(os.path.join(plugin, "kinds"))):
-        if name.endswith(".py"):
-            with open(os.path.join(plugin, "kinds", name)) as f:
-                found += re.findall(r"""^@register_memory_kind\(\s*["']([^"']+)["']\s*\)""", f.read(), re.M)
+    """The memory kinds in ``plugin``/kinds/, in module order: the names of the classes decorated
+    with ``register_memory_kind("name")`` (or ``name=``) in the modules the package imports, read
+    from their source (listing them imports no fairseq)."""
+    import ast
+    import pkgutil
+
+    kinds_dir, found = os.path.join(plugin, "kinds"), []
+    if not os.path.isdir(kinds_dir):
+        return found
+    for module in sorted(pkgutil.iter_modules([kinds_dir]), key=lambda m: m.name):
+        path = os.path.join(kinds_dir, module.name, "__init__.py") if module.ispkg else \
+            os.path.join(kinds_dir, module.name + ".py")
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            for dec in getattr(node, "decorator_list", []) if isinstance(node, ast.ClassDef) else []:
+                func = dec.func if isinstance(dec, ast.Call) else None
+                if getattr(func, "id", getattr(func, "attr", None)) != "register_memory_kind":
+                    continue
+                args = list(dec.args[:1]) + [k.value for k in dec.keywords if k.arg == "name"]
+                found += [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
     return found
+
+
+def refuse_kind_names(names, where="scripts/lab.py"):
+    """Stop (one line) if a kind has the name of one of ``names``, settings of ``where``: it
+    would replace that setting, and a cached run of that name would pass for the kind's."""
+    clash = sorted(set(KINDS) & set(names))
+    if clash:
+        sys.exit(f"lab: memory kind {', '.join(clash)} (tarm_plugin/kinds/) has the name of a setting of "
+                 f"{where}: rename the kind")
 
 
 # every kind there is a setting of its own name with its defaults (assoc: the associative memory,
 # docs/model.md): a new kind's file puts it on the benchmarks that take kinds (longdoc.py, recall.py)
 KINDS = memory_kinds()
+refuse_kind_names(SETTINGS)
 SETTINGS.update({kind: ["--memory-kind", kind] for kind in KINDS})
 
 

@@ -63,8 +63,9 @@ SETTINGS = {  # name: model flags (every other flag is shared); the token memori
     **{s: MEM + lab.SETTINGS[s] for s in ("tarm_a0.8", "tarm_a0.7", "tarm_a0.5", "tarm_a0.2")},
     "tarm_learned_rate": MEM + lab.SETTINGS["tarm_learned"],
     "tarm_gate": MEM + lab.SETTINGS["tarm_gate"],
-    **{kind: lab.SETTINGS[kind] for kind in lab.KINDS},  # assoc (ARMT-style): its default key dim and nu
 }
+lab.refuse_kind_names(SETTINGS, "scripts/recall.py")
+SETTINGS.update({kind: lab.SETTINGS[kind] for kind in lab.KINDS})  # assoc (ARMT-style): its default key dim and nu
 # capacity and length generalisation run a subset by default, to fit the CPU budget
 REDUCED = ["no_memory", "rmt", "tarm_a0.5", "tarm_learned_rate"]
 EXPERIMENTS = ["distance", "capacity", "lengthgen"]

@@ -131,6 +131,8 @@ def curriculum_tables(results, args, settings):
 
 def figure(results, args, path, settings):
     plt = lab.pyplot()
+    # the default cycle's 10 colours (C10 is C0 again), then tab20b's for more settings (new kinds)
+    colour = lambda i: f"C{i}" if i < 10 else plt.get_cmap("tab20b")((i - 10) % 20)  # noqa: E731
     exps = [e for e in args.experiment if collect(results, e, args)]
     if not exps:
         return None
@@ -146,7 +148,7 @@ def figure(results, args, path, settings):
             std = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
             # one colour per setting in every panel, whatever subset a panel shows
             ax.errorbar(cols, mean, yerr=std, marker="o", capsize=3, label=s,
-                        color=f"C{settings.index(s)}")
+                        color=colour(settings.index(s)))
         ax.axhline(100.0 / args.values, color="grey", linestyle=":", label="chance")
         title, col = TITLES[exp]
         ax.set_title(f"{exp}: " + title_of(exp, args), fontsize=9, wrap=True)

@@ -68,6 +68,26 @@ def test_the_kinds_read_from_the_source_are_the_registered_ones():
     assert all(lab.SETTINGS[kind] == ["--memory-kind", kind] for kind in lab.KINDS)
 
 
+def test_kinds_are_the_decorated_classes_of_the_modules_the_package_imports(tmp_path, monkeypatch):
+    kinds = tmp_path / "kinds"
+    (kinds / "sub").mkdir(parents=True)
+    (kinds / "__init__.py").write_text('"""@register_memory_kind("in_a_docstring")"""\n')
+    (kinds / "a.py").write_text(
+        '"""A kind.\n\n    @register_memory_kind("example")\n"""\n'
+        '@register_memory_kind("first")\nclass A: pass\n\n'
+        '# @register_memory_kind("commented")\nclass B: pass\n\n'
+        'class Holder:\n    @memory.register_memory_kind(name="nested")\n    class C: pass\n')
+    (kinds / "sub" / "__init__.py").write_text('@register_memory_kind("in_a_package")\nclass D: pass\n')
+    (kinds / "notes.py.bak").write_text('@register_memory_kind("backup")\nclass E: pass\n')
+    assert lab.memory_kinds(str(tmp_path)) == ["first", "nested", "in_a_package"]
+    assert lab.memory_kinds(str(tmp_path / "nowhere")) == []
+    # a kind named like a setting would replace it (and a cached run of that name pass for it)
+    monkeypatch.setattr(lab, "KINDS", ["rmt", "mean"])
+    with pytest.raises(SystemExit, match="lab: memory kind rmt .* has the name of a setting of scripts/lab.py"):
+        lab.refuse_kind_names(lab.SETTINGS)
+    lab.refuse_kind_names(["no_memory", "context4x"], "scripts/longdoc.py")  # no clash: nothing happens
+
+
 def test_report_helpers():
     assert lab.cell([]) == "-" and lab.cell([1.0]) == "1.00" and lab.cell([0.5], 1, 100, " (n=1)") == "50.0 (n=1)"
     assert lab.cell([1.0, 3.0], 1) == f"2.0 +- {math.sqrt(2):.1f}"

@@ -128,7 +128,7 @@ print(type(model.memory).__name__, model.memory.scale, tuple(extra["memory"].sha
 '''
 
 
-def test_a_new_kind_is_one_file(dict_dir, tmp_path):
+def test_a_new_kind_is_one_file(dict_dir, tmp_path, monkeypatch):
     """A module dropped into tarm_plugin/kinds/ is a --memory-kind with its own flags, the
     import contract holds, and nothing else in the package changes."""
     import shutil
@@ -155,7 +155,7 @@ def test_a_new_kind_is_one_file(dict_dir, tmp_path):
     p = build_sum("--memory-kind", "tokens", "--sum-scale", "2")  # another kind's flag
     assert p.returncode != 0 and "tarm: error: --sum-scale needs --memory-kind sum" in p.stderr, p.stderr[-2000:]
     assert "1 kept, 0 broken" in lint_imports(str(tmp_path)).stdout
-    sys.path.insert(0, os.path.join(os.path.dirname(PLUGIN), "scripts"))
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(PLUGIN), "scripts"))
     import lab
 
     assert sorted(lab.memory_kinds(str(pkg))) == sorted(lab.KINDS + ["sum"])  # and so a setting of the benchmarks

@@ -67,13 +67,12 @@ def memory_kinds(plugin=PLUGIN):
             continue
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), path)
-        for node in ast.walk(tree):
-            for dec in getattr(node, "decorator_list", []) if isinstance(node, ast.ClassDef) else []:
-                func = dec.func if isinstance(dec, ast.Call) else None
-                if getattr(func, "id", getattr(func, "attr", None)) != "register_memory_kind":
-                    continue
-                args = list(dec.args[:1]) + [k.value for k in dec.keywords if k.arg == "name"]
-                found += [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+        for dec in (dec for cls in classes for dec in cls.decorator_list if isinstance(dec, ast.Call)):
+            if getattr(dec.func, "id", getattr(dec.func, "attr", None)) != "register_memory_kind":
+                continue
+            args = list(dec.args[:1]) + [k.value for k in dec.keywords if k.arg == "name"]
+            found += [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
     return found
 
 

@@ -146,10 +146,12 @@ def test_what_only_a_cut_carry_would_train_is_named(dict_dir, setting):
 
     flags, m, alpha = NO_UNUSED[setting]
     model = model_with(dict_dir, *flags, m=m, alpha=alpha).train()
-    with torch.no_grad():  # off a zero init (the gate's W, a kind's zero-started scale): a zero
-        for p in model.parameters():  # gradient then comes from where a parameter acts, not its start
+    with torch.no_grad():
+        # off a zero init (the gate's W, a kind's zero-started scale): a zero gradient then comes
+        # from where a parameter acts, not from its start
+        for p in model.parameters():
             p.add_(1e-2 * torch.randn_like(p))
-    with torch.no_grad():  # a memory carried from an earlier batch (detached, as between samples)
+        # a memory carried from an earlier batch (detached, as between samples)
         _, extra = model(torch.randint(4, 60, (2, L)), reset=torch.ones(2, dtype=torch.bool), segment_length=L)
     # one segment: row 0 starts a text (reads E_0), row 1 reads the carried memory; the written
     # memory, read by a second segment, is what a carry would pass on
